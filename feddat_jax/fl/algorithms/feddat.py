@@ -123,41 +123,52 @@ class FedDAT(LocalAlgorithm):
     return loss, (task, kd)
 
   # ---- one batch -----------------------------------------------------------------------------
-  def local_step(self, ctx, local, batch, rng):
-    del rng  # the frozen backbone runs without dropout
-    cfg = self.config
-    opt = local["opt"]
-    total = local_optim.total_schedule_steps(cfg.optim, ctx.num_batches)
-    z_teacher = jax.lax.stop_gradient(self._logits(
-        ctx, ctx.global_shared, local["client"], local["head"], batch, cfg.teacher_mode))
+  def teacher_logits(self, ctx, local, batch):
+    """``z_T = sg f(x; DAT(A_c, Â_s), h)``: the DAT's logits before either sub-step."""
+    return jax.lax.stop_gradient(self._logits(
+        ctx, ctx.global_shared, local["client"], local["head"], batch, self.config.teacher_mode))
 
-    # Step 1: {A_s, head}; A_c untouched.
-    (loss_s, (z_shared, task_s, kd_s)), (g_shared, g_head) = jax.value_and_grad(
+  def shared_step(self, ctx, local, batch, z_teacher_BxA):
+    """Step 1: AdamW on {A_s, head} only. Returns (local, sg A_s logits before the update, metrics)."""
+    cfg, opt = self.config, local["opt"]
+    (loss, (z_shared, task, kd)), (g_shared, g_head) = jax.value_and_grad(
         self.shared_step_loss, has_aux=True)((local["shared"], local["head"]), ctx, local, batch,
-                                             z_teacher)
-    lr_1 = local_optim.learning_rate(cfg.optim, local["tick"], total)
+                                             z_teacher_BxA)
+    total = local_optim.total_schedule_steps(cfg.optim, ctx.num_batches)
+    lr = local_optim.learning_rate(cfg.optim, local["tick"], total)
     shared, opt_shared = local_optim.apply_adamw(self.tx, g_shared, opt["shared"],
-                                                 local["shared"], lr_1)
-    head, opt_head = local_optim.apply_adamw(self.tx, g_head, opt["head"], local["head"], lr_1)
+                                                 local["shared"], lr)
+    head, opt_head = local_optim.apply_adamw(self.tx, g_head, opt["head"], local["head"], lr)
+    local = {**local, "shared": shared, "head": head, "tick": local["tick"] + 1,
+             "opt": {**opt, "shared": opt_shared, "head": opt_head}}
+    metrics = {"loss_shared": loss, "task_shared": task, "kd_shared": kd, "lr": lr}
+    return local, jax.lax.stop_gradient(z_shared), metrics
 
-    # Step 2: {A_c, head} inside the DAT; A_s untouched.
-    z_shared = jax.lax.stop_gradient(z_shared)
-    (loss_d, (task_d, kd_d)), (g_client, g_head) = jax.value_and_grad(
-        self.dat_step_loss, has_aux=True)((local["client"], head), ctx, batch, z_shared)
-    lr_2 = local_optim.learning_rate(cfg.optim, local["tick"] + 1, total)
+  def dat_step(self, ctx, local, batch, z_shared_BxA):
+    """Step 2: AdamW on {A_c, head} only, inside the DAT; A_s and Â_s are untouched."""
+    cfg, opt = self.config, local["opt"]
+    (loss, (task, kd)), (g_client, g_head) = jax.value_and_grad(
+        self.dat_step_loss, has_aux=True)((local["client"], local["head"]), ctx, batch,
+                                          z_shared_BxA)
+    total = local_optim.total_schedule_steps(cfg.optim, ctx.num_batches)
+    lr = local_optim.learning_rate(cfg.optim, local["tick"], total)
     client, opt_client = local_optim.apply_adamw(self.tx, g_client, opt["client"],
-                                                 local["client"], lr_2)
+                                                 local["client"], lr)
     if cfg.freeze_client_adapter_after_round0:
       frozen_now = ctx.round > 0
       client = _select(frozen_now, local["client"], client)
       opt_client = _select(frozen_now, opt["client"], opt_client)
-    head, opt_head = local_optim.apply_adamw(self.tx, g_head, opt_head, head, lr_2)
+    head, opt_head = local_optim.apply_adamw(self.tx, g_head, opt["head"], local["head"], lr)
+    local = {**local, "client": client, "head": head, "tick": local["tick"] + 1,
+             "opt": {**opt, "client": opt_client, "head": opt_head}}
+    return local, {"loss_dat": loss, "task_dat": task, "kd_dat": kd}
 
-    local = {"shared": shared, "client": client, "head": head, "tick": local["tick"] + 2,
-             "opt": {"shared": opt_shared, "client": opt_client, "head": opt_head}}
-    metrics = {"loss_shared": loss_s, "loss_dat": loss_d, "task_shared": task_s,
-               "kd_shared": kd_s, "task_dat": task_d, "kd_dat": kd_d, "lr": lr_1}
-    return local, metrics
+  def local_step(self, ctx, local, batch, rng):
+    del rng  # the frozen backbone runs without dropout
+    z_teacher = self.teacher_logits(ctx, local, batch)
+    local, z_shared, metrics_shared = self.shared_step(ctx, local, batch, z_teacher)
+    local, metrics_dat = self.dat_step(ctx, local, batch, z_shared)
+    return local, {**metrics_shared, **metrics_dat}
 
   # ---- evaluation ----------------------------------------------------------------------------
   def eval_logits(self, ctx, private, shared, batch):
