@@ -1,0 +1,73 @@
+"""The defaults every experiment config starts from (SPEC §2 hyperparameters).
+
+Each file in ``configs/`` calls :func:`base_config` and changes what its experiment needs; any
+field can be overridden on the command line (``--config.rounds=10``). The config is locked, so a
+misspelt key is an error, and ml_collections refuses a value of the wrong type.
+"""
+from __future__ import annotations
+
+import json
+
+import ml_collections
+
+# Fields that do not change the numbers a run computes: excluded from the checkpoint fingerprint,
+# so a resumed run may, e.g., train for more rounds or log differently.
+NON_NUMERIC_FIELDS = ("rounds", "eval_every", "checkpoint_every", "tensorboard", "compare_methods")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = "feddat"              # a key of feddat_jax.methods.METHODS
+  c.compare_methods = ()           # if set, launch.py runs each of these methods in turn
+  c.rounds = 30
+  c.clients_per_round = 1.0        # a float fraction of the registered clients, or an int count
+  c.batch_size = 2
+  c.eval_batch_size = 32
+  c.eval_every = 5
+  c.checkpoint_every = 1
+  c.aggregation = "weighted"       # "uniform" reproduces the official code
+  c.reset_optimizer_each_round = True
+  c.fedprox_mu = 0.01
+  c.tensorboard = True
+
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, warmup_fraction=0.1,
+      schedule_epochs=15.0))
+  c.server = ml_collections.ConfigDict()
+  c.server.optimizer = ""          # "" = the method's own (fedavg unless e.g. fedadam_adapter)
+  c.server.hyper = ml_collections.ConfigDict(dict(learning_rate=1.0, momentum=0.9, b1=0.9,
+                                                  b2=0.99, tau=1e-3))
+  c.feddat = ml_collections.ConfigDict(dict(temperature=3.0, task_weight=0.5, kd_weight=0.5,
+                                            eval_teacher="round_start"))
+  c.faithful = ml_collections.ConfigDict(dict(freeze_client_adapter_after_round0=False,
+                                              same_order_each_round=False))
+  c.peft = ml_collections.ConfigDict(dict(adapter_reduction=16, lora_rank=16))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "vilt"
+  c.model.checkpoint = ""          # local HF folder; "" = random init at model.size
+  c.model.size = "base"            # "tiny" | "base" (only without a checkpoint)
+  c.model.dtype = "float32"        # compute dtype; params stay float32
+  c.model.image_hw = (384, 640)    # every image is padded to this static size (pixel mask)
+  c.model.max_text_len = 40
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tfds"           # "tfds" (a built benchmark) | "embedded"
+  c.data.tfds_dir = ""
+  c.data.family = "domain"
+  c.data.num_clients = 0           # 0 = every client of the family
+  c.data.image_size = 64
+  c.data.train_per_client = 300
+  c.data.test_per_client = 100
+  c.data.seed = 0
+  c.data.cache_dir = "~/.cache/feddat_jax/embedded"
+  return c
+
+
+def fingerprint_json(config: ml_collections.ConfigDict) -> str:
+  """The config as canonical JSON without the fields that do not change the numbers."""
+  d = json.loads(config.to_json())
+  for key in NON_NUMERIC_FIELDS:
+    d.pop(key, None)
+  return json.dumps(d, sort_keys=True)

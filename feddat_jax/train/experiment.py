@@ -1,0 +1,159 @@
+"""Build everything one run needs from its config: data, model, method, and the jitted functions.
+
+This is the only place where the config's names meet the library's objects, so a wrong key or
+value fails here, before any compute, with a message that names it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from feddat_jax import methods
+from feddat_jax.data import embedded, tfds_store
+from feddat_jax.data.client_store import ClientDataStore
+from feddat_jax.data.pipeline import eval_batches, task_metadata
+from feddat_jax.data.records import FederatedBenchmark
+from feddat_jax.data.tokenize import HFTokenizerEncoder, TextEncoder, WordVocabEncoder
+from feddat_jax.fl import local_optim
+from feddat_jax.fl.aggregation import MeanAggregator
+from feddat_jax.fl.algorithms import LocalAlgorithm
+from feddat_jax.fl.evaluation import make_eval_fn
+from feddat_jax.fl.round import make_round_fn
+from feddat_jax.fl.server_optimizers import make_server_optimizer
+from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
+from feddat_jax.models.inputs import to_model_inputs
+from feddat_jax.models.vilt import ViltConfig, ViltVQA
+from feddat_jax.models.vilt_checkpoint import load_vilt_params, read_vilt_config
+
+PyTree = Any
+DATA_SOURCES = ("embedded", "tfds")
+MODEL_SIZES = ("tiny", "base")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Experiment:
+  """A run's immutable pieces plus its initial state."""
+  config: ml_collections.ConfigDict
+  method: methods.Method
+  benchmark: FederatedBenchmark
+  train_store: ClientDataStore
+  tasks: ClientTasks                 # [N]
+  eval_data: dict[str, np.ndarray]   # [N, S_e, B_e, ...] every client's test split
+  algorithm: LocalAlgorithm
+  frozen: PyTree
+  server: ServerState
+  private_N: PyTree
+  round_fn: Any
+  eval_fn: Any
+
+  @property
+  def client_names(self) -> list[str]:
+    return [c.name for c in self.benchmark.clients]
+
+
+def _choice(value: str, allowed, key: str) -> str:
+  if value not in allowed:
+    raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
+  return value
+
+
+def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> FederatedBenchmark:
+  source = _choice(data.source, DATA_SOURCES, "data.source")
+  if source == "tfds":
+    return tfds_store.read_benchmark(data.tfds_dir)
+  return embedded.load_or_build(
+      data.family, Path(data.cache_dir).expanduser(), num_clients=data.num_clients or None,
+      image_size=data.image_size, train_per_client=data.train_per_client,
+      test_per_client=data.test_per_client, seed=data.seed, patch_size=patch_size)
+
+
+def text_encoder(config: ml_collections.ConfigDict, benchmark: FederatedBenchmark) -> TextEncoder:
+  """The checkpoint's own tokenizer, or (random-init model) a word vocabulary of the benchmark."""
+  if config.model.checkpoint:
+    return HFTokenizerEncoder(config.model.checkpoint)
+  return WordVocabEncoder.from_benchmark(benchmark)
+
+
+def vilt_config(config: ml_collections.ConfigDict, vocab_size: int) -> ViltConfig:
+  if config.model.checkpoint:
+    return read_vilt_config(config.model.checkpoint)
+  size = _choice(config.model.size, MODEL_SIZES, "model.size")
+  base = ViltConfig.tiny() if size == "tiny" else ViltConfig()
+  return dataclasses.replace(base, vocab_size=vocab_size,
+                             max_position_embeddings=config.model.max_text_len,
+                             image_size=max(config.model.image_hw))
+
+
+def init_model_params(config, model: ViltVQA, batch: dict, rng: jax.Array) -> PyTree:
+  """Random init of backbone + PEFT + head, then the pretrained backbone from the checkpoint."""
+  params = jax.jit(lambda r, b: model.init(r, to_model_inputs(b), adapter_mode="none"))(
+      rng, batch)["params"]
+  if config.model.checkpoint:
+    params = load_vilt_params(config.model.checkpoint, params, load_head=False)
+  return params
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  method = methods.get_method(config.method)
+  patch = read_vilt_config(config.model.checkpoint).patch_size if config.model.checkpoint else (
+      ViltConfig.tiny().patch_size if config.model.size == "tiny" else ViltConfig().patch_size)
+  benchmark = load_benchmark(config.data, patch)
+  encoder = text_encoder(config, benchmark)
+  clients = benchmark.clients
+  num_answers = max(len(c.answers) for c in clients)
+  hw = tuple(config.model.image_hw)
+  train_store = ClientDataStore.build(clients, "train", encoder, hw, config.model.max_text_len,
+                                      num_answers)
+  test_store = ClientDataStore.build(clients, "test", encoder, hw, config.model.max_text_len,
+                                     num_answers)
+  tasks = ClientTasks(**{k: jnp.asarray(v) for k, v in task_metadata(clients, num_answers).items()})
+  validate_tasks(tasks)
+  all_ids = np.arange(len(clients))
+  eval_data = eval_batches(test_store, all_ids, config.eval_batch_size)
+
+  peft = methods.peft_config(method, adapter_reduction=config.peft.adapter_reduction,
+                             **({"lora_rank": config.peft.lora_rank} if method.peft.get("lora_rank")
+                                else {}))
+  model = ViltVQA(vilt_config(config, encoder.vocab_size), peft, num_answers,
+                  DTYPES[_choice(config.model.dtype, DTYPES, "model.dtype")])
+  example = jax.tree.map(lambda x: x[0, 0], eval_data)
+  params = init_model_params(config, model, example, jax.random.key(config.seed))
+  frozen, shared, private = methods.split_params(method, params)
+
+  forward = methods.make_forward(model, to_model_inputs)
+  algorithm = methods.build_algorithm(method, forward, local_optim.LocalOptimConfig(**config.optim),
+                                      **algorithm_options(config, method))
+  server_tx = make_server_optimizer(config.server.optimizer or method.server_optimizer,
+                                    **config.server.hyper)
+  server = init_server_state(shared, server_tx, jax.random.key(config.seed + 1))
+  private_one = algorithm.init_private(shared, private)
+  private_N = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(clients),) + x.shape).copy(),
+                           private_one)
+  aggregator = MeanAggregator(config.aggregation)
+  return Experiment(config=config, method=method, benchmark=benchmark, train_store=train_store,
+                    tasks=tasks, eval_data=eval_data, algorithm=algorithm, frozen=frozen,
+                    server=server, private_N=private_N,
+                    round_fn=make_round_fn(algorithm, server_tx, aggregator),
+                    eval_fn=make_eval_fn(algorithm))
+
+
+def algorithm_options(config: ml_collections.ConfigDict, method: methods.Method) -> dict:
+  """The config's algorithm options that apply to this method's algorithm."""
+  if method.algorithm == "feddat":
+    opts = dict(config.feddat)
+    opts["freeze_client_adapter_after_round0"] = config.faithful.freeze_client_adapter_after_round0
+  else:
+    opts = {"prox_mu": config.fedprox_mu} if "prox_mu" in method.options else {}
+  opts["reset_optimizer_each_round"] = config.reset_optimizer_each_round
+  return opts
+
+
+def workdir_for(config: ml_collections.ConfigDict, root: str | Path) -> Path:
+  return Path(root) / config.method
