@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 TASK_KINDS = ("vqa", "classification")
 """'vqa': soft scores, trained with BCE; 'classification': one-hot, trained with cross-entropy."""
