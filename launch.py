@@ -9,6 +9,7 @@ land in ``<workdir>``.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from absl import app, flags
@@ -17,6 +18,7 @@ from ml_collections import config_flags
 
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.loop import train
+from feddat_jax.train.pretrain import pretrain
 from feddat_jax.train.report import write_report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
@@ -58,7 +60,11 @@ def run(config, workdir: Path) -> str:
 def main(argv) -> None:
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
-  run(_CONFIG.value, prepare_workdir(_WORKDIR.value))
+  config, workdir = _CONFIG.value, prepare_workdir(_WORKDIR.value)
+  if config.get("kind") == "pretrain":
+    print(json.dumps(pretrain(config, workdir)["final"]))
+  else:
+    run(config, workdir)
 
 
 if __name__ == "__main__":

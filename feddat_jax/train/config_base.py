@@ -30,6 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.reset_optimizer_each_round = True
   c.fedprox_mu = 0.01
   c.tensorboard = True
+  c.comm_max_bytes = 0.0           # stop cleanly before a round that would pass it (0 = no cap)
+  # central DP of the shared channel (docs/PRIVACY.md); needs aggregation="uniform"
+  c.dp = ml_collections.ConfigDict(dict(enabled=False, clip_norm=1.0, noise_multiplier=1.0,
+                                        delta=1e-5, accountant="rdp"))
 
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-4, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, warmup_fraction=0.1,
@@ -71,3 +75,25 @@ def fingerprint_json(config: ml_collections.ConfigDict) -> str:
   for key in NON_NUMERIC_FIELDS:
     d.pop(key, None)
   return json.dumps(d, sort_keys=True)
+
+
+def paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
+  """ViLT on one of the paper's benchmarks with SPEC §2 hyperparameters.
+
+  ``arg`` is "" (the real run: pass --config.data.tfds_dir and --config.model.checkpoint) or
+  "smoke" (the same experiment shrunk to one round of a tiny random ViLT on the embedded
+  benchmark family of the same name, so the config is exercised without the real data).
+  """
+  c = base_config()
+  c.data.source = "tfds"
+  c.data.family = benchmark
+  c.rounds = 30
+  c.eval_every = 5
+  if arg == "smoke":
+    c.data.source = "embedded"
+    c.data.train_per_client, c.data.test_per_client, c.data.image_size = 12, 6, 32
+    c.model.size, c.model.image_hw, c.model.max_text_len = "tiny", (32, 32), 16
+    c.rounds, c.eval_every, c.batch_size, c.tensorboard = 1, 1, 4, False
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")
+  return c

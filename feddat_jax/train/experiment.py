@@ -20,8 +20,10 @@ from feddat_jax.data.client_store import ClientDataStore
 from feddat_jax.data.pipeline import eval_batches, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
 from feddat_jax.data.tokenize import HFTokenizerEncoder, TextEncoder, WordVocabEncoder
-from feddat_jax.fl import local_optim
-from feddat_jax.fl.aggregation import MeanAggregator
+from feddat_jax.fl import communication, local_optim
+from feddat_jax.fl.accounting import PrivacyAccountant
+from feddat_jax.fl.aggregation import Aggregator, MeanAggregator
+from feddat_jax.fl.privacy import make_dp_aggregator
 from feddat_jax.fl.algorithms import LocalAlgorithm
 from feddat_jax.fl.evaluation import make_eval_fn
 from feddat_jax.fl.round import make_round_fn
@@ -52,6 +54,8 @@ class Experiment:
   private_N: PyTree
   round_fn: Any
   eval_fn: Any
+  param_share: communication.ParameterShare
+  accountant: PrivacyAccountant | None
 
   @property
   def client_names(self) -> list[str]:
@@ -136,12 +140,27 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   private_one = algorithm.init_private(shared, private)
   private_N = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(clients),) + x.shape).copy(),
                            private_one)
-  aggregator = MeanAggregator(config.aggregation)
+  aggregator, accountant = build_aggregation(config, len(clients))
   return Experiment(config=config, method=method, benchmark=benchmark, train_store=train_store,
                     tasks=tasks, eval_data=eval_data, algorithm=algorithm, frozen=frozen,
                     server=server, private_N=private_N,
                     round_fn=make_round_fn(algorithm, server_tx, aggregator),
-                    eval_fn=make_eval_fn(algorithm))
+                    eval_fn=make_eval_fn(algorithm),
+                    param_share=communication.parameter_share(frozen, shared, private),
+                    accountant=accountant)
+
+
+def build_aggregation(config: ml_collections.ConfigDict,
+                      num_clients: int) -> tuple[Aggregator, PrivacyAccountant | None]:
+  """The plain mean, or (``dp.enabled``) the DP-FedAvg aggregator and its privacy accountant."""
+  if not config.dp.enabled:
+    return MeanAggregator(config.aggregation), None
+  dp = config.dp
+  aggregator = make_dp_aggregator(dp.clip_norm, dp.noise_multiplier,
+                                  aggregation=config.aggregation)
+  accountant = PrivacyAccountant.for_cohort(dp.noise_multiplier, num_clients,
+                                            config.clients_per_round, dp.delta, dp.accountant)
+  return aggregator, accountant
 
 
 def algorithm_options(config: ml_collections.ConfigDict, method: methods.Method) -> dict:

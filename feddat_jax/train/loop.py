@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from feddat_jax.data.pipeline import Prefetcher, cohort_batches
+from feddat_jax.fl.communication import CommunicationBudget, round_traffic
 from feddat_jax.fl.sampling import sample_clients
 from feddat_jax.fl.state import gather, scatter
 from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
@@ -43,7 +44,7 @@ def check_finite(metrics_C: dict, cohort: np.ndarray, names: list[str], round_in
 
 
 def round_record(exp: Experiment, round_index: int, cohort: np.ndarray, metrics: dict,
-                 seconds: float, comm_total: float) -> Record:
+                 seconds: float) -> Record:
   names = exp.client_names
   metrics_C = jax.device_get(metrics["clients"])
   record: Record = {"round": round_index + 1, "time/round_s": seconds,
@@ -54,9 +55,9 @@ def round_record(exp: Experiment, round_index: int, cohort: np.ndarray, metrics:
       record[f"train/{names[k]}/{key}"] = float(v)
   for key, value in jax.device_get(metrics["server"]).items():
     record[f"server/{key}"] = float(value)
-  up, down = _round_bytes(exp.server.shared, len(cohort))  # shapes never change
-  record.update({"comm/bytes_up": up, "comm/bytes_down": down,
-                 "comm/bytes_total_cumulative": comm_total + up + down})
+  record.update(exp.param_share.metrics())
+  if exp.accountant is not None:
+    record.update(exp.accountant.metrics(round_index + 1))
   return record
 
 
@@ -95,13 +96,19 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
                           round_index=r, num_steps=static_steps,
                           same_order_each_round=cfg.faithful.same_order_each_round)
 
-  comm_total = history[-1]["comm/bytes_total_cumulative"] if history else 0.0
+  comm_total = history[-1]["comm/bytes_cumulative"] if history else 0
+  budget = CommunicationBudget(cfg.comm_max_bytes or None)
   steps_per_round = static_steps
   bar = tqdm(total=cfg.rounds * steps_per_round, initial=start * steps_per_round,
              unit="step", desc=cfg.method, disable=not show_progress, dynamic_ncols=True)
   with Prefetcher(build, last_round=cfg.rounds - 1) as prefetch:
     for r in range(start, cfg.rounds):
       cohort = cohort_of(r)
+      traffic = round_traffic(server.shared, len(cohort))
+      if budget.exhausted(comm_total, traffic.total_bytes):
+        log.warning("communication budget of %d bytes reached after %d rounds (%d bytes used); "
+                    "stopping", cfg.comm_max_bytes, r, comm_total)
+        break
       batches = prefetch.get(r)
       t0 = time.perf_counter()
       round_start_shared = server.shared
@@ -111,8 +118,9 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
       jax.block_until_ready(server.shared)
       check_finite(jax.device_get(metrics["clients"]), cohort, exp.client_names, r)
       private_N = scatter(private_N, cohort, private_C)
-      record = round_record(exp, r, cohort, metrics, time.perf_counter() - t0, comm_total)
-      comm_total = record["comm/bytes_total_cumulative"]
+      comm_total += traffic.total_bytes
+      record = round_record(exp, r, cohort, metrics, time.perf_counter() - t0)
+      record.update(traffic.metrics(comm_total))
       if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
         record.update(eval_record(exp, exp.eval_fn(exp.frozen, round_start_shared,
                                                    server.shared, private_N, exp.tasks,
@@ -132,7 +140,3 @@ def _headline(record: Record) -> dict[str, Any]:
   loss = {k: round(v, 3) for k, v in record.items() if k in ("train/loss", "train/loss_dat")}
   return {**loss, **scores}
 
-
-def _round_bytes(shared, cohort):  # TEMP until fl.communication lands
-  b = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shared))
-  return b * cohort, b * cohort

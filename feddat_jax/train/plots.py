@@ -51,7 +51,7 @@ def plot_communication(runs: dict[str, list[Record]], out_png: str | Path,
   """Mean headline score against cumulative bytes communicated (up + down)."""
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for method, history in runs.items():
-    points = [(r["comm/bytes_total_cumulative"], r[f"score/mean/{variant_of[method]}"])
+    points = [(r["comm/bytes_cumulative"], r[f"score/mean/{variant_of[method]}"])
               for r in history if f"score/mean/{variant_of[method]}" in r]
     if points:
       ax.plot([p[0] / 1e6 for p in points], [p[1] for p in points], marker="o", label=method)

@@ -27,7 +27,7 @@ def final_scores(runs: dict[str, list[Record]], clients: list[str]) -> dict[str,
     out[method] = {"round": last.get("round"), "variant": variant,
                    "clients": {c: last.get(f"score/{c}/{variant}") for c in clients},
                    "mean": last.get(f"score/mean/{variant}"),
-                   "comm_mb": history[-1]["comm/bytes_total_cumulative"] / 1e6 if history else 0,
+                   "comm_mb": history[-1]["comm/bytes_cumulative"] / 1e6 if history else 0,
                    "all_variants": {k.split("/")[-1]: v for k, v in last.items()
                                     if k.startswith("score/mean/")}}
   return out

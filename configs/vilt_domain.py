@@ -1,0 +1,16 @@
+r"""FedDAT with ViLT-B/32 on the paper's Domain benchmark (SPEC §2 hyperparameters, 30 rounds).
+
+  python -m feddat_jax.data.build --benchmark domain --raw_dir RAW --out data/domain
+  python launch.py --config configs/vilt_domain.py --workdir runs/vilt_domain \
+      --config.data.tfds_dir=data/domain --config.model.checkpoint=PATH/TO/vilt-b32-mlm
+
+Any baseline or ablation is one override, e.g. --config.method=fedavg_adapter (the names are in
+feddat_jax/methods.py); the official code's behaviour is --config.aggregation=uniform
+--config.faithful.freeze_client_adapter_after_round0=True --config.faithful.same_order_each_round=True.
+Smoke test (one round, tiny random ViLT, embedded data): --config configs/vilt_domain.py:smoke
+"""
+from feddat_jax.train.config_base import paper_config
+
+
+def get_config(arg: str = ""):
+  return paper_config("domain", arg)

@@ -1,0 +1,16 @@
+r"""FedDAT with ViLT-B/32 on the paper's Function benchmark (SPEC §2 hyperparameters, 30 rounds).
+
+  python -m feddat_jax.data.build --benchmark function --raw_dir RAW --out data/function
+  python launch.py --config configs/vilt_function.py --workdir runs/vilt_function \
+      --config.data.tfds_dir=data/function --config.model.checkpoint=PATH/TO/vilt-b32-mlm
+
+Any baseline or ablation is one override, e.g. --config.method=fedavg_adapter (the names are in
+feddat_jax/methods.py); the official code's behaviour is --config.aggregation=uniform
+--config.faithful.freeze_client_adapter_after_round0=True --config.faithful.same_order_each_round=True.
+Smoke test (one round, tiny random ViLT, embedded data): --config configs/vilt_function.py:smoke
+"""
+from feddat_jax.train.config_base import paper_config
+
+
+def get_config(arg: str = ""):
+  return paper_config("function", arg)
