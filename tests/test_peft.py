@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from feddat_jax.fl.local_optim import decay_mask
+
 from feddat_jax.models.vilt import ViltConfig, ViltVQA
 from feddat_jax.peft import partition
 from feddat_jax.peft.adapters import AdapterSite
@@ -200,7 +202,7 @@ def test_partition_helpers_and_errors(full_params):
         rules_for("fedavg")
     with pytest.raises(ValueError, match="no partition rule matches"):
         role_of("vilt/pooler/kernel", [(r"^head/", "private")])
-    decay = flatten(partition.weight_decay_mask(full_params))
+    decay = flatten(decay_mask(full_params))  # the local optimizer's weight-decay mask
     assert decay["vilt/pooler/kernel"] and decay["vilt/embeddings/cls_token"]
     assert not decay["vilt/pooler/bias"] and not decay["head/layernorm/scale"]
     assert not decay[f"{LAYER}/layernorm_before/scale"]

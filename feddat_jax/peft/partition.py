@@ -116,11 +116,6 @@ def mask(params: Mapping[str, Any], rules: Rules, role: Role) -> dict[str, Any]:
     return unflatten({path: role_of(path, rules) == role for path in flatten(params)})
 
 
-def weight_decay_mask(params: Mapping[str, Any]) -> dict[str, Any]:
-    """True where AdamW weight decay applies: not on biases, not on LayerNorm scales (SPEC §2)."""
-    return unflatten({path: path.rsplit("/", 1)[-1] not in ("bias", "scale") for path in flatten(params)})
-
-
 def count_params(tree: Any) -> int:
     """Number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
     return int(sum(np.prod(np.shape(leaf), dtype=np.int64) for leaf in jax.tree_util.tree_leaves(tree)))
