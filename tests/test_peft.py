@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from feddat_jax.fl.local_optim import decay_mask
-
 from feddat_jax.models.vilt import ViltConfig, ViltVQA
 from feddat_jax.peft import partition
 from feddat_jax.peft.adapters import AdapterSite
