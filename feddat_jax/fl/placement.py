@@ -57,7 +57,9 @@ def map_clients(fn: Callable[..., PyTree], in_axes: Sequence[int | None], *,
       shared by all clients (it is passed as is: never stacked, never copied).
     mesh: optional mesh; clients values are sharded over its ``clients`` axis.
     chunk_size: if set, clients are processed ``chunk_size`` at a time (``lax.map`` with
-      ``batch_size``), trading speed for memory when a whole cohort does not fit.
+      ``batch_size``), trading speed for memory when a whole cohort does not fit. With a mesh,
+      each device chunks its own ``C / devices`` clients (C must divide over the ``clients``
+      axis), so chunking never gathers the cohort onto one device.
   """
   in_axes = tuple(in_axes)
   spmd_axis = CLIENTS_AXIS if mesh is not None and CLIENTS_AXIS in mesh.axis_names else None
@@ -76,7 +78,24 @@ def map_clients(fn: Callable[..., PyTree], in_axes: Sequence[int | None], *,
         full = tuple(next(it) if ax == 0 else a for a, ax in zip(args, in_axes))
         return fn(*full)
 
-      out = jax.lax.map(one_client, client_args, batch_size=chunk_size)
+      shards = mesh.shape[CLIENTS_AXIS] if spmd_axis is not None else 1
+      if shards == 1:
+        out = jax.lax.map(one_client, client_args, batch_size=chunk_size)
+      else:
+        # A plain lax.map would scan over the sharded client axis, so every device would
+        # all-gather the whole cohort and run all of it. Instead split the axis into
+        # [shards, C / shards] (device i holds rows i·C/shards.. of the P("clients") layout, so
+        # the reshape moves no data), vmap over the shards and chunk each device's own clients.
+        count = num_clients(client_args)
+        if count % shards:
+          raise ValueError(f"map_clients: a cohort of {count} clients does not divide over the "
+                           f"mesh's {shards} '{CLIENTS_AXIS}' devices; pad the cohort to a "
+                           f"multiple of {shards}")
+        split = jax.tree.map(lambda x: x.reshape((shards, count // shards) + x.shape[1:]),
+                             client_args)
+        out = jax.vmap(lambda part: jax.lax.map(one_client, part, batch_size=chunk_size),
+                       spmd_axis_name=spmd_axis)(split)
+        out = jax.tree.map(lambda x: x.reshape((count,) + x.shape[2:]), out)
     return constrain_clients(out, mesh)
 
   return mapped
