@@ -19,7 +19,6 @@ from feddat_jax.data import embedded, tfds_store
 from feddat_jax.data.client_store import ClientDataStore
 from feddat_jax.data.pipeline import eval_batches, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
-from feddat_jax.data.tokenize import HFTokenizerEncoder, TextEncoder, WordVocabEncoder
 from feddat_jax.fl import communication, local_optim
 from feddat_jax.fl.accounting import PrivacyAccountant
 from feddat_jax.fl.aggregation import Aggregator, MeanAggregator
@@ -29,14 +28,10 @@ from feddat_jax.fl.evaluation import make_eval_fn
 from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
-from feddat_jax.models.inputs import to_model_inputs
-from feddat_jax.models.vilt import ViltConfig, ViltVQA
-from feddat_jax.models.vilt_checkpoint import load_vilt_params, read_vilt_config
+from feddat_jax.models import registry
 
 PyTree = Any
 DATA_SOURCES = ("embedded", "tfds")
-MODEL_SIZES = ("tiny", "base")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -56,20 +51,21 @@ class Experiment:
   eval_fn: Any
   param_share: communication.ParameterShare
   accountant: PrivacyAccountant | None
+  # ALBEF: every client's answer list [N, A, La] (registry.answer_lists); {} for ViLT
+  answers_N: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def client_names(self) -> list[str]:
     return [c.name for c in self.benchmark.clients]
 
-
-def _choice(value: str, allowed, key: str) -> str:
-  if value not in allowed:
-    raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
-  return value
+  def with_answer_lists(self, batch: dict[str, np.ndarray], client_ids) -> dict[str, np.ndarray]:
+    """A pipeline batch [C, S, B, ...] of these clients plus what the backbone needs per client
+    (ALBEF: the answer lists [C, S, A, La])."""
+    return registry.with_answer_lists(batch, self.answers_N, client_ids)
 
 
 def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> FederatedBenchmark:
-  source = _choice(data.source, DATA_SOURCES, "data.source")
+  source = registry.choice(data.source, DATA_SOURCES, "data.source")
   if source == "tfds":
     return tfds_store.read_benchmark(data.tfds_dir)
   return embedded.load_or_build(
@@ -78,38 +74,10 @@ def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> Federate
       test_per_client=data.test_per_client, seed=data.seed, patch_size=patch_size)
 
 
-def text_encoder(config: ml_collections.ConfigDict, benchmark: FederatedBenchmark) -> TextEncoder:
-  """The checkpoint's own tokenizer, or (random-init model) a word vocabulary of the benchmark."""
-  if config.model.checkpoint:
-    return HFTokenizerEncoder(config.model.checkpoint)
-  return WordVocabEncoder.from_benchmark(benchmark)
-
-
-def vilt_config(config: ml_collections.ConfigDict, vocab_size: int) -> ViltConfig:
-  if config.model.checkpoint:
-    return read_vilt_config(config.model.checkpoint)
-  size = _choice(config.model.size, MODEL_SIZES, "model.size")
-  base = ViltConfig.tiny() if size == "tiny" else ViltConfig()
-  return dataclasses.replace(base, vocab_size=vocab_size,
-                             max_position_embeddings=config.model.max_text_len,
-                             image_size=max(config.model.image_hw))
-
-
-def init_model_params(config, model: ViltVQA, batch: dict, rng: jax.Array) -> PyTree:
-  """Random init of backbone + PEFT + head, then the pretrained backbone from the checkpoint."""
-  params = jax.jit(lambda r, b: model.init(r, to_model_inputs(b), adapter_mode="none"))(
-      rng, batch)["params"]
-  if config.model.checkpoint:
-    params = load_vilt_params(config.model.checkpoint, params, load_head=False)
-  return params
-
-
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   method = methods.get_method(config.method)
-  patch = read_vilt_config(config.model.checkpoint).patch_size if config.model.checkpoint else (
-      ViltConfig.tiny().patch_size if config.model.size == "tiny" else ViltConfig().patch_size)
-  benchmark = load_benchmark(config.data, patch)
-  encoder = text_encoder(config, benchmark)
+  benchmark = load_benchmark(config.data, registry.patch_size(config))
+  encoder = registry.text_encoder(config, benchmark)
   clients = benchmark.clients
   num_answers = max(len(c.answers) for c in clients)
   hw = tuple(config.model.image_hw)
@@ -119,19 +87,20 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                                      num_answers)
   tasks = ClientTasks(**{k: jnp.asarray(v) for k, v in task_metadata(clients, num_answers).items()})
   validate_tasks(tasks)
+  answers_N = registry.answer_lists(config, clients, encoder, num_answers)  # {} for ViLT
   all_ids = np.arange(len(clients))
-  eval_data = eval_batches(test_store, all_ids, config.eval_batch_size)
+  eval_data = registry.with_answer_lists(eval_batches(test_store, all_ids, config.eval_batch_size),
+                                         answers_N, all_ids)
 
   peft = methods.peft_config(method, adapter_reduction=config.peft.adapter_reduction,
                              **({"lora_rank": config.peft.lora_rank} if method.peft.get("lora_rank")
                                 else {}))
-  model = ViltVQA(vilt_config(config, encoder.vocab_size), peft, num_answers,
-                  DTYPES[_choice(config.model.dtype, DTYPES, "model.dtype")])
-  example = jax.tree.map(lambda x: x[0, 0], eval_data)
-  params = init_model_params(config, model, example, jax.random.key(config.seed))
+  answer_len = answers_N["answer_input_ids"].shape[-1] if answers_N else 0
+  model, params, inputs_fn, _ = registry.build_backbone(config, peft, num_answers, encoder,
+                                                        answer_len=answer_len)
   frozen, shared, private = methods.split_params(method, params)
 
-  forward = methods.make_forward(model, to_model_inputs)
+  forward = methods.make_forward(model, inputs_fn)
   algorithm = methods.build_algorithm(method, forward, local_optim.LocalOptimConfig(**config.optim),
                                       **algorithm_options(config, method))
   server_tx = make_server_optimizer(config.server.optimizer or method.server_optimizer,
@@ -147,7 +116,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                     round_fn=make_round_fn(algorithm, server_tx, aggregator),
                     eval_fn=make_eval_fn(algorithm),
                     param_share=communication.parameter_share(frozen, shared, private),
-                    accountant=accountant)
+                    accountant=accountant, answers_N=answers_N)
 
 
 def build_aggregation(config: ml_collections.ConfigDict,

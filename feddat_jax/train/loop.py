@@ -91,10 +91,12 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
   def cohort_of(r: int) -> np.ndarray:
     return sample_clients(cfg.seed, r, n, cfg.clients_per_round)
 
-  def build(r: int) -> dict:
-    return cohort_batches(exp.train_store, cohort_of(r), cfg.batch_size, seed=cfg.seed,
-                          round_index=r, num_steps=static_steps,
-                          same_order_each_round=cfg.faithful.same_order_each_round)
+  def build(r: int) -> dict:  # on the prefetch thread: answer lists (ALBEF) included
+    cohort = cohort_of(r)
+    return exp.with_answer_lists(
+        cohort_batches(exp.train_store, cohort, cfg.batch_size, seed=cfg.seed, round_index=r,
+                       num_steps=static_steps,
+                       same_order_each_round=cfg.faithful.same_order_each_round), cohort)
 
   comm_total = history[-1]["comm/bytes_cumulative"] if history else 0
   budget = CommunicationBudget(cfg.comm_max_bytes or None)

@@ -1,0 +1,19 @@
+r"""FedDAT with ALBEF (14M, ViT-B/16 at 384x384) on the paper's Scene benchmark (SPEC §2, 20 rounds).
+
+  python -m feddat_jax.data.build --benchmark scene --raw_dir RAW --out data/scene
+  python launch.py --config configs/albef_scene.py --workdir runs/albef_scene \
+      --config.data.tfds_dir=data/scene --config.model.checkpoint=PATH/TO/ALBEF.pth \
+      --config.model.tokenizer=PATH/TO/bert-base-uncased
+
+Answers are generated: each client's answer list is ranked by the decoder's sequence likelihood.
+Any baseline or ablation is one override, e.g. --config.method=fedavg_adapter (ALBEF carries
+adapters only: not fedavg_lora / fedavg_prompt); the official code's behaviour is
+--config.aggregation=uniform --config.faithful.freeze_client_adapter_after_round0=True
+--config.faithful.same_order_each_round=True.
+Smoke test (one round, tiny random ALBEF, embedded data): --config configs/albef_scene.py:smoke
+"""
+from feddat_jax.train.config_base import albef_paper_config
+
+
+def get_config(arg: str = ""):
+  return albef_paper_config("scene", arg)
