@@ -7,6 +7,7 @@ Every method of the run trains in ``<workdir>/<method>`` (metrics, TensorBoard, 
 rerunning the same command resumes. The comparison table, ``results.json`` and the PNG plots
 land in ``<workdir>``.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,51 +22,55 @@ from feddat_jax.train.loop import train
 from feddat_jax.train.pretrain import pretrain
 from feddat_jax.train.report import write_report
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "experiment config file", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (resume: the same folder)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def prepare_workdir(path: str) -> Path:
-  workdir = Path(path).expanduser()
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_test"
-    probe.write_text("ok")
-    probe.unlink()
-  except OSError as err:
-    raise SystemExit(f"--workdir {workdir} is not writable: {err}") from err
-  return workdir
+    workdir = Path(path).expanduser()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise SystemExit(f"--workdir {workdir} is not writable: {err}") from err
+    return workdir
 
 
 def run(config, workdir: Path) -> str:
-  """Train every method of the config, then write and return the comparison table."""
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  methods = list(config.compare_methods) or [config.method]
-  runs, clients = {}, []
-  for method in methods:
-    method_config = config.copy_and_resolve_references()
-    method_config.method = method
-    experiment = build_experiment(method_config)
-    clients = experiment.client_names
-    print(f"== {method}: {len(clients)} clients, {config.rounds} rounds -> {workdir / method}")
-    runs[method] = train(experiment, workdir / method)
-  table = write_report(runs, clients, workdir)
-  print(table)
-  print(f"\nresults: {workdir / 'results.json'}; plots: {workdir / 'scores.png'}, "
-        f"{workdir / 'communication.png'}")
-  return table
+    """Train every method of the config, then write and return the comparison table."""
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    methods = list(config.compare_methods) or [config.method]
+    runs, clients = {}, []
+    for method in methods:
+        method_config = config.copy_and_resolve_references()
+        method_config.method = method
+        experiment = build_experiment(method_config)
+        clients = experiment.client_names
+        print(f"== {method}: {len(clients)} clients, {config.rounds} rounds -> {workdir / method}")
+        runs[method] = train(experiment, workdir / method)
+    table = write_report(runs, clients, workdir)
+    print(table)
+    print(
+        f"\nresults: {workdir / 'results.json'}; plots: {workdir / 'scores.png'}, "
+        f"{workdir / 'communication.png'}"
+    )
+    return table
 
 
 def main(argv) -> None:
-  del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
-  config, workdir = _CONFIG.value, prepare_workdir(_WORKDIR.value)
-  if config.get("kind") == "pretrain":
-    print(json.dumps(pretrain(config, workdir)["final"]))
-  else:
-    run(config, workdir)
+    del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
+    config, workdir = _CONFIG.value, prepare_workdir(_WORKDIR.value)
+    if config.get("kind") == "pretrain":
+        print(json.dumps(pretrain(config, workdir)["final"]))
+    else:
+        run(config, workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

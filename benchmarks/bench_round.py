@@ -20,6 +20,7 @@ host->device copy and the device's round time.
 Writes the table to stdout and everything to --out (JSON, rewritten after every row, so a run cut
 short still leaves its results). Not a test: nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,354 +52,466 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass
 class Setup:
-  model: ViltVQA
-  algorithm: object
-  server_tx: object
-  frozen: dict
-  shared: dict
-  private_one: dict
-  image_hw: tuple[int, int]
-  text_len: int
-  vocab: int
-  answers: int
-  steps: int
-  batch: int
+    model: ViltVQA
+    algorithm: object
+    server_tx: object
+    frozen: dict
+    shared: dict
+    private_one: dict
+    image_hw: tuple[int, int]
+    text_len: int
+    vocab: int
+    answers: int
+    steps: int
+    batch: int
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--size", choices=("tiny", "base"), default="tiny",
-                 help="ViltConfig.tiny() or ViLT-B/32 (ViltConfig(), random weights)")
-  p.add_argument("--cohorts", default="1,5,16,64", help="comma-separated cohort sizes C")
-  p.add_argument("--strategies", default="vmap,scan,loop")
-  p.add_argument("--steps", type=int, default=2, help="local steps S per client")
-  p.add_argument("--batch", type=int, default=2, help="batch size B (official: 2)")
-  p.add_argument("--image", default="", help="HxW of the padded images (tiny: 64x64, "
-                 "base: 384x640)")
-  p.add_argument("--text-len", type=int, default=0, help="L (tiny: 16, base: 40)")
-  p.add_argument("--answers", type=int, default=0, help="head size A (tiny: 10, base: 100)")
-  p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype")
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--peak-size", type=int, default=0, help="matmul size for the peak (0: auto)")
-  p.add_argument("--no-pipeline", action="store_true", help="skip timing data.pipeline")
-  p.add_argument("--out", default="", help="JSON path (default benchmarks/results_<backend>.json)")
-  return p.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--size",
+        choices=("tiny", "base"),
+        default="tiny",
+        help="ViltConfig.tiny() or ViLT-B/32 (ViltConfig(), random weights)",
+    )
+    p.add_argument("--cohorts", default="1,5,16,64", help="comma-separated cohort sizes C")
+    p.add_argument("--strategies", default="vmap,scan,loop")
+    p.add_argument("--steps", type=int, default=2, help="local steps S per client")
+    p.add_argument("--batch", type=int, default=2, help="batch size B (official: 2)")
+    p.add_argument(
+        "--image", default="", help="HxW of the padded images (tiny: 64x64, base: 384x640)"
+    )
+    p.add_argument("--text-len", type=int, default=0, help="L (tiny: 16, base: 40)")
+    p.add_argument("--answers", type=int, default=0, help="head size A (tiny: 10, base: 100)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--peak-size", type=int, default=0, help="matmul size for the peak (0: auto)")
+    p.add_argument("--no-pipeline", action="store_true", help="skip timing data.pipeline")
+    p.add_argument(
+        "--out", default="", help="JSON path (default benchmarks/results_<backend>.json)"
+    )
+    return p.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------- setup
 def build(args) -> Setup:
-  base = args.size == "base"
-  hw = tuple(int(v) for v in (args.image or ("384x640" if base else "64x64")).split("x"))
-  text_len = args.text_len or (40 if base else 16)
-  answers = args.answers or (100 if base else 10)
-  cfg = ViltConfig() if base else ViltConfig.tiny()
-  cfg = dataclasses.replace(cfg, max_position_embeddings=max(cfg.max_position_embeddings,
-                                                             text_len))
-  method = methods.get_method("feddat")
-  model = ViltVQA(cfg, methods.peft_config(method), answers, DTYPES[args.dtype])
-  example = synthetic_batches(np.random.default_rng(0), 1, 1, 1, hw, text_len, cfg.vocab_size,
-                              answers)
-  example = jax.tree.map(lambda x: x[0, 0], example)
-  params = jax.jit(lambda r, b: model.init(r, to_model_inputs(b), adapter_mode="none"))(
-      jax.random.key(0), example)["params"]
-  frozen, shared, private = methods.split_params(method, params)
-  algorithm = methods.build_algorithm(method, methods.make_forward(model, to_model_inputs),
-                                      local_optim.LocalOptimConfig())
-  server_tx = make_server_optimizer(method.server_optimizer)
-  private_one = jax.tree.map(np.asarray, algorithm.init_private(shared, private))
-  return Setup(model, algorithm, server_tx, frozen, shared, private_one, hw, text_len,
-               cfg.vocab_size, answers, args.steps, args.batch)
+    base = args.size == "base"
+    hw = tuple(int(v) for v in (args.image or ("384x640" if base else "64x64")).split("x"))
+    text_len = args.text_len or (40 if base else 16)
+    answers = args.answers or (100 if base else 10)
+    cfg = ViltConfig() if base else ViltConfig.tiny()
+    cfg = dataclasses.replace(
+        cfg, max_position_embeddings=max(cfg.max_position_embeddings, text_len)
+    )
+    method = methods.get_method("feddat")
+    model = ViltVQA(cfg, methods.peft_config(method), answers, DTYPES[args.dtype])
+    example = synthetic_batches(
+        np.random.default_rng(0), 1, 1, 1, hw, text_len, cfg.vocab_size, answers
+    )
+    example = jax.tree.map(lambda x: x[0, 0], example)
+    params = jax.jit(lambda r, b: model.init(r, to_model_inputs(b), adapter_mode="none"))(
+        jax.random.key(0), example
+    )["params"]
+    frozen, shared, private = methods.split_params(method, params)
+    algorithm = methods.build_algorithm(
+        method, methods.make_forward(model, to_model_inputs), local_optim.LocalOptimConfig()
+    )
+    server_tx = make_server_optimizer(method.server_optimizer)
+    private_one = jax.tree.map(np.asarray, algorithm.init_private(shared, private))
+    return Setup(
+        model,
+        algorithm,
+        server_tx,
+        frozen,
+        shared,
+        private_one,
+        hw,
+        text_len,
+        cfg.vocab_size,
+        answers,
+        args.steps,
+        args.batch,
+    )
 
 
 def synthetic_batches(rng, c, s, b, hw, text_len, vocab, answers) -> dict:
-  """A cohort batch with the data contract's keys, dtypes and shapes [C,S,B,...]."""
-  h, w = hw
-  targets = np.zeros((c, s, b, answers), np.float32)
-  label = rng.integers(0, answers, (c, s, b))
-  np.put_along_axis(targets, label[..., None], 1.0, axis=-1)
-  return {"input_ids": rng.integers(1, vocab, (c, s, b, text_len), dtype=np.int32),
-          "attention_mask": np.ones((c, s, b, text_len), np.int32),
-          "image": rng.integers(0, 256, (c, s, b, h, w, 3), dtype=np.uint8),
-          "pixel_mask": np.ones((c, s, b, h, w), np.uint8),
-          "targets": targets,
-          "example_mask": np.ones((c, s, b), np.float32)}
+    """A cohort batch with the data contract's keys, dtypes and shapes [C,S,B,...]."""
+    h, w = hw
+    targets = np.zeros((c, s, b, answers), np.float32)
+    label = rng.integers(0, answers, (c, s, b))
+    np.put_along_axis(targets, label[..., None], 1.0, axis=-1)
+    return {
+        "input_ids": rng.integers(1, vocab, (c, s, b, text_len), dtype=np.int32),
+        "attention_mask": np.ones((c, s, b, text_len), np.int32),
+        "image": rng.integers(0, 256, (c, s, b, h, w, 3), dtype=np.uint8),
+        "pixel_mask": np.ones((c, s, b, h, w), np.uint8),
+        "targets": targets,
+        "example_mask": np.ones((c, s, b), np.float32),
+    }
 
 
 def cohort_inputs(st: Setup, c: int):
-  tasks = ClientTasks(answer_mask=np.ones((c, st.answers), np.float32),
-                      task_kind=np.zeros((c,), np.int32),
-                      num_examples=np.full((c,), st.steps * st.batch, np.int32))
-  private = jax.tree.map(lambda x: np.repeat(x[None], c, axis=0), st.private_one)
-  return private, tasks, np.arange(c, dtype=np.int32)
+    tasks = ClientTasks(
+        answer_mask=np.ones((c, st.answers), np.float32),
+        task_kind=np.zeros((c,), np.int32),
+        num_examples=np.full((c,), st.steps * st.batch, np.int32),
+    )
+    private = jax.tree.map(lambda x: np.repeat(x[None], c, axis=0), st.private_one)
+    return private, tasks, np.arange(c, dtype=np.int32)
 
 
 def pipeline_time(st: Setup, c: int) -> float | None:
-  """data.pipeline.cohort_batches on a synthetic store of C clients (None if unavailable)."""
-  try:
-    from feddat_jax.data.client_store import ClientDataStore
-    from feddat_jax.data.pipeline import cohort_batches
-  except Exception:  # the pipeline is optional here
-    return None
-  n = st.steps * st.batch
-  arrays = synthetic_batches(np.random.default_rng(1), c, 1, n, st.image_hw, st.text_len,
-                             st.vocab, st.answers)
-  arrays = {k: v.reshape((c * n,) + v.shape[3:]) for k, v in arrays.items()
-            if k != "example_mask"}
-  store = ClientDataStore(names=tuple(f"c{k}" for k in range(c)), part="train",
-                          offsets=np.arange(c + 1, dtype=np.int64) * n, arrays=arrays)
-  times = []
-  for r in range(3):
-    t0 = time.perf_counter()
-    cohort_batches(store, np.arange(c), st.batch, seed=0, round_index=r, num_steps=st.steps)
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    """data.pipeline.cohort_batches on a synthetic store of C clients (None if unavailable)."""
+    try:
+        from feddat_jax.data.client_store import ClientDataStore
+        from feddat_jax.data.pipeline import cohort_batches
+    except Exception:  # the pipeline is optional here
+        return None
+    n = st.steps * st.batch
+    arrays = synthetic_batches(
+        np.random.default_rng(1), c, 1, n, st.image_hw, st.text_len, st.vocab, st.answers
+    )
+    arrays = {
+        k: v.reshape((c * n,) + v.shape[3:]) for k, v in arrays.items() if k != "example_mask"
+    }
+    store = ClientDataStore(
+        names=tuple(f"c{k}" for k in range(c)),
+        part="train",
+        offsets=np.arange(c + 1, dtype=np.int64) * n,
+        arrays=arrays,
+    )
+    times = []
+    for r in range(3):
+        t0 = time.perf_counter()
+        cohort_batches(store, np.arange(c), st.batch, seed=0, round_index=r, num_steps=st.steps)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 # ---------------------------------------------------------------------------------- timings
 def matmul_peak(dtype, n: int) -> dict:
-  """FLOP/s of one large jnp.dot on the default device (the best of 5)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(jnp.dot)
-  f(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(5):
-    t0 = time.perf_counter()
+    """FLOP/s of one large jnp.dot on the default device (the best of 5)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(jnp.dot)
     f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return {"n": n, "dtype": jnp.dtype(dtype).name, "seconds": best, "flops_per_s": 2 * n**3 / best}
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return {"n": n, "dtype": jnp.dtype(dtype).name, "seconds": best, "flops_per_s": 2 * n**3 / best}
 
 
 def fresh(tree):
-  """New device buffers (the round donates the cohort's private state)."""
-  return jax.tree.map(lambda x: jax.device_put(np.asarray(x)), tree)
+    """New device buffers (the round donates the cohort's private state)."""
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x)), tree)
 
 
 def time_compiled(compiled, make_args, repeats: int) -> list[float]:
-  times = []
-  for i in range(repeats + 1):
-    args = make_args()
-    jax.block_until_ready(args)
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    if i:  # the first run warms caches and allocators
-      times.append(time.perf_counter() - t0)
-  return times
+    times = []
+    for i in range(repeats + 1):
+        args = make_args()
+        jax.block_until_ready(args)
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        if i:  # the first run warms caches and allocators
+            times.append(time.perf_counter() - t0)
+    return times
 
 
 def flops_of(compiled) -> float:
-  ca = compiled.cost_analysis()
-  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-  return float(ca.get("flops", 0.0)) if ca else 0.0
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca.get("flops", 0.0)) if ca else 0.0
 
 
 class LoopRound:
-  """The sequential baseline: per client, begin_round, one jitted call per local step,
-  end_round; then one jitted server update. Same numbers as the jitted round."""
+    """The sequential baseline: per client, begin_round, one jitted call per local step,
+    end_round; then one jitted server update. Same numbers as the jitted round."""
 
-  def __init__(self, st: Setup):
-    alg, b = st.algorithm, st.batch
-    self.st = st
+    def __init__(self, st: Setup):
+        alg, b = st.algorithm, st.batch
+        self.st = st
 
-    def begin(frozen, gshared, tasks_k, private, rnd):
-      return alg.begin_round(client_context(frozen, gshared, tasks_k, b, rnd), private)
+        def begin(frozen, gshared, tasks_k, private, rnd):
+            return alg.begin_round(client_context(frozen, gshared, tasks_k, b, rnd), private)
 
-    def step(frozen, gshared, tasks_k, local, batch, key, rnd):
-      return alg.local_step(client_context(frozen, gshared, tasks_k, b, rnd), local, batch, key)
+        def step(frozen, gshared, tasks_k, local, batch, key, rnd):
+            return alg.local_step(
+                client_context(frozen, gshared, tasks_k, b, rnd), local, batch, key
+            )
 
-    def end(frozen, gshared, tasks_k, local, rnd):
-      shared, private = alg.end_round(client_context(frozen, gshared, tasks_k, b, rnd), local)
-      return tree_delta(shared, gshared), private
+        def end(frozen, gshared, tasks_k, local, rnd):
+            shared, private = alg.end_round(client_context(frozen, gshared, tasks_k, b, rnd), local)
+            return tree_delta(shared, gshared), private
 
-    def server_update(server, delta_C, num_examples_C):
-      mean, _ = MeanAggregator()(delta_C, num_examples_C, None)
-      updates, opt = st.server_tx.update(jax.tree.map(jnp.negative, mean), server.opt_state,
-                                         server.shared)
-      return server.replace(round=server.round + 1, opt_state=opt,
-                            shared=jax.tree.map(jnp.add, server.shared, updates))
+        def server_update(server, delta_C, num_examples_C):
+            mean, _ = MeanAggregator()(delta_C, num_examples_C, None)
+            updates, opt = st.server_tx.update(
+                jax.tree.map(jnp.negative, mean), server.opt_state, server.shared
+            )
+            return server.replace(
+                round=server.round + 1,
+                opt_state=opt,
+                shared=jax.tree.map(jnp.add, server.shared, updates),
+            )
 
-    self.fns = {"begin": jax.jit(begin), "step": jax.jit(step), "end": jax.jit(end),
-                "server": jax.jit(server_update)}
-    self.compiled = {}
+        self.fns = {
+            "begin": jax.jit(begin),
+            "step": jax.jit(step),
+            "end": jax.jit(end),
+            "server": jax.jit(server_update),
+        }
+        self.compiled = {}
 
-  def compile(self, frozen, server, private_C, tasks_C, batches) -> float:
-    one = lambda t: jax.tree.map(lambda x: x[0], t)
-    t0 = time.perf_counter()
-    key = jax.random.key(0)
-    tasks0, private0 = one(tasks_C), one(private_C)
-    begin = self.fns["begin"].lower(frozen, server.shared, tasks0, private0, server.round)
-    self.compiled["begin"] = begin.compile()
-    local = jax.eval_shape(self.fns["begin"], frozen, server.shared, tasks0, private0,
-                           server.round)
-    batch0 = jax.tree.map(lambda x: x[0, 0], batches)
-    self.compiled["step"] = self.fns["step"].lower(frozen, server.shared, tasks0, local, batch0,
-                                                   key, server.round).compile()
-    self.compiled["end"] = self.fns["end"].lower(frozen, server.shared, tasks0, local,
-                                                 server.round).compile()
-    delta = jax.eval_shape(lambda: jax.tree.map(
-        lambda x: jnp.zeros((len(tasks_C.num_examples),) + x.shape, x.dtype), server.shared))
-    self.compiled["server"] = self.fns["server"].lower(server, delta,
-                                                       tasks_C.num_examples).compile()
-    return time.perf_counter() - t0
+    def compile(self, frozen, server, private_C, tasks_C, batches) -> float:
+        one = lambda t: jax.tree.map(lambda x: x[0], t)
+        t0 = time.perf_counter()
+        key = jax.random.key(0)
+        tasks0, private0 = one(tasks_C), one(private_C)
+        begin = self.fns["begin"].lower(frozen, server.shared, tasks0, private0, server.round)
+        self.compiled["begin"] = begin.compile()
+        local = jax.eval_shape(
+            self.fns["begin"], frozen, server.shared, tasks0, private0, server.round
+        )
+        batch0 = jax.tree.map(lambda x: x[0, 0], batches)
+        self.compiled["step"] = (
+            self.fns["step"]
+            .lower(frozen, server.shared, tasks0, local, batch0, key, server.round)
+            .compile()
+        )
+        self.compiled["end"] = (
+            self.fns["end"].lower(frozen, server.shared, tasks0, local, server.round).compile()
+        )
+        delta = jax.eval_shape(
+            lambda: jax.tree.map(
+                lambda x: jnp.zeros((len(tasks_C.num_examples),) + x.shape, x.dtype), server.shared
+            )
+        )
+        self.compiled["server"] = (
+            self.fns["server"].lower(server, delta, tasks_C.num_examples).compile()
+        )
+        return time.perf_counter() - t0
 
-  def __call__(self, frozen, server, private_C, tasks_C, ids_C, batches):
-    f = self.compiled
-    train_key, _ = round_keys(server)
-    deltas, privates = [], []
-    for k in range(len(ids_C)):
-      tasks_k = jax.tree.map(lambda x: x[k], tasks_C)
-      local = f["begin"](frozen, server.shared, tasks_k, jax.tree.map(lambda x: x[k], private_C),
-                         server.round)
-      client_key = jax.random.fold_in(train_key, ids_C[k])
-      for s in range(self.st.steps):
-        batch = {key: v[k, s] for key, v in batches.items()}  # host slices: one copy per step
-        local, _ = f["step"](frozen, server.shared, tasks_k, local, batch,
-                             jax.random.fold_in(client_key, s), server.round)
-      delta, private = f["end"](frozen, server.shared, tasks_k, local, server.round)
-      deltas.append(delta)
-      privates.append(private)
-    stack = lambda ts: jax.tree.map(lambda *xs: jnp.stack(xs), *ts)
-    server = f["server"](server, stack(deltas), jnp.asarray(tasks_C.num_examples))
-    return server, stack(privates)
+    def __call__(self, frozen, server, private_C, tasks_C, ids_C, batches):
+        f = self.compiled
+        train_key, _ = round_keys(server)
+        deltas, privates = [], []
+        for k in range(len(ids_C)):
+            tasks_k = jax.tree.map(lambda x: x[k], tasks_C)
+            local = f["begin"](
+                frozen,
+                server.shared,
+                tasks_k,
+                jax.tree.map(lambda x: x[k], private_C),
+                server.round,
+            )
+            client_key = jax.random.fold_in(train_key, ids_C[k])
+            for s in range(self.st.steps):
+                batch = {
+                    key: v[k, s] for key, v in batches.items()
+                }  # host slices: one copy per step
+                local, _ = f["step"](
+                    frozen,
+                    server.shared,
+                    tasks_k,
+                    local,
+                    batch,
+                    jax.random.fold_in(client_key, s),
+                    server.round,
+                )
+            delta, private = f["end"](frozen, server.shared, tasks_k, local, server.round)
+            deltas.append(delta)
+            privates.append(private)
+        stack = lambda ts: jax.tree.map(lambda *xs: jnp.stack(xs), *ts)
+        server = f["server"](server, stack(deltas), jnp.asarray(tasks_C.num_examples))
+        return server, stack(privates)
 
 
 # ------------------------------------------------------------------------------------- main
 def run(args) -> dict:
-  cohorts = [int(c) for c in args.cohorts.split(",") if c]
-  strategies = [s for s in args.strategies.split(",") if s]
-  backend = jax.default_backend()
-  device = jax.devices()[0]
-  out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                      f"results_{backend}.json")
-  result = {"device": {"backend": backend, "kind": device.device_kind,
-                       "count": jax.device_count(), "host": platform.processor() or
-                       platform.machine(), "cpus": os.cpu_count(), "jax": jax.__version__},
-            "config": vars(args), "rows": [], "inputs": []}
+    cohorts = [int(c) for c in args.cohorts.split(",") if c]
+    strategies = [s for s in args.strategies.split(",") if s]
+    backend = jax.default_backend()
+    device = jax.devices()[0]
+    out_path = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), f"results_{backend}.json"
+    )
+    result = {
+        "device": {
+            "backend": backend,
+            "kind": device.device_kind,
+            "count": jax.device_count(),
+            "host": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "jax": jax.__version__,
+        },
+        "config": vars(args),
+        "rows": [],
+        "inputs": [],
+    }
 
-  def save():
-    with open(out_path, "w") as f:
-      json.dump(result, f, indent=1)
+    def save():
+        with open(out_path, "w") as f:
+            json.dump(result, f, indent=1)
 
-  start = time.perf_counter()
-  st = build(args)
-  result["setup_s"] = time.perf_counter() - start
-  n_peak = args.peak_size or (2048 if backend == "cpu" else 8192)
-  peak = matmul_peak(DTYPES[args.dtype], n_peak)
-  result["peak"] = peak
-  result["model"] = {"size": args.size, "image_hw": st.image_hw, "text_len": st.text_len,
-                     "answers": st.answers, "steps": st.steps, "batch": st.batch,
-                     "dtype": args.dtype,
-                     "frozen_params": sum(x.size for x in jax.tree.leaves(st.frozen)),
-                     "shared_params": sum(x.size for x in jax.tree.leaves(st.shared)),
-                     "private_state": sum(x.size for x in jax.tree.leaves(st.private_one))}
-  print(f"# {backend} {device.device_kind} x{jax.device_count()} | ViLT {args.size} "
+    start = time.perf_counter()
+    st = build(args)
+    result["setup_s"] = time.perf_counter() - start
+    n_peak = args.peak_size or (2048 if backend == "cpu" else 8192)
+    peak = matmul_peak(DTYPES[args.dtype], n_peak)
+    result["peak"] = peak
+    result["model"] = {
+        "size": args.size,
+        "image_hw": st.image_hw,
+        "text_len": st.text_len,
+        "answers": st.answers,
+        "steps": st.steps,
+        "batch": st.batch,
+        "dtype": args.dtype,
+        "frozen_params": sum(x.size for x in jax.tree.leaves(st.frozen)),
+        "shared_params": sum(x.size for x in jax.tree.leaves(st.shared)),
+        "private_state": sum(x.size for x in jax.tree.leaves(st.private_one)),
+    }
+    print(
+        f"# {backend} {device.device_kind} x{jax.device_count()} | ViLT {args.size} "
         f"{st.image_hw[0]}x{st.image_hw[1]} L={st.text_len} A={st.answers} S={st.steps} "
         f"B={st.batch} {args.dtype} | matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s "
-        f"(n={n_peak})", flush=True)
-  frozen = jax.device_put(st.frozen)
-  server = jax.device_put(init_server_state(st.shared, st.server_tx, jax.random.key(1)))
-  loop = LoopRound(st) if "loop" in strategies else None
-  step_flops = None
+        f"(n={n_peak})",
+        flush=True,
+    )
+    frozen = jax.device_put(st.frozen)
+    server = jax.device_put(init_server_state(st.shared, st.server_tx, jax.random.key(1)))
+    loop = LoopRound(st) if "loop" in strategies else None
+    step_flops = None
 
-  header = (f"{'strategy':8} {'C':>4} {'compile_s':>9} {'round_s':>9} {'ex/s':>9} "
-            f"{'GFLOP/rnd':>10} {'GFLOP/s':>9} {'%peak':>6} {'xla_rnd_GF':>10}")
-  print(header, flush=True)
-  for c in cohorts:
-    rng = np.random.default_rng(c)
-    t_host = time.perf_counter()
-    batches_host = synthetic_batches(rng, c, st.steps, st.batch, st.image_hw, st.text_len,
-                                     st.vocab, st.answers)
-    t_host = time.perf_counter() - t_host
-    private_C, tasks_C, ids_C = cohort_inputs(st, c)
-    t_h2d = time.perf_counter()
-    batches = jax.block_until_ready(jax.device_put(batches_host))
-    t_h2d = time.perf_counter() - t_h2d
-    tasks_dev, ids_dev = jax.device_put(tasks_C), jax.device_put(ids_C)
-    inputs = {"C": c, "host_build_s": t_host, "h2d_s": t_h2d,
-              "batch_mb": sum(v.nbytes for v in batches_host.values()) / 2**20,
-              "pipeline_s": None if args.no_pipeline else pipeline_time(st, c)}
-    examples = c * st.steps * st.batch
-    for strategy in strategies:
-      row = {"strategy": strategy, "C": c, "examples": examples}
-      try:
-        if strategy == "loop":
-          row["compile_s"] = loop.compile(frozen, server, fresh(private_C), tasks_dev, batches)
-          if step_flops is None:
-            step_flops = flops_of(loop.compiled["step"])
-          times = []
-          for i in range(args.repeats + 1):
-            p = fresh(private_C)
-            jax.block_until_ready(p)
-            t0 = time.perf_counter()
-            jax.block_until_ready(loop(frozen, server, p, tasks_C, ids_C, batches_host))
-            if i:
-              times.append(time.perf_counter() - t0)
-          row["xla_round_gflop"] = None
-        else:
-          fn = make_round_fn(st.algorithm, st.server_tx, MeanAggregator(),
-                             chunk_size=None if strategy == "vmap" else 1)
-          t0 = time.perf_counter()
-          compiled = fn.lower(frozen, server, fresh(private_C), tasks_dev, ids_dev,
-                              batches).compile()
-          row["compile_s"] = time.perf_counter() - t0
-          row["xla_round_gflop"] = flops_of(compiled) / 1e9
-          times = time_compiled(
-              compiled, lambda: (frozen, server, fresh(private_C), tasks_dev, ids_dev, batches),
-              args.repeats)
-        if step_flops is None:  # XLA's count for one client step (no loops inside)
-          lo = LoopRound(st)
-          lo.compile(frozen, server, fresh(jax.tree.map(lambda x: x[:1], private_C)),
-                     jax.tree.map(lambda x: x[:1], tasks_dev),
-                     jax.tree.map(lambda x: x[:1], batches))
-          step_flops = flops_of(lo.compiled["step"])
-        row["round_s"] = statistics.median(times)
-        row["round_s_all"] = times
-        row["examples_per_s"] = examples / row["round_s"]
-        row["model_gflop"] = step_flops * c * st.steps / 1e9
-        row["gflop_per_s"] = row["model_gflop"] / row["round_s"]
-        row["peak_fraction"] = row["gflop_per_s"] * 1e9 / peak["flops_per_s"]
-      except Exception as e:  # e.g. out of memory at a large cohort: record and go on
-        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-      result["rows"].append(row)
-      if strategy == "vmap":
-        inputs["round_s_vmap"] = row.get("round_s")
-      save()
-      if "error" in row:
-        print(f"{strategy:8} {c:>4} ERROR {row['error'][:100]}", flush=True)
-      else:
-        xla = row["xla_round_gflop"]
-        print(f"{strategy:8} {c:>4} {row['compile_s']:>9.2f} {row['round_s']:>9.4f} "
-              f"{row['examples_per_s']:>9.1f} {row['model_gflop']:>10.3f} "
-              f"{row['gflop_per_s']:>9.2f} {100 * row['peak_fraction']:>5.1f}% "
-              f"{'-' if xla is None else f'{xla:.3f}':>10}", flush=True)
-    result["inputs"].append(inputs)
+    header = (
+        f"{'strategy':8} {'C':>4} {'compile_s':>9} {'round_s':>9} {'ex/s':>9} "
+        f"{'GFLOP/rnd':>10} {'GFLOP/s':>9} {'%peak':>6} {'xla_rnd_GF':>10}"
+    )
+    print(header, flush=True)
+    for c in cohorts:
+        rng = np.random.default_rng(c)
+        t_host = time.perf_counter()
+        batches_host = synthetic_batches(
+            rng, c, st.steps, st.batch, st.image_hw, st.text_len, st.vocab, st.answers
+        )
+        t_host = time.perf_counter() - t_host
+        private_C, tasks_C, ids_C = cohort_inputs(st, c)
+        t_h2d = time.perf_counter()
+        batches = jax.block_until_ready(jax.device_put(batches_host))
+        t_h2d = time.perf_counter() - t_h2d
+        tasks_dev, ids_dev = jax.device_put(tasks_C), jax.device_put(ids_C)
+        inputs = {
+            "C": c,
+            "host_build_s": t_host,
+            "h2d_s": t_h2d,
+            "batch_mb": sum(v.nbytes for v in batches_host.values()) / 2**20,
+            "pipeline_s": None if args.no_pipeline else pipeline_time(st, c),
+        }
+        examples = c * st.steps * st.batch
+        for strategy in strategies:
+            row = {"strategy": strategy, "C": c, "examples": examples}
+            try:
+                if strategy == "loop":
+                    row["compile_s"] = loop.compile(
+                        frozen, server, fresh(private_C), tasks_dev, batches
+                    )
+                    if step_flops is None:
+                        step_flops = flops_of(loop.compiled["step"])
+                    times = []
+                    for i in range(args.repeats + 1):
+                        p = fresh(private_C)
+                        jax.block_until_ready(p)
+                        t0 = time.perf_counter()
+                        jax.block_until_ready(loop(frozen, server, p, tasks_C, ids_C, batches_host))
+                        if i:
+                            times.append(time.perf_counter() - t0)
+                    row["xla_round_gflop"] = None
+                else:
+                    fn = make_round_fn(
+                        st.algorithm,
+                        st.server_tx,
+                        MeanAggregator(),
+                        chunk_size=None if strategy == "vmap" else 1,
+                    )
+                    t0 = time.perf_counter()
+                    compiled = fn.lower(
+                        frozen, server, fresh(private_C), tasks_dev, ids_dev, batches
+                    ).compile()
+                    row["compile_s"] = time.perf_counter() - t0
+                    row["xla_round_gflop"] = flops_of(compiled) / 1e9
+                    times = time_compiled(
+                        compiled,
+                        lambda: (frozen, server, fresh(private_C), tasks_dev, ids_dev, batches),
+                        args.repeats,
+                    )
+                if step_flops is None:  # XLA's count for one client step (no loops inside)
+                    lo = LoopRound(st)
+                    lo.compile(
+                        frozen,
+                        server,
+                        fresh(jax.tree.map(lambda x: x[:1], private_C)),
+                        jax.tree.map(lambda x: x[:1], tasks_dev),
+                        jax.tree.map(lambda x: x[:1], batches),
+                    )
+                    step_flops = flops_of(lo.compiled["step"])
+                row["round_s"] = statistics.median(times)
+                row["round_s_all"] = times
+                row["examples_per_s"] = examples / row["round_s"]
+                row["model_gflop"] = step_flops * c * st.steps / 1e9
+                row["gflop_per_s"] = row["model_gflop"] / row["round_s"]
+                row["peak_fraction"] = row["gflop_per_s"] * 1e9 / peak["flops_per_s"]
+            except Exception as e:  # e.g. out of memory at a large cohort: record and go on
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            result["rows"].append(row)
+            if strategy == "vmap":
+                inputs["round_s_vmap"] = row.get("round_s")
+            save()
+            if "error" in row:
+                print(f"{strategy:8} {c:>4} ERROR {row['error'][:100]}", flush=True)
+            else:
+                xla = row["xla_round_gflop"]
+                print(
+                    f"{strategy:8} {c:>4} {row['compile_s']:>9.2f} {row['round_s']:>9.4f} "
+                    f"{row['examples_per_s']:>9.1f} {row['model_gflop']:>10.3f} "
+                    f"{row['gflop_per_s']:>9.2f} {100 * row['peak_fraction']:>5.1f}% "
+                    f"{'-' if xla is None else f'{xla:.3f}':>10}",
+                    flush=True,
+                )
+        result["inputs"].append(inputs)
+        save()
+
+    print(
+        "\ninputs (per round; host = numpy synthetic cohort, pipeline = data.pipeline."
+        "cohort_batches on a synthetic store)"
+    )
+    print(f"{'C':>4} {'MB':>8} {'host_s':>8} {'pipeline_s':>10} {'h2d_s':>8} {'vmap_round_s':>12}")
+    for i in result["inputs"]:
+        p = "-" if i["pipeline_s"] is None else f"{i['pipeline_s']:.4f}"
+        v = "-" if i.get("round_s_vmap") is None else f"{i['round_s_vmap']:.4f}"
+        print(
+            f"{i['C']:>4} {i['batch_mb']:>8.2f} {i['host_build_s']:>8.4f} {p:>10} "
+            f"{i['h2d_s']:>8.4f} {v:>12}"
+        )
+
+    # The fastest strategy: most cohort sizes won (ties: the larger cohorts decide).
+    wins: dict[str, int] = {}
+    for c in cohorts:
+        ok = [r for r in result["rows"] if r["C"] == c and "round_s" in r]
+        if ok:
+            best = min(ok, key=lambda r: r["round_s"])["strategy"]
+            wins[best] = wins.get(best, 0) + 1
+    if wins:
+        result["fastest"] = max(wins, key=lambda s: (wins[s], s == "vmap"))
+        result["wins"] = wins
+        print(f"\nfastest on {backend}: {result['fastest']} (cohort sizes won: {wins})")
+    result["total_s"] = time.perf_counter() - start
     save()
-
-  print("\ninputs (per round; host = numpy synthetic cohort, pipeline = data.pipeline."
-        "cohort_batches on a synthetic store)")
-  print(f"{'C':>4} {'MB':>8} {'host_s':>8} {'pipeline_s':>10} {'h2d_s':>8} {'vmap_round_s':>12}")
-  for i in result["inputs"]:
-    p = "-" if i["pipeline_s"] is None else f"{i['pipeline_s']:.4f}"
-    v = "-" if i.get("round_s_vmap") is None else f"{i['round_s_vmap']:.4f}"
-    print(f"{i['C']:>4} {i['batch_mb']:>8.2f} {i['host_build_s']:>8.4f} {p:>10} "
-          f"{i['h2d_s']:>8.4f} {v:>12}")
-
-  # The fastest strategy: most cohort sizes won (ties: the larger cohorts decide).
-  wins: dict[str, int] = {}
-  for c in cohorts:
-    ok = [r for r in result["rows"] if r["C"] == c and "round_s" in r]
-    if ok:
-      best = min(ok, key=lambda r: r["round_s"])["strategy"]
-      wins[best] = wins.get(best, 0) + 1
-  if wins:
-    result["fastest"] = max(wins, key=lambda s: (wins[s], s == "vmap"))
-    result["wins"] = wins
-    print(f"\nfastest on {backend}: {result['fastest']} (cohort sizes won: {wins})")
-  result["total_s"] = time.perf_counter() - start
-  save()
-  print(f"wrote {out_path}")
-  return result
+    print(f"wrote {out_path}")
+    return result
 
 
 if __name__ == "__main__":
-  run(parse_args())
+    run(parse_args())

@@ -12,8 +12,9 @@ adapters only: not fedavg_lora / fedavg_prompt); the official code's behaviour i
 --config.faithful.same_order_each_round=True.
 Smoke test (one round, tiny random ALBEF, embedded data): --config configs/albef_scene.py:smoke
 """
+
 from feddat_jax.train.config_base import albef_paper_config
 
 
 def get_config(arg: str = ""):
-  return albef_paper_config("scene", arg)
+    return albef_paper_config("scene", arg)

@@ -9,8 +9,9 @@ feddat_jax/methods.py); the official code's behaviour is --config.aggregation=un
 --config.faithful.freeze_client_adapter_after_round0=True --config.faithful.same_order_each_round=True.
 Smoke test (one round, tiny random ViLT, embedded data): --config configs/vilt_task.py:smoke
 """
+
 from feddat_jax.train.config_base import paper_config
 
 
 def get_config(arg: str = ""):
-  return paper_config("task", arg)
+    return paper_config("task", arg)

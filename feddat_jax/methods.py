@@ -4,6 +4,7 @@ A method is (local algorithm, partition preset, PEFT modules, adapter mode, serv
 algorithm options). Baselines and ablations are entries here, not forks of the training code, so a
 config switches between them with one override (``--config.method=fedavg_lora``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,23 +25,27 @@ _ONE = {"adapters": ("shared",)}
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """How to train one entry of the paper's tables."""
-  algorithm: str                      # "feddat" | "fedavg" (FedProx = fedavg with prox_mu > 0)
-  partition: str                      # a preset of feddat_jax.peft.partition.RULES
-  peft: dict = dataclasses.field(default_factory=dict)   # PeftConfig fields
-  adapter_mode: str = "none"          # forward mode of single-model methods
-  server_optimizer: str = "fedavg"
-  options: dict = dataclasses.field(default_factory=dict)  # FedAvgConfig / FedDATConfig fields
+    """How to train one entry of the paper's tables."""
+
+    algorithm: str  # "feddat" | "fedavg" (FedProx = fedavg with prox_mu > 0)
+    partition: str  # a preset of feddat_jax.peft.partition.RULES
+    peft: dict = dataclasses.field(default_factory=dict)  # PeftConfig fields
+    adapter_mode: str = "none"  # forward mode of single-model methods
+    server_optimizer: str = "fedavg"
+    options: dict = dataclasses.field(default_factory=dict)  # FedAvgConfig / FedDATConfig fields
 
 
 METHODS: dict[str, Method] = {
     # FedDAT and its ablations (SPEC §4).
     "feddat": Method("feddat", "feddat", _BOTH),
-    "feddat_no_mkd": Method("feddat", "feddat", _BOTH,
-                            options={"kd_to_shared": False, "kd_to_dat": False}),
+    "feddat_no_mkd": Method(
+        "feddat", "feddat", _BOTH, options={"kd_to_shared": False, "kd_to_dat": False}
+    ),
     "feddat_kd_to_shared_only": Method("feddat", "feddat", _BOTH, options={"kd_to_dat": False}),
     "feddat_kd_to_dat_only": Method("feddat", "feddat", _BOTH, options={"kd_to_shared": False}),
-    "feddat_no_global_teacher": Method("feddat", "feddat", _BOTH, options={"teacher_mode": "client"}),
+    "feddat_no_global_teacher": Method(
+        "feddat", "feddat", _BOTH, options={"teacher_mode": "client"}
+    ),
     "feddat_gate": Method("feddat", "feddat", {**_BOTH, "dat_gate": True}),
     # Baselines: heads are always private.
     "local_adapter": Method("fedavg", "local_adapter", _ONE, "shared"),
@@ -58,36 +63,37 @@ METHODS: dict[str, Method] = {
 
 
 def get_method(name: str) -> Method:
-  if name not in METHODS:
-    raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
-  return METHODS[name]
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
 
 
 def peft_config(method: Method, **overrides) -> PeftConfig:
-  """The method's PEFT modules; ``overrides`` (e.g. ``adapter_reduction``) come from the config."""
-  return PeftConfig(**{**overrides, **method.peft})
+    """The method's PEFT modules; ``overrides`` (e.g. ``adapter_reduction``) come from the config."""
+    return PeftConfig(**{**overrides, **method.peft})
 
 
-def build_algorithm(method: Method, forward: Forward, optim: local_optim.LocalOptimConfig,
-                    **options) -> LocalAlgorithm:
-  """The local algorithm with the method's options, then the config's ``options`` on top."""
-  opts = {**method.options, **options}
-  if method.algorithm == "feddat":
-    return FedDAT(forward, FedDATConfig(optim=optim, **opts))
-  if method.algorithm == "fedavg":
-    return FedAvg(forward, FedAvgConfig(adapter_mode=method.adapter_mode, optim=optim, **opts))
-  raise ValueError(f"unknown algorithm {method.algorithm!r} in method recipe")
+def build_algorithm(
+    method: Method, forward: Forward, optim: local_optim.LocalOptimConfig, **options
+) -> LocalAlgorithm:
+    """The local algorithm with the method's options, then the config's ``options`` on top."""
+    opts = {**method.options, **options}
+    if method.algorithm == "feddat":
+        return FedDAT(forward, FedDATConfig(optim=optim, **opts))
+    if method.algorithm == "fedavg":
+        return FedAvg(forward, FedAvgConfig(adapter_mode=method.adapter_mode, optim=optim, **opts))
+    raise ValueError(f"unknown algorithm {method.algorithm!r} in method recipe")
 
 
 def split_params(method: Method, params: PyTree) -> tuple[PyTree, PyTree, PyTree]:
-  """``(frozen, shared, private)`` of a full parameter tree under the method's partition."""
-  return partition.split(params, partition.rules_for(method.partition))
+    """``(frozen, shared, private)`` of a full parameter tree under the method's partition."""
+    return partition.split(params, partition.rules_for(method.partition))
 
 
 def make_forward(model, inputs_fn: Callable[[dict], dict]) -> Forward:
-  """``forward(params, batch, mode)`` for a Flax model whose ``__call__(inputs, adapter_mode)``."""
+    """``forward(params, batch, mode)`` for a Flax model whose ``__call__(inputs, adapter_mode)``."""
 
-  def forward(params: PyTree, batch: dict, adapter_mode: str) -> jax.Array:
-    return model.apply({"params": params}, inputs_fn(batch), adapter_mode=adapter_mode)
+    def forward(params: PyTree, batch: dict, adapter_mode: str) -> jax.Array:
+        return model.apply({"params": params}, inputs_fn(batch), adapter_mode=adapter_mode)
 
-  return forward
+    return forward

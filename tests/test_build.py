@@ -16,13 +16,21 @@ from feddat_jax.data.tfds_store import read_benchmark
 DOCUMENTED_CLIENTS = {
     "domain": ["aqua", "vqa_abstract", "vizwiz", "cocoqa", "gqa"],
     "function": ["attribute", "knowledge", "logical", "object", "relation"],
-    "scene": ["ShopAndDining", "Workplace", "HomeOrHotel", "Transportation", "SportAndLeisure",
-              "Outdoors"],
+    "scene": [
+        "ShopAndDining",
+        "Workplace",
+        "HomeOrHotel",
+        "Transportation",
+        "SportAndLeisure",
+        "Outdoors",
+    ],
     "task": ["vqav2", "nlvr2", "snli_ve", "vcr"],
 }
-CLASSIFICATION_LABELS = {"nlvr2": ["false", "true"],
-                         "snli_ve": ["entailment", "neutral", "contradiction"],
-                         "vcr": ["A", "B", "C", "D"]}
+CLASSIFICATION_LABELS = {
+    "nlvr2": ["false", "true"],
+    "snli_ve": ["entailment", "neutral", "contradiction"],
+    "vcr": ["A", "B", "C", "D"],
+}
 ARGS = ["--train", "5", "--test", "3", "--top_k", "3"]
 N = 10  # records per source split (fixtures.PROFILE: 1 of 10 falls out of the top-3 filter)
 
@@ -36,15 +44,31 @@ def raw_dir(tmp_path_factory):
 
 
 def _ids(bench):
-    return {c.name: ([e.example_id for e in c.train], [e.example_id for e in c.test])
-            for c in bench.clients}
+    return {
+        c.name: ([e.example_id for e in c.train], [e.example_id for e in c.test])
+        for c in bench.clients
+    }
 
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED_CLIENTS))
 def test_cli_builds_documented_benchmark(raw_dir, tmp_path, name):
     out = tmp_path / name
-    assert build.main(["--benchmark", name, "--raw_dir", str(raw_dir), "--out", str(out),
-                       "--seed", "0", *ARGS]) == 0
+    assert (
+        build.main(
+            [
+                "--benchmark",
+                name,
+                "--raw_dir",
+                str(raw_dir),
+                "--out",
+                str(out),
+                "--seed",
+                "0",
+                *ARGS,
+            ]
+        )
+        == 0
+    )
     bench = read_benchmark(out)
     assert bench.name == name and bench.seed == 0
     assert [c.name for c in bench.clients] == DOCUMENTED_CLIENTS[name]
@@ -59,13 +83,19 @@ def test_cli_builds_documented_benchmark(raw_dir, tmp_path, name):
         assert (len(c.train), len(c.test)) == (5, 3)
         for ex in c.train + c.test:  # every kept example has ALL its answers in the vocabulary
             assert set(ex.answers) <= set(c.answers) and ex.image
-        src = get_benchmark(name).clients[[s.client for s in get_benchmark(name).clients]
-                                          .index(c.name)]
+        src = get_benchmark(name).clients[
+            [s.client for s in get_benchmark(name).clients].index(c.name)
+        ]
         assert all(f"/{src.train_split}/" in e.example_id for e in c.train)
         assert all(f"/{src.test_split}/" in e.example_id for e in c.test)
         counts = info["counts"][c.name]
-        assert counts["train"] == {"source_split": src.train_split, "records": N,
-                                   "eligible": eligible, "taken": 5, "target": 5}
+        assert counts["train"] == {
+            "source_split": src.train_split,
+            "records": N,
+            "eligible": eligible,
+            "taken": 5,
+            "target": 5,
+        }
         assert counts["test"]["eligible"] == eligible and counts["test"]["taken"] == 3
         files = info["sources"][c.name]["files"]
         assert len(files) >= 2 and all(len(h) == 64 for h in files.values())
@@ -90,12 +120,28 @@ def test_same_seed_identical_splits_other_seed_differs(raw_dir, tmp_path):
     c = build.build_benchmark("task", raw_dir, seed=8, **kw)
     assert _ids(a) != _ids(c)
     # the client name is folded into the seed: two clients do not share a permutation
-    assert build.client_rng(0, "attribute", 0).permutation(N).tolist() != \
-        build.client_rng(0, "knowledge", 0).permutation(N).tolist()
+    assert (
+        build.client_rng(0, "attribute", 0).permutation(N).tolist()
+        != build.client_rng(0, "knowledge", 0).permutation(N).tolist()
+    )
     # and on disk: byte-identical record files
     for out in ("x", "y"):
-        assert build.main(["--benchmark", "scene", "--raw_dir", str(raw_dir), "--out",
-                           str(tmp_path / out), "--seed", "3", *ARGS]) == 0
+        assert (
+            build.main(
+                [
+                    "--benchmark",
+                    "scene",
+                    "--raw_dir",
+                    str(raw_dir),
+                    "--out",
+                    str(tmp_path / out),
+                    "--seed",
+                    "3",
+                    *ARGS,
+                ]
+            )
+            == 0
+        )
     sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     files = sorted(p.name for p in (tmp_path / "x").glob("*.array_record*"))
     assert files and all(sha(tmp_path / "x" / f) == sha(tmp_path / "y" / f) for f in files)
@@ -104,8 +150,17 @@ def test_same_seed_identical_splits_other_seed_differs(raw_dir, tmp_path):
 def test_missing_source_folder_is_named(tmp_path, capsys):
     fx.make_benchmark_raw_dir(get_benchmark("domain"), tmp_path / "raw", n_per_split=N)
     (tmp_path / "raw" / "gqa" / "questions1.2" / "val_balanced_questions.json").unlink()
-    rc = build.main(["--benchmark", "domain", "--raw_dir", str(tmp_path / "raw"),
-                     "--out", str(tmp_path / "out"), *ARGS])
+    rc = build.main(
+        [
+            "--benchmark",
+            "domain",
+            "--raw_dir",
+            str(tmp_path / "raw"),
+            "--out",
+            str(tmp_path / "out"),
+            *ARGS,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "val_balanced_questions.json" in err and "missing gqa" in err
     with pytest.raises(MissingSourceError, match="--raw_dir"):
@@ -140,13 +195,42 @@ def test_bad_input_fails_without_skip_bad_and_is_counted_with_it(tmp_path, capsy
     # the undecodable image: named
     with pytest.raises(BadImageError, match=str(bad_img)):
         build.build_client(function["attribute"], root, n_train=N, n_test=3, top_k=3)
-    rc = build.main(["--benchmark", "function", "--raw_dir", str(root), "--out",
-                     str(tmp_path / "o1"), *ARGS, "--train", str(N)])
+    rc = build.main(
+        [
+            "--benchmark",
+            "function",
+            "--raw_dir",
+            str(root),
+            "--out",
+            str(tmp_path / "o1"),
+            *ARGS,
+            "--train",
+            str(N),
+        ]
+    )
     assert rc == 1 and f"bad image {bad_img}" in capsys.readouterr().err
     # with --skip_bad: both skipped, counted per client, the counts still reach the target
     out = tmp_path / "out"
-    assert build.main(["--benchmark", "function", "--raw_dir", str(root), "--out", str(out),
-                       "--skip_bad", "--train", "9", "--test", "3", "--top_k", "3"]) == 0
+    assert (
+        build.main(
+            [
+                "--benchmark",
+                "function",
+                "--raw_dir",
+                str(root),
+                "--out",
+                str(out),
+                "--skip_bad",
+                "--train",
+                "9",
+                "--test",
+                "3",
+                "--top_k",
+                "3",
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "manifest.json").read_text())["info"]
     assert info["skipped"]["knowledge"] == {"malformed_record": 1}
     assert info["skipped"]["attribute"] == {"bad_image": 1}
@@ -155,5 +239,6 @@ def test_bad_input_fails_without_skip_bad_and_is_counted_with_it(tmp_path, capsy
     assert info["counts"]["attribute"]["train"]["taken"] == N - 2  # 1 rare + 1 bad image
     assert any(str(bad_img) in m for m in info["skipped_messages"]["attribute"])
     bench = read_benchmark(out)
-    assert "clove_function_attribute/train/gatt000001" not in \
-        {e.example_id for e in bench.client("attribute").train}
+    assert "clove_function_attribute/train/gatt000001" not in {
+        e.example_id for e in bench.client("attribute").train
+    }

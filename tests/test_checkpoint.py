@@ -35,7 +35,9 @@ def hf_vqa():
 
 @pytest.fixture(scope="module")
 def model_and_init():
-    model = ViltVQA(CONFIG, PeftConfig(adapters=("shared", "client"), lora_rank=2), num_answers=NUM_ANSWERS)
+    model = ViltVQA(
+        CONFIG, PeftConfig(adapters=("shared", "client"), lora_rank=2), num_answers=NUM_ANSWERS
+    )
     return model, init_params(model, make_inputs())
 
 
@@ -54,8 +56,12 @@ def test_missing_folder_and_non_vilt_config(tmp_path, model_and_init):
         load_vilt_params(tmp_path / "nope", params)
     with pytest.raises(CheckpointError, match=f"{tmp_path} has no config.json"):
         read_vilt_config(tmp_path)
-    transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match=r"config.json is not a ViLT config: model_type='bert'"):
+    transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4
+    ).save_pretrained(tmp_path)
+    with pytest.raises(
+        CheckpointError, match=r"config.json is not a ViLT config: model_type='bert'"
+    ):
         load_vilt_params(tmp_path, params)
 
 
@@ -77,20 +83,28 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(tmp_path, hf_vqa, mo
         load_vilt_params(tmp_path, params)
     message = str(err.value)
     assert str(tmp_path) in message
-    assert "missing tensors (2): ['vilt.encoder.layer.1.attention.attention.value.weight', 'vilt.pooler.dense.bias']" \
+    assert (
+        "missing tensors (2): ['vilt.encoder.layer.1.attention.attention.value.weight', 'vilt.pooler.dense.bias']"
         in message
+    )
     assert "unexpected tensors (1): ['vilt.encoder.layer.7.output.dense.bias']" in message
 
     tensors = load_file(tmp_path / "model.safetensors")
     tensors.pop("vilt.encoder.layer.7.output.dense.bias")
-    tensors["vilt.encoder.layer.1.attention.attention.value.weight"] = np.zeros((32, 32), np.float32)
+    tensors["vilt.encoder.layer.1.attention.attention.value.weight"] = np.zeros(
+        (32, 32), np.float32
+    )
     tensors["vilt.pooler.dense.bias"] = np.zeros(32, np.float32)
     tensors["classifier.3.bias"] = np.zeros(7, np.float32)  # a head for another answer count
     save_file(tensors, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"shape mismatches \(1\): \['classifier.3.bias: checkpoint \(7,\)"):
+    with pytest.raises(
+        CheckpointError, match=r"shape mismatches \(1\): \['classifier.3.bias: checkpoint \(7,\)"
+    ):
         load_vilt_params(tmp_path, params)
     load_vilt_params(tmp_path, params, load_head=False)  # the backbone alone loads
-    assert set(load_vilt_params(tmp_path, {"vilt": params["vilt"]})) == {"vilt"}  # so does a headless tree
+    assert set(load_vilt_params(tmp_path, {"vilt": params["vilt"]})) == {
+        "vilt"
+    }  # so does a headless tree
 
 
 def test_vilt_model_keys_load_and_the_head_keeps_its_init(tmp_path, hf_vqa, model_and_init):
@@ -121,8 +135,10 @@ def test_pytorch_bin_loads_with_weights_only(tmp_path, hf_vqa, model_and_init):
     (tmp_path / "model.safetensors").unlink()
     torch.save(hf_vqa.state_dict(), tmp_path / "pytorch_model.bin")
     hf_vqa.save_pretrained(tmp_path / "st")
-    assert_trees_equal(load_vilt_params(tmp_path, model_and_init[1]),
-                       load_vilt_params(tmp_path / "st", model_and_init[1]))
+    assert_trees_equal(
+        load_vilt_params(tmp_path, model_and_init[1]),
+        load_vilt_params(tmp_path / "st", model_and_init[1]),
+    )
 
 
 def test_save_round_trip_is_a_real_hf_checkpoint(tmp_path, model_and_init):
@@ -140,17 +156,25 @@ def test_save_round_trip_is_a_real_hf_checkpoint(tmp_path, model_and_init):
     with torch.no_grad():
         want = hf(**torch_inputs(inputs)).logits.numpy()
     # LoRA factors are zero and adapters are off: the loaded tree computes the HF model exactly.
-    np.testing.assert_allclose(model.apply({"params": loaded}, inputs, adapter_mode="none"), want, atol=1e-5)
+    np.testing.assert_allclose(
+        model.apply({"params": loaded}, inputs, adapter_mode="none"), want, atol=1e-5
+    )
 
 
 def test_to_model_inputs_normalises_uint8_images():
     image = np.array([[[[0, 255, 128]]]], np.uint8)
-    batch = {"image": image, "pixel_mask": np.ones((1, 1, 1), np.uint8),
-             "input_ids": np.zeros((1, 3), np.int64), "attention_mask": np.ones((1, 3), np.int64),
-             "targets": np.zeros((1, 4), np.float32)}
+    batch = {
+        "image": image,
+        "pixel_mask": np.ones((1, 1, 1), np.uint8),
+        "input_ids": np.zeros((1, 3), np.int64),
+        "attention_mask": np.ones((1, 3), np.int64),
+        "targets": np.zeros((1, 4), np.float32),
+    }
     inputs = jax.jit(to_model_inputs)(batch)
     assert set(inputs) == {"input_ids", "attention_mask", "pixel_values", "pixel_mask"}
-    np.testing.assert_allclose(inputs["pixel_values"][0, 0, 0], [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
+    np.testing.assert_allclose(
+        inputs["pixel_values"][0, 0, 0], [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6
+    )
     assert inputs["pixel_mask"].dtype == np.int32 and inputs["input_ids"].dtype == np.int32
 
 
@@ -164,19 +188,37 @@ def test_image_preprocessor_matches_vilt_image_processor(tmp_path):
     # 64 x 166 exceeds the longer-side cap int(1333 / 800 * 64) = 106: 41 x 106, floored to 32 x 96.
     assert (h, w) == (32, 96)
     assert ours.shape == (64, 128, 3) and mask[:h, :w].all() and mask.sum() == h * w
-    pixels = np.asarray(to_model_inputs({"image": ours[None], "pixel_mask": mask[None], "input_ids": np.zeros((1, 1)),
-                                         "attention_mask": np.ones((1, 1))})["pixel_values"][0])
-    np.testing.assert_allclose(pixels[:h, :w].transpose(2, 0, 1), want["pixel_values"][0], atol=1e-6)
+    pixels = np.asarray(
+        to_model_inputs(
+            {
+                "image": ours[None],
+                "pixel_mask": mask[None],
+                "input_ids": np.zeros((1, 1)),
+                "attention_mask": np.ones((1, 1)),
+            }
+        )["pixel_values"][0]
+    )
+    np.testing.assert_allclose(
+        pixels[:h, :w].transpose(2, 0, 1), want["pixel_values"][0], atol=1e-6
+    )
     np.testing.assert_allclose(pixels[h:], -1.0)  # zero padding, normalised
 
-    _, tall_mask = make_image_preprocessor(shortest_edge=64, pad_to=(64, 128))(image.transpose(1, 0, 2))
-    assert tall_mask.sum(0).max() <= 64 and tall_mask.sum(1).max() <= 128  # shrunk to fit the static pad
+    _, tall_mask = make_image_preprocessor(shortest_edge=64, pad_to=(64, 128))(
+        image.transpose(1, 0, 2)
+    )
+    assert (
+        tall_mask.sum(0).max() <= 64 and tall_mask.sum(1).max() <= 128
+    )  # shrunk to fit the static pad
 
 
 def test_load_processors_reads_a_local_folder(tmp_path):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "color", "is", "it", "?"]
-    transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(tmp_path / "proc")
-    transformers.ViltImageProcessorPil(size={"shortest_edge": 64}).save_pretrained(tmp_path / "proc")
+    transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(
+        tmp_path / "proc"
+    )
+    transformers.ViltImageProcessorPil(size={"shortest_edge": 64}).save_pretrained(
+        tmp_path / "proc"
+    )
     tokenizer, preprocess = load_processors(tmp_path / "proc")
     assert tokenizer("what color is it?")["input_ids"] == [2, 5, 6, 7, 8, 9, 3]
     image, mask = preprocess(np.zeros((32, 32, 3), np.uint8))

@@ -78,8 +78,9 @@ def test_function_clients_have_disjoint_question_types(families):
 def test_scene_clients_differ_in_objects(families):
     seen = {}
     for c in families["scene"].clients:
-        seen[c.name] = {max(e.answers, key=e.answers.get) for e in c.train
-                        if qtype(e) in ("shape", "colour")}
+        seen[c.name] = {
+            max(e.answers, key=e.answers.get) for e in c.train if qtype(e) in ("shape", "colour")
+        }
     for a, b in itertools.combinations(seen, 2):
         assert seen[a] != seen[b], (a, b)
     info = families["scene"].manifest["clients"]
@@ -88,8 +89,12 @@ def test_scene_clients_differ_in_objects(families):
 
 def test_task_clients_differ_in_task(families):
     clients = families["task"].clients
-    assert [c.task_kind for c in clients] == ["vqa", "classification", "classification",
-                                              "classification"]
+    assert [c.task_kind for c in clients] == [
+        "vqa",
+        "classification",
+        "classification",
+        "classification",
+    ]
     assert sorted(clients[1].answers) == ["false", "true"]
     assert sorted(clients[2].answers) == ["false", "true", "unknown"]
     assert sorted(clients[3].answers) == ["a", "b", "c", "d"]
@@ -101,19 +106,24 @@ def test_load_or_build_reuses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(embedded, "make_benchmark", lambda *a, **k: pytest.fail("rebuilt"))
     again = load_or_build("task", tmp_path, num_clients=2, train_per_client=4, test_per_client=2)
     assert again == first
-    other = embedded.cache_path("task", tmp_path, num_clients=2, train_per_client=5,
-                                test_per_client=2)
-    assert other != embedded.cache_path("task", tmp_path, num_clients=2, train_per_client=4,
-                                        test_per_client=2)
+    other = embedded.cache_path(
+        "task", tmp_path, num_clients=2, train_per_client=5, test_per_client=2
+    )
+    assert other != embedded.cache_path(
+        "task", tmp_path, num_clients=2, train_per_client=4, test_per_client=2
+    )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(family="nope"), r"'nope'.*\['domain', 'function', 'scene', 'task'\]"),
-    (dict(family="task", num_clients=9), r"num_clients=9 is not in 1\.\.4"),
-    (dict(family="task", num_clients=0), r"num_clients=0"),
-    (dict(family="task", image_size=40, patch_size=16), r"image_size=40.*patch_size=16"),
-    (dict(family="task", top_k=101), r"top_k=101"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(family="nope"), r"'nope'.*\['domain', 'function', 'scene', 'task'\]"),
+        (dict(family="task", num_clients=9), r"num_clients=9 is not in 1\.\.4"),
+        (dict(family="task", num_clients=0), r"num_clients=0"),
+        (dict(family="task", image_size=40, patch_size=16), r"image_size=40.*patch_size=16"),
+        (dict(family="task", top_k=101), r"top_k=101"),
+    ],
+)
 def test_bad_input_names_value_and_choices(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_benchmark(**kwargs, train_per_client=2, test_per_client=1)

@@ -49,8 +49,11 @@ def test_natural_is_one_client_per_source():
 
 
 def test_empty_client_is_refused_by_name():
-    with pytest.raises(partition.EmptyClientError, match=r"client \d+ of 8 received no "
-                                                         r"examples.*raise alpha"):
+    with pytest.raises(
+        partition.EmptyClientError,
+        match=r"client \d+ of 8 received no "
+        r"examples.*raise alpha",
+    ):
         partition.dirichlet(np.zeros(20, int), num_clients=8, alpha=0.01, seed=0)
     with pytest.raises(partition.EmptyClientError, match="num_clients=5"):
         partition.iid(3, 5, seed=0)

@@ -30,11 +30,18 @@ def make_clients():
         train = []
         for _ in range(n):
             uid += 1
-            train.append(Example(f"is it {uid} ?", png(uid), {answers[uid % len(answers)]: 1.0,
-                                                            answers[0]: 0.3}, f"e{uid}"))
+            train.append(
+                Example(
+                    f"is it {uid} ?",
+                    png(uid),
+                    {answers[uid % len(answers)]: 1.0, answers[0]: 0.3},
+                    f"e{uid}",
+                )
+            )
         test = train[:2]
-        clients.append(ClientSplit(f"c{k}", "vqa" if k != 1 else "classification", answers,
-                                   train, test))
+        clients.append(
+            ClientSplit(f"c{k}", "vqa" if k != 1 else "classification", answers, train, test)
+        )
     return clients
 
 
@@ -88,14 +95,16 @@ def test_same_round_same_arrays_resume_determinism(clients, store):
     nxt = pipeline.cohort_batches(store, [2, 0], B, seed=5, round_index=8)
     assert not np.array_equal(a["image"], nxt["image"])
     r0 = pipeline.cohort_batches(store, [2, 0], B, seed=5, round_index=0)
-    r9 = pipeline.cohort_batches(store, [2, 0], B, seed=5, round_index=9,
-                                 same_order_each_round=True)
+    r9 = pipeline.cohort_batches(
+        store, [2, 0], B, seed=5, round_index=9, same_order_each_round=True
+    )
     assert all(np.array_equal(r0[k], r9[k]) for k in r0)
 
 
 def test_static_steps_and_bad_ids(store):
-    batch = pipeline.cohort_batches(store, [0], B, seed=0, round_index=0,
-                                    num_steps=store.max_steps(B))
+    batch = pipeline.cohort_batches(
+        store, [0], B, seed=0, round_index=0, num_steps=store.max_steps(B)
+    )
     assert batch["example_mask"].shape == (1, 5, B)
     with pytest.raises(ValueError, match="num_steps=2 would drop data"):
         pipeline.cohort_batches(store, [2], B, seed=0, round_index=0, num_steps=2)
@@ -135,8 +144,16 @@ def test_word_vocab_encoder():
     out = enc.encode(["what colour is it?", "what shape is it? " * 5], max_length=8)
     ids = out["input_ids"]
     assert ids.shape == (2, 8) and ids.dtype == np.int32
-    assert ids[0].tolist() == [2, enc.index["what"], 1, enc.index["is"], enc.index["it"],
-                               enc.index["?"], 3, 0]  # unknown word -> [UNK], padded with 0
+    assert ids[0].tolist() == [
+        2,
+        enc.index["what"],
+        1,
+        enc.index["is"],
+        enc.index["it"],
+        enc.index["?"],
+        3,
+        0,
+    ]  # unknown word -> [UNK], padded with 0
     assert ids[1, -1] == 3 and out["attention_mask"][1].all()  # truncated, [SEP] kept
 
 

@@ -1,4 +1,5 @@
 """The shell: exact resume, outputs, NaN and checkpoint handling, config errors, every config."""
+
 import dataclasses
 import glob
 import json
@@ -21,133 +22,154 @@ CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py"))
 
 
 def smoke_config(tmp_path, **overrides):
-  sys.path.insert(0, str(ROOT / "configs"))
-  import demo  # noqa: E402  (configs/ is not a package)
-  c = demo.get_config("smoke")
-  c.model.checkpoint = ""  # random tiny ViLT: this file tests the shell, not the backbone
-  c.model.size = "tiny"
-  c.rounds, c.eval_every, c.checkpoint_every, c.tensorboard = 3, 1, 1, True
-  c.data.cache_dir = str(tmp_path / "cache")
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+    sys.path.insert(0, str(ROOT / "configs"))
+    import demo  # noqa: E402  (configs/ is not a package)
+
+    c = demo.get_config("smoke")
+    c.model.checkpoint = ""  # random tiny ViLT: this file tests the shell, not the backbone
+    c.model.size = "tiny"
+    c.rounds, c.eval_every, c.checkpoint_every, c.tensorboard = 3, 1, 1, True
+    c.data.cache_dir = str(tmp_path / "cache")
+    for k, v in overrides.items():
+        c[k] = v
+    return c
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-  return build_experiment(smoke_config(tmp_path_factory.mktemp("data")))
+    return build_experiment(smoke_config(tmp_path_factory.mktemp("data")))
 
 
 def with_rounds(exp, rounds):
-  cfg = exp.config.copy_and_resolve_references()
-  cfg.rounds = rounds
-  return dataclasses.replace(exp, config=cfg)
+    cfg = exp.config.copy_and_resolve_references()
+    cfg.rounds = rounds
+    return dataclasses.replace(exp, config=cfg)
 
 
 def numbers(history):
-  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
 
 
 def final_state(exp, workdir):
-  from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
-  from feddat_jax.train.config_base import fingerprint_json
-  ckpt = RoundCheckpointer(Path(workdir) / "checkpoints",
-                           config_fingerprint(fingerprint_json(exp.config)))
-  return ckpt.restore_latest({"server": exp.server, "private": exp.private_N})
+    from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
+    from feddat_jax.train.config_base import fingerprint_json
+
+    ckpt = RoundCheckpointer(
+        Path(workdir) / "checkpoints", config_fingerprint(fingerprint_json(exp.config))
+    )
+    return ckpt.restore_latest({"server": exp.server, "private": exp.private_N})
 
 
 def assert_bitwise_equal(a, b):
-  la = jax.tree.leaves(jax.tree.map(np.asarray, a[1]["private"])) + jax.tree.leaves(
-      jax.tree.map(np.asarray, a[1]["server"].shared))
-  lb = jax.tree.leaves(jax.tree.map(np.asarray, b[1]["private"])) + jax.tree.leaves(
-      jax.tree.map(np.asarray, b[1]["server"].shared))
-  assert len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+    la = jax.tree.leaves(jax.tree.map(np.asarray, a[1]["private"])) + jax.tree.leaves(
+        jax.tree.map(np.asarray, a[1]["server"].shared)
+    )
+    lb = jax.tree.leaves(jax.tree.map(np.asarray, b[1]["private"])) + jax.tree.leaves(
+        jax.tree.map(np.asarray, b[1]["server"].shared)
+    )
+    assert len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
 
 
 def test_resume_and_corrupt_checkpoint_equal_uninterrupted_run(experiment, tmp_path):
-  full = loop.train(with_rounds(experiment, 3), tmp_path / "full", show_progress=False)
-  part = tmp_path / "part"
-  loop.train(with_rounds(experiment, 2), part, show_progress=False)
-  resumed = loop.train(with_rounds(experiment, 3), part, show_progress=False)
-  assert numbers(resumed) == numbers(full)
-  assert_bitwise_equal(final_state(experiment, tmp_path / "full"), final_state(experiment, part))
+    full = loop.train(with_rounds(experiment, 3), tmp_path / "full", show_progress=False)
+    part = tmp_path / "part"
+    loop.train(with_rounds(experiment, 2), part, show_progress=False)
+    resumed = loop.train(with_rounds(experiment, 3), part, show_progress=False)
+    assert numbers(resumed) == numbers(full)
+    assert_bitwise_equal(final_state(experiment, tmp_path / "full"), final_state(experiment, part))
 
-  # a truncated newest checkpoint is refused and the previous good one is used
-  for f in glob.glob(str(part / "checkpoints" / "3" / "**"), recursive=True):
-    if os.path.isfile(f):
-      Path(f).write_bytes(Path(f).read_bytes()[:7])
-  round_restored, _, _ = final_state(experiment, part)
-  assert round_restored == 2
-  again = loop.train(with_rounds(experiment, 3), part, show_progress=False)
-  assert numbers(again) == numbers(full)
+    # a truncated newest checkpoint is refused and the previous good one is used
+    for f in glob.glob(str(part / "checkpoints" / "3" / "**"), recursive=True):
+        if os.path.isfile(f):
+            Path(f).write_bytes(Path(f).read_bytes()[:7])
+    round_restored, _, _ = final_state(experiment, part)
+    assert round_restored == 2
+    again = loop.train(with_rounds(experiment, 3), part, show_progress=False)
+    assert numbers(again) == numbers(full)
 
-  # outputs: metrics files parse, plots exist
-  rows = read_jsonl(tmp_path / "full" / "metrics.jsonl")
-  assert [r["round"] for r in rows] == [1, 2, 3]
-  assert "score/mean/dat" in rows[-1] and "comm/bytes_cumulative" in rows[-1]
-  assert (tmp_path / "full" / "metrics.csv").read_text().startswith("round,")
-  assert list((tmp_path / "full" / "tensorboard").glob("events.*"))
+    # outputs: metrics files parse, plots exist
+    rows = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert "score/mean/dat" in rows[-1] and "comm/bytes_cumulative" in rows[-1]
+    assert (tmp_path / "full" / "metrics.csv").read_text().startswith("round,")
+    assert list((tmp_path / "full" / "tensorboard").glob("events.*"))
 
 
 def test_nan_loss_stops_naming_round_and_client_and_keeps_last_checkpoint(experiment, tmp_path):
-  loop.train(with_rounds(experiment, 1), tmp_path, show_progress=False)
-  store = experiment.train_store
-  arrays = {**store.arrays, "targets": store.arrays["targets"].copy()}
-  first = store.offsets[1]
-  arrays["targets"][: first] = np.nan  # client 0's data is broken
-  broken = dataclasses.replace(with_rounds(experiment, 2),
-                               train_store=dataclasses.replace(store, arrays=arrays))
-  with pytest.raises(loop.NonFiniteLossError, match=r"round 1: .*\['clean'\]"):
-    loop.train(broken, tmp_path, show_progress=False)
-  round_restored, _, meta = final_state(experiment, tmp_path)
-  assert round_restored == 1 and len(meta["history"]) == 1
+    loop.train(with_rounds(experiment, 1), tmp_path, show_progress=False)
+    store = experiment.train_store
+    arrays = {**store.arrays, "targets": store.arrays["targets"].copy()}
+    first = store.offsets[1]
+    arrays["targets"][:first] = np.nan  # client 0's data is broken
+    broken = dataclasses.replace(
+        with_rounds(experiment, 2), train_store=dataclasses.replace(store, arrays=arrays)
+    )
+    with pytest.raises(loop.NonFiniteLossError, match=r"round 1: .*\['clean'\]"):
+        loop.train(broken, tmp_path, show_progress=False)
+    round_restored, _, meta = final_state(experiment, tmp_path)
+    assert round_restored == 1 and len(meta["history"]) == 1
 
 
 def test_checkpoint_of_another_config_is_refused(experiment, tmp_path):
-  loop.train(with_rounds(experiment, 1), tmp_path, show_progress=False)
-  other = with_rounds(experiment, 1)
-  other.config.seed = 99
-  with pytest.raises(CheckpointMismatchError, match="different config"):
-    loop.train(other, tmp_path, show_progress=False)
+    loop.train(with_rounds(experiment, 1), tmp_path, show_progress=False)
+    other = with_rounds(experiment, 1)
+    other.config.seed = 99
+    with pytest.raises(CheckpointMismatchError, match="different config"):
+        loop.train(other, tmp_path, show_progress=False)
 
 
 def test_bad_config_values_name_the_problem(tmp_path):
-  with pytest.raises(ValueError, match="unknown method 'fedsgd'"):
-    build_experiment(smoke_config(tmp_path, method="fedsgd"))
-  cfg = smoke_config(tmp_path)
-  cfg.model.checkpoint = str(tmp_path / "no_such_checkpoint")
-  with pytest.raises(Exception, match="no_such_checkpoint"):
-    build_experiment(cfg)
+    with pytest.raises(ValueError, match="unknown method 'fedsgd'"):
+        build_experiment(smoke_config(tmp_path, method="fedsgd"))
+    cfg = smoke_config(tmp_path)
+    cfg.model.checkpoint = str(tmp_path / "no_such_checkpoint")
+    with pytest.raises(Exception, match="no_such_checkpoint"):
+        build_experiment(cfg)
 
 
 def _launch(*args, timeout=120):
-  return subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize("flag,match", [
-    ("--config.no_such_key=1", "no_such_key"),
-    ("--config.rounds=abc", "rounds"),
-])
+@pytest.mark.parametrize(
+    "flag,match",
+    [
+        ("--config.no_such_key=1", "no_such_key"),
+        ("--config.rounds=abc", "rounds"),
+    ],
+)
 def test_launch_rejects_unknown_keys_and_wrong_types(flag, match, tmp_path):
-  out = _launch("--config", "configs/demo.py:smoke", "--workdir", str(tmp_path), flag)
-  assert out.returncode != 0 and match in out.stderr
+    out = _launch("--config", "configs/demo.py:smoke", "--workdir", str(tmp_path), flag)
+    assert out.returncode != 0 and match in out.stderr
 
 
 def test_launch_rejects_unwritable_workdir(tmp_path):
-  blocker = tmp_path / "a_file"
-  blocker.write_text("x")
-  out = _launch("--config", "configs/demo.py:smoke", "--workdir", str(blocker / "sub"))
-  assert out.returncode != 0 and "not writable" in out.stderr
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = _launch("--config", "configs/demo.py:smoke", "--workdir", str(blocker / "sub"))
+    assert out.returncode != 0 and "not writable" in out.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_loads_and_its_smoke_variant_runs_one_round(name, tmp_path):
-  out = _launch("--config", f"configs/{name}:smoke", "--workdir", str(tmp_path / "run"),
-                f"--config.data.cache_dir={tmp_path / 'cache'}" if name != "pretrain_tiny_vilt.py"
-                else "--config.log_every=2", timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
-  if name != "pretrain_tiny_vilt.py":
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert all(r["round"] == 1 for r in results.values())
+    out = _launch(
+        "--config",
+        f"configs/{name}:smoke",
+        "--workdir",
+        str(tmp_path / "run"),
+        f"--config.data.cache_dir={tmp_path / 'cache'}"
+        if name != "pretrain_tiny_vilt.py"
+        else "--config.log_every=2",
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    if name != "pretrain_tiny_vilt.py":
+        results = json.loads((tmp_path / "run" / "results.json").read_text())
+        assert all(r["round"] == 1 for r in results.values())

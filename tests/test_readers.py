@@ -8,8 +8,14 @@ import json
 import pytest
 from PIL import Image
 
-from feddat_jax.data.readers import (READERS, BadImageError, MalformedRecordError,
-                                     MissingSourceError, ReadLog, get_reader)
+from feddat_jax.data.readers import (
+    READERS,
+    BadImageError,
+    MalformedRecordError,
+    MissingSourceError,
+    ReadLog,
+    get_reader,
+)
 from feddat_jax.data.readers import fixtures as fx
 from feddat_jax.data.readers._common import iter_json_items
 from feddat_jax.data.records import Example
@@ -26,22 +32,45 @@ def _decoded(ex: Example) -> Image.Image:
 
 
 def test_registry_names():
-    assert sorted(READERS) == ["aqua", "clove", "cocoqa", "gqa", "nlvr2", "snli_ve", "vcr",
-                               "vizwiz", "vqa_abstract", "vqav2"]
+    assert sorted(READERS) == [
+        "aqua",
+        "clove",
+        "cocoqa",
+        "gqa",
+        "nlvr2",
+        "snli_ve",
+        "vcr",
+        "vizwiz",
+        "vqa_abstract",
+        "vqav2",
+    ]
     with pytest.raises(KeyError, match="unknown reader"):
         get_reader("nope")
 
 
 # ------------------------------------------------------------------------------------ VQA format
 
+
 def test_vqav2_soft_scores_min_count_over_3(tmp_path):
-    fx.write_vqa(tmp_path, "vqav2", "train", [
-        {"question_id": 458752000, "image_id": 458752,
-         "question": "What is this photo taken looking through?",
-         "answers": ["net"] * 7 + ["netting", "netting", "Mesh "]},
-        {"question_id": 262148000, "image_id": 262148, "question": "Where is he looking?",
-         "answers": ["down"] * 10},
-    ])
+    fx.write_vqa(
+        tmp_path,
+        "vqav2",
+        "train",
+        [
+            {
+                "question_id": 458752000,
+                "image_id": 458752,
+                "question": "What is this photo taken looking through?",
+                "answers": ["net"] * 7 + ["netting", "netting", "Mesh "],
+            },
+            {
+                "question_id": 262148000,
+                "image_id": 262148,
+                "question": "Where is he looking?",
+                "answers": ["down"] * 10,
+            },
+        ],
+    )
     exs = _read("vqav2", tmp_path, "train")
     assert [e.example_id for e in exs] == ["vqav2/train/458752000", "vqav2/train/262148000"]
     assert exs[0].question == "What is this photo taken looking through?"
@@ -53,21 +82,35 @@ def test_vqav2_soft_scores_min_count_over_3(tmp_path):
 
 
 def test_vqa_abstract_annotator_scores_and_png_images(tmp_path):
-    fx.write_vqa(tmp_path, "vqa_abstract", "val", [
-        {"question_id": 50, "image_id": 5, "question": "Who is sitting?",
-         "answers": ["man"] * 5 + ["woman"] * 3 + ["boy"] * 2 + ["dog"]},
-    ])
+    fx.write_vqa(
+        tmp_path,
+        "vqa_abstract",
+        "val",
+        [
+            {
+                "question_id": 50,
+                "image_id": 5,
+                "question": "Who is sitting?",
+                "answers": ["man"] * 5 + ["woman"] * 3 + ["boy"] * 2 + ["dog"],
+            },
+        ],
+    )
     (ex,) = _read("vqa_abstract", tmp_path, "val")
     assert ex.answers == {"man": 1.0, "woman": 0.9, "boy": 0.6, "dog": 0.3}
     assert ex.example_id == "vqa_abstract/val/50"
     assert _decoded(ex).format == "PNG"
-    assert (tmp_path / "scene_img_abstract_v002_val2015" /
-            "abstract_v002_val2015_000000000005.png").read_bytes() == ex.image
+    assert (
+        tmp_path / "scene_img_abstract_v002_val2015" / "abstract_v002_val2015_000000000005.png"
+    ).read_bytes() == ex.image
 
 
 def test_vqa_annotation_without_question_is_malformed_with_line(tmp_path):
-    fx.write_vqa(tmp_path, "vqav2", "val", [
-        {"question_id": 1, "image_id": 1, "question": "q?", "answers": ["a"] * 10}])
+    fx.write_vqa(
+        tmp_path,
+        "vqav2",
+        "val",
+        [{"question_id": 1, "image_id": 1, "question": "q?", "answers": ["a"] * 10}],
+    )
     apath = tmp_path / "v2_mscoco_val2014_annotations.json"
     doc = json.loads(apath.read_text())
     doc["annotations"][0]["question_id"] = 999
@@ -80,12 +123,23 @@ def test_vqa_annotation_without_question_is_malformed_with_line(tmp_path):
 
 # ------------------------------------------------------------------------------------- VizWiz
 
+
 def test_vizwiz(tmp_path):
-    fx.write_vizwiz(tmp_path, "train", [
-        {"index": 0, "question": "What's the name of this product?",
-         "answers": ["basil leaves"] * 4 + ["basil"] * 3 + ["unanswerable"] * 2 + ["Basil Leaves"]},
-        {"index": 1, "question": "What is this?", "answers": ["soda"] * 10},
-    ])
+    fx.write_vizwiz(
+        tmp_path,
+        "train",
+        [
+            {
+                "index": 0,
+                "question": "What's the name of this product?",
+                "answers": ["basil leaves"] * 4
+                + ["basil"] * 3
+                + ["unanswerable"] * 2
+                + ["Basil Leaves"],
+            },
+            {"index": 1, "question": "What is this?", "answers": ["soda"] * 10},
+        ],
+    )
     exs = _read("vizwiz", tmp_path, "train")
     assert exs[0].example_id == "vizwiz/train/VizWiz_train_00000000"
     assert exs[0].answers == {"basil leaves": 1.0, "basil": 0.9, "unanswerable": 0.6}
@@ -95,40 +149,73 @@ def test_vizwiz(tmp_path):
 
 # ---------------------------------------------------------------------------------------- GQA
 
+
 def test_gqa_balanced_questions_keyed_by_id(tmp_path):
-    fx.write_gqa(tmp_path, "val", [
-        {"question_id": "02930152", "image_id": "2354786", "question": "Is the sky dark?",
-         "answer": "Yes"},
-        {"question_id": "07333408", "image_id": "2375429", "question": "What is on the white wall?",
-         "answer": "pipe"},
-    ])
+    fx.write_gqa(
+        tmp_path,
+        "val",
+        [
+            {
+                "question_id": "02930152",
+                "image_id": "2354786",
+                "question": "Is the sky dark?",
+                "answer": "Yes",
+            },
+            {
+                "question_id": "07333408",
+                "image_id": "2375429",
+                "question": "What is on the white wall?",
+                "answer": "pipe",
+            },
+        ],
+    )
     exs = _read("gqa", tmp_path, "val")
     assert [(e.example_id, e.question, e.answers) for e in exs] == [
         ("gqa/val/02930152", "Is the sky dark?", {"yes": 1.0}),
-        ("gqa/val/07333408", "What is on the white wall?", {"pipe": 1.0})]
+        ("gqa/val/07333408", "What is on the white wall?", {"pipe": 1.0}),
+    ]
     assert exs[1].image == (tmp_path / "images" / "2375429.jpg").read_bytes()
 
 
 # ------------------------------------------------------------------------------------ COCO-QA
 
+
 def test_cocoqa_parallel_text_files(tmp_path):
-    fx.write_cocoqa(tmp_path, "test", [
-        {"image_id": 262148, "question": "what is the man riding on the street",
-         "answer": "skateboard", "type": 0},
-        {"image_id": 393225, "question": "how many bowls of soup are there", "answer": "two",
-         "type": 1},
-    ])
+    fx.write_cocoqa(
+        tmp_path,
+        "test",
+        [
+            {
+                "image_id": 262148,
+                "question": "what is the man riding on the street",
+                "answer": "skateboard",
+                "type": 0,
+            },
+            {
+                "image_id": 393225,
+                "question": "how many bowls of soup are there",
+                "answer": "two",
+                "type": 1,
+            },
+        ],
+    )
     exs = _read("cocoqa", tmp_path, "test")
     assert [(e.example_id, e.question, e.answers) for e in exs] == [
         ("cocoqa/test/0", "what is the man riding on the street", {"skateboard": 1.0}),
-        ("cocoqa/test/1", "how many bowls of soup are there", {"two": 1.0})]
+        ("cocoqa/test/1", "how many bowls of soup are there", {"two": 1.0}),
+    ]
     assert exs[0].image == (tmp_path / "val2014" / "COCO_val2014_000000262148.jpg").read_bytes()
 
 
 def test_cocoqa_bad_type_and_short_file_name_file_and_line(tmp_path):
-    fx.write_cocoqa(tmp_path, "train", [
-        {"image_id": 1, "question": "what color is the cat", "answer": "black", "type": 2},
-        {"image_id": 2, "question": "where is the cat", "answer": "sofa", "type": 7}])
+    fx.write_cocoqa(
+        tmp_path,
+        "train",
+        [
+            {"image_id": 1, "question": "what color is the cat", "answer": "black", "type": 2},
+            {"image_id": 2, "question": "where is the cat", "answer": "sofa", "type": 7},
+        ],
+    )
     with pytest.raises(MalformedRecordError, match=r"types\.txt:2: .*type '7'"):
         _read("cocoqa", tmp_path, "train")
     (tmp_path / "train" / "types.txt").write_text("2\n")
@@ -138,33 +225,79 @@ def test_cocoqa_bad_type_and_short_file_name_file_and_line(tmp_path):
 
 # --------------------------------------------------------------------------------------- AQUA
 
+
 def test_aqua(tmp_path):
-    fx.write_aqua(tmp_path, "train", [
-        {"image": "23361-01lucret.jpg", "question": "who was portrayed as a symbol of purity",
-         "answer": "Lucretia", "external": True},
-        {"image": "00001-1annunci.jpg", "question": "what is the angel holding", "answer": "lily"},
-    ])
+    fx.write_aqua(
+        tmp_path,
+        "train",
+        [
+            {
+                "image": "23361-01lucret.jpg",
+                "question": "who was portrayed as a symbol of purity",
+                "answer": "Lucretia",
+                "external": True,
+            },
+            {
+                "image": "00001-1annunci.jpg",
+                "question": "what is the angel holding",
+                "answer": "lily",
+            },
+        ],
+    )
     exs = _read("aqua", tmp_path, "train")
     assert [(e.example_id, e.answers) for e in exs] == [
-        ("aqua/train/0", {"lucretia": 1.0}), ("aqua/train/1", {"lily": 1.0})]
+        ("aqua/train/0", {"lucretia": 1.0}),
+        ("aqua/train/1", {"lily": 1.0}),
+    ]
     assert exs[0].image == (tmp_path / "SemArt" / "Images" / "23361-01lucret.jpg").read_bytes()
 
 
 # -------------------------------------------------------------------------------------- CLOVE
 
+
 def test_clove_function_and_scene_files(tmp_path):
-    fx.write_clove(tmp_path, "function", "attribute", "train", [
-        {"question_id": "g06778809", "image_id": "440", "question": "What color is the kiosk?",
-         "answer": "white"}])
-    fx.write_clove(tmp_path, "scene", "ShopAndDining", "val", [
-        {"question_id": "g1", "image_id": "441", "question": "What place is this?",
-         "answer": "kiosk"},
-        {"question_id": "t2", "image_id": "abc123", "question": "What brand?", "answer": "Nike",
-         "image_source": "textvqa"}])
+    fx.write_clove(
+        tmp_path,
+        "function",
+        "attribute",
+        "train",
+        [
+            {
+                "question_id": "g06778809",
+                "image_id": "440",
+                "question": "What color is the kiosk?",
+                "answer": "white",
+            }
+        ],
+    )
+    fx.write_clove(
+        tmp_path,
+        "scene",
+        "ShopAndDining",
+        "val",
+        [
+            {
+                "question_id": "g1",
+                "image_id": "441",
+                "question": "What place is this?",
+                "answer": "kiosk",
+            },
+            {
+                "question_id": "t2",
+                "image_id": "abc123",
+                "question": "What brand?",
+                "answer": "Nike",
+                "image_source": "textvqa",
+            },
+        ],
+    )
     assert (tmp_path / "json/scene/scene_a#ShopAndDining_val.json").is_file()
     (ex,) = _read("clove", tmp_path, "train", setting="function", subset="attribute")
     assert (ex.example_id, ex.question, ex.answers) == (
-        "clove_function_attribute/train/g06778809", "What color is the kiosk?", {"white": 1.0})
+        "clove_function_attribute/train/g06778809",
+        "What color is the kiosk?",
+        {"white": 1.0},
+    )
     assert ex.image == (tmp_path / "vg/image/440.jpg").read_bytes()
     exs = _read("clove", tmp_path, "val", setting="scene", subset="ShopAndDining")
     assert [e.answers for e in exs] == [{"kiosk": 1.0}, {"nike": 1.0}]
@@ -175,18 +308,32 @@ def test_clove_function_and_scene_files(tmp_path):
 
 # -------------------------------------------------------------------------------------- NLVR2
 
+
 def test_nlvr2_pair_side_by_side_and_train_directories(tmp_path):
-    fx.write_nlvr2(tmp_path, "train", [
-        {"identifier": "train-10171-0-0", "sentence": "One image shows exactly two dogs.",
-         "label": "True", "sizes": ((6, 4), (10, 8))},
-        {"identifier": "train-10171-1-1", "sentence": "There is a cat.", "label": "False",
-         "image_format": "JPEG"},  # a JPEG named .png, as some released files are
-    ])
+    fx.write_nlvr2(
+        tmp_path,
+        "train",
+        [
+            {
+                "identifier": "train-10171-0-0",
+                "sentence": "One image shows exactly two dogs.",
+                "label": "True",
+                "sizes": ((6, 4), (10, 8)),
+            },
+            {
+                "identifier": "train-10171-1-1",
+                "sentence": "There is a cat.",
+                "label": "False",
+                "image_format": "JPEG",
+            },  # a JPEG named .png, as some released files are
+        ],
+    )
     assert (tmp_path / "images/train/71/train-10171-0-img1.png").is_file()
     exs = _read("nlvr2", tmp_path, "train")
     assert [(e.example_id, e.question, e.answers) for e in exs] == [
         ("nlvr2/train/train-10171-0-0", "One image shows exactly two dogs.", {"true": 1.0}),
-        ("nlvr2/train/train-10171-1-1", "There is a cat.", {"false": 1.0})]
+        ("nlvr2/train/train-10171-1-1", "There is a cat.", {"false": 1.0}),
+    ]
     assert _decoded(exs[0]).size == (6 + 5, 4)  # right image 10x8 scaled to the common height 4
     assert _decoded(exs[1]).size == (6 + 8, 4)
     assert get_reader("nlvr2").task_kind == "classification"
@@ -194,32 +341,54 @@ def test_nlvr2_pair_side_by_side_and_train_directories(tmp_path):
 
 
 def test_nlvr2_dev_without_directory(tmp_path):
-    fx.write_nlvr2(tmp_path, "dev", [
-        {"identifier": "dev-850-0-0", "sentence": "s", "label": "False"}])
+    fx.write_nlvr2(
+        tmp_path, "dev", [{"identifier": "dev-850-0-0", "sentence": "s", "label": "False"}]
+    )
     (ex,) = _read("nlvr2", tmp_path, "dev")
     assert ex.answers == {"false": 1.0} and _decoded(ex).size == (6 + 8, 4)
 
 
 # ------------------------------------------------------------------------------------ SNLI-VE
 
+
 @pytest.mark.parametrize("id_field", ["Flikr30kID", "Flickr30K_ID"])
 def test_snli_ve_both_image_id_fields(tmp_path, id_field):
-    fx.write_snli_ve(tmp_path, "dev", [
-        {"pair_id": "3416050480.jpg#4r1n", "image_id": "3416050480",
-         "hypothesis": "The sisters are hugging goodbye.", "label": "neutral"},
-        {"pair_id": "3416050480.jpg#4r1e", "image_id": "3416050480",
-         "hypothesis": "Two people hug.", "label": "entailment"}], id_field=id_field)
+    fx.write_snli_ve(
+        tmp_path,
+        "dev",
+        [
+            {
+                "pair_id": "3416050480.jpg#4r1n",
+                "image_id": "3416050480",
+                "hypothesis": "The sisters are hugging goodbye.",
+                "label": "neutral",
+            },
+            {
+                "pair_id": "3416050480.jpg#4r1e",
+                "image_id": "3416050480",
+                "hypothesis": "Two people hug.",
+                "label": "entailment",
+            },
+        ],
+        id_field=id_field,
+    )
     exs = _read("snli_ve", tmp_path, "dev")
     assert [(e.example_id, e.question, e.answers) for e in exs] == [
         ("snli_ve/dev/3416050480.jpg#4r1n", "The sisters are hugging goodbye.", {"neutral": 1.0}),
-        ("snli_ve/dev/3416050480.jpg#4r1e", "Two people hug.", {"entailment": 1.0})]
+        ("snli_ve/dev/3416050480.jpg#4r1e", "Two people hug.", {"entailment": 1.0}),
+    ]
     assert exs[0].image == (tmp_path / "flickr30k_images/3416050480.jpg").read_bytes()
 
 
 def test_snli_ve_bad_label_names_line(tmp_path):
-    fx.write_snli_ve(tmp_path, "test", [
-        {"pair_id": "1", "image_id": "1", "hypothesis": "h", "label": "entailment"},
-        {"pair_id": "2", "image_id": "2", "hypothesis": "h", "label": "-"}])
+    fx.write_snli_ve(
+        tmp_path,
+        "test",
+        [
+            {"pair_id": "1", "image_id": "1", "hypothesis": "h", "label": "entailment"},
+            {"pair_id": "2", "image_id": "2", "hypothesis": "h", "label": "-"},
+        ],
+    )
     path = tmp_path / "snli_ve_test.jsonl"
     with pytest.raises(MalformedRecordError, match=rf"{path}:2: .*gold_label '-'"):
         _read("snli_ve", tmp_path, "test")
@@ -227,37 +396,69 @@ def test_snli_ve_bad_label_names_line(tmp_path):
 
 # ---------------------------------------------------------------------------------------- VCR
 
+
 def test_vcr_choices_in_question_and_letter_label(tmp_path):
-    fx.write_vcr(tmp_path, "val", [
-        {"annot_id": "val-0", "img_fn": "lsmdc_3015_CHARLIE_ST_CLOUD/3015_00.23.57.935@0.jpg",
-         "objects": ["person", "person", "car"],
-         "question": ["Why", "is", [0], "looking", "at", [1, 2], "?"],
-         "answer_choices": [["Because", [1], "is", "talking", "."], ["No", "reason", "."],
-                            ["To", "drive", "the", [2], "."], ["He", "is", "tired", "."]],
-         "answer_label": 2}])
+    fx.write_vcr(
+        tmp_path,
+        "val",
+        [
+            {
+                "annot_id": "val-0",
+                "img_fn": "lsmdc_3015_CHARLIE_ST_CLOUD/3015_00.23.57.935@0.jpg",
+                "objects": ["person", "person", "car"],
+                "question": ["Why", "is", [0], "looking", "at", [1, 2], "?"],
+                "answer_choices": [
+                    ["Because", [1], "is", "talking", "."],
+                    ["No", "reason", "."],
+                    ["To", "drive", "the", [2], "."],
+                    ["He", "is", "tired", "."],
+                ],
+                "answer_label": 2,
+            }
+        ],
+    )
     (ex,) = _read("vcr", tmp_path, "val")
-    assert ex.question == ("Why is Casey looking at Riley and car? (A) Because Riley is talking. "
-                           "(B) No reason. (C) To drive the car. (D) He is tired.")
+    assert ex.question == (
+        "Why is Casey looking at Riley and car? (A) Because Riley is talking. "
+        "(B) No reason. (C) To drive the car. (D) He is tired."
+    )
     assert ex.answers == {"C": 1.0} and ex.example_id == "vcr/val/val-0"
-    assert ex.image == (tmp_path / "vcr1images/lsmdc_3015_CHARLIE_ST_CLOUD/"
-                        "3015_00.23.57.935@0.jpg").read_bytes()
+    assert (
+        ex.image
+        == (
+            tmp_path / "vcr1images/lsmdc_3015_CHARLIE_ST_CLOUD/3015_00.23.57.935@0.jpg"
+        ).read_bytes()
+    )
 
 
 def test_vcr_object_reference_out_of_range(tmp_path):
-    fx.write_vcr(tmp_path, "train", [
-        {"annot_id": "train-0", "img_fn": "m/a.jpg", "objects": ["person"],
-         "question": ["Where", "is", [3], "?"], "answer_choices": [["x"]] * 4, "answer_label": 0}])
+    fx.write_vcr(
+        tmp_path,
+        "train",
+        [
+            {
+                "annot_id": "train-0",
+                "img_fn": "m/a.jpg",
+                "objects": ["person"],
+                "question": ["Where", "is", [3], "?"],
+                "answer_choices": [["x"]] * 4,
+                "answer_label": 0,
+            }
+        ],
+    )
     with pytest.raises(MalformedRecordError, match=r"train\.jsonl:1: .*object reference 3"):
         _read("vcr", tmp_path, "train")
 
 
 # ------------------------------------------------------------------------------ bad input, all
 
+
 def test_missing_files_and_folders_are_named(tmp_path):
     with pytest.raises(MissingSourceError, match=str(tmp_path / "nothere")):
         _read("gqa", tmp_path / "nothere", "train")
-    fx.write_gqa(tmp_path, "val", [{"question_id": "1", "image_id": "1", "question": "q",
-                                    "answer": "a"}])
+    fx.write_gqa(
+        tmp_path, "val", [{"question_id": "1", "image_id": "1", "question": "q", "answer": "a"}]
+    )
     with pytest.raises(MissingSourceError, match="train_balanced_questions.json"):
         _read("gqa", tmp_path, "train")
     fx.write_vizwiz(tmp_path / "vw", "val", [{"index": 0, "question": "q", "answers": ["a"]}])
@@ -270,9 +471,14 @@ def test_missing_files_and_folders_are_named(tmp_path):
 
 
 def test_malformed_json_array_record_reports_its_line(tmp_path):
-    fx.write_aqua(tmp_path, "val", [
-        {"image": "a.jpg", "question": "q1", "answer": "x"},
-        {"image": "b.jpg", "question": "q2", "answer": "y"}])
+    fx.write_aqua(
+        tmp_path,
+        "val",
+        [
+            {"image": "a.jpg", "question": "q1", "answer": "x"},
+            {"image": "b.jpg", "question": "q2", "answer": "y"},
+        ],
+    )
     path = tmp_path / "AQUA" / "val.json"
     recs = json.loads(path.read_text())
     del recs[1]["answer"]
@@ -300,9 +506,14 @@ def test_json_syntax_error_is_fatal_with_line(tmp_path):
 
 
 def test_jsonl_bad_line_skipped_and_counted(tmp_path):
-    fx.write_nlvr2(tmp_path, "dev", [
-        {"identifier": "dev-1-0-0", "sentence": "s", "label": "True"},
-        {"identifier": "dev-2-0-0", "sentence": "t", "label": "False"}])
+    fx.write_nlvr2(
+        tmp_path,
+        "dev",
+        [
+            {"identifier": "dev-1-0-0", "sentence": "s", "label": "True"},
+            {"identifier": "dev-2-0-0", "sentence": "t", "label": "False"},
+        ],
+    )
     path = tmp_path / "data" / "dev.json"
     lines = path.read_text().splitlines()
     path.write_text(lines[0] + "\n{not json\n" + lines[1] + "\n")
@@ -315,10 +526,15 @@ def test_jsonl_bad_line_skipped_and_counted(tmp_path):
 
 
 def test_undecodable_or_missing_image_names_the_file(tmp_path):
-    fx.write_gqa(tmp_path, "train", [
-        {"question_id": "1", "image_id": "100", "question": "q1", "answer": "a"},
-        {"question_id": "2", "image_id": "200", "question": "q2", "answer": "b"},
-        {"question_id": "3", "image_id": "300", "question": "q3", "answer": "c"}])
+    fx.write_gqa(
+        tmp_path,
+        "train",
+        [
+            {"question_id": "1", "image_id": "100", "question": "q1", "answer": "a"},
+            {"question_id": "2", "image_id": "200", "question": "q2", "answer": "b"},
+            {"question_id": "3", "image_id": "300", "question": "q3", "answer": "c"},
+        ],
+    )
     bad = tmp_path / "images" / "200.jpg"
     bad.write_bytes(fx.image_bytes("x")[:40])  # a truncated JPEG
     (tmp_path / "images" / "300.jpg").unlink()

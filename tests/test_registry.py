@@ -3,6 +3,7 @@
 The headline check: 10,000 registered clients, 100 sampled per round, 3 rounds of FedDAT on the
 toy model, with ONE compilation (no backend compile at all after the first round).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,186 +23,206 @@ OPTIM = local_optim.LocalOptimConfig(learning_rate=3e-2, schedule_epochs=2.0)
 
 
 class CompileCounter:
-  """Counts XLA backend compilations (every jit cache miss ends in one) while started."""
+    """Counts XLA backend compilations (every jit cache miss ends in one) while started."""
 
-  def __init__(self):
-    self.events = []
+    def __init__(self):
+        self.events = []
 
-  def _listener(self, event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      self.events.append(duration)
+    def _listener(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.events.append(duration)
 
-  def start(self):
-    jax.monitoring.register_event_duration_secs_listener(self._listener)
+    def start(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
 
-  def stop(self):
-    jax.monitoring.unregister_event_duration_listener(self._listener)
+    def stop(self):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
 
 
 def client_sizes(n):
-  return 1 + (np.arange(n) * 7919) % (S * B)   # 1..8 examples: at most S steps of B
+    return 1 + (np.arange(n) * 7919) % (S * B)  # 1..8 examples: at most S steps of B
 
 
 def tasks_for(n) -> ClientTasks:
-  k = np.arange(n)
-  real = 2 + k % (A - 1)
-  mask = (np.arange(A)[None, :] < real[:, None]).astype(np.float32)
-  return ClientTasks(answer_mask=mask, task_kind=(k % 2).astype(np.int32),
-                     num_examples=client_sizes(n).astype(np.int32))
+    k = np.arange(n)
+    real = 2 + k % (A - 1)
+    mask = (np.arange(A)[None, :] < real[:, None]).astype(np.float32)
+    return ClientTasks(
+        answer_mask=mask,
+        task_kind=(k % 2).astype(np.int32),
+        num_examples=client_sizes(n).astype(np.int32),
+    )
 
 
 def cohort_batches(ids, tasks: ClientTasks):
-  """Each client's data is a pure function of its id (as a data store would give it)."""
-  per = []
-  for k in ids:
-    ex = toy.client_examples(np.random.default_rng([3, int(k)]), int(tasks.num_examples[k]), A,
-                             int(tasks.task_kind[k]), int(tasks.answer_mask[k].sum()))
-    per.append(toy.batch_epoch(ex, B, S))
-  return {key: np.stack([p[key] for p in per]) for key in per[0]}
+    """Each client's data is a pure function of its id (as a data store would give it)."""
+    per = []
+    for k in ids:
+        ex = toy.client_examples(
+            np.random.default_rng([3, int(k)]),
+            int(tasks.num_examples[k]),
+            A,
+            int(tasks.task_kind[k]),
+            int(tasks.answer_mask[k].sum()),
+        )
+        per.append(toy.batch_epoch(ex, B, S))
+    return {key: np.stack([p[key] for p in per]) for key in per[0]}
 
 
 def setup(traces=None):
-  def forward(params, batch, mode):
-    if traces is not None:
-      traces.append(mode)
-    return toy.forward(params, batch, mode)
+    def forward(params, batch, mode):
+        if traces is not None:
+            traces.append(mode)
+        return toy.forward(params, batch, mode)
 
-  algorithm = FedDAT(forward, FedDATConfig(optim=OPTIM))
-  frozen, shared, private = toy.split(toy.init_params(jax.random.key(0), A))
-  return algorithm, frozen, shared, private
+    algorithm = FedDAT(forward, FedDATConfig(optim=OPTIM))
+    frozen, shared, private = toy.split(toy.init_params(jax.random.key(0), A))
+    return algorithm, frozen, shared, private
 
 
 def max_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 def test_10k_clients_100_per_round_three_rounds_one_compile():
-  n, c = 10_000, 100
-  traces = []
-  algorithm, frozen, shared, private = setup(traces)
-  tasks = tasks_for(n)
-  registry = ClientRegistry.create(algorithm, shared, private, tasks)
-  assert registry.num_clients == n and registry.storage == "host"
-  initial = jax.tree.map(np.copy, registry.private)
-  tx = make_server_optimizer("fedavg")
-  server = init_server_state(shared, tx, jax.random.key(1))
-  run = make_round_fn(algorithm, tx, MeanAggregator())
-  frozen = jax.device_put(frozen)
+    n, c = 10_000, 100
+    traces = []
+    algorithm, frozen, shared, private = setup(traces)
+    tasks = tasks_for(n)
+    registry = ClientRegistry.create(algorithm, shared, private, tasks)
+    assert registry.num_clients == n and registry.storage == "host"
+    initial = jax.tree.map(np.copy, registry.private)
+    tx = make_server_optimizer("fedavg")
+    server = init_server_state(shared, tx, jax.random.key(1))
+    run = make_round_fn(algorithm, tx, MeanAggregator())
+    frozen = jax.device_put(frozen)
 
-  seen = []
-  first, counter = CompileCounter(), CompileCounter()
-  first.start()
-  for r in range(3):
-    ids = sampling.sample_clients(seed=0, round_index=r, num_registered=n, clients_per_round=c)
-    batches = cohort_batches(ids, tasks)
-    if r == 1:
-      first.stop()
-      counter.start()
-    server, metrics = registry.run_round(run, frozen, server, ids, batches)
-    np.testing.assert_array_equal(np.asarray(metrics["clients"]["steps"]),
-                                  -(-tasks.num_examples[ids] // B))
-    seen.append(ids)
-  counter.stop()
+    seen = []
+    first, counter = CompileCounter(), CompileCounter()
+    first.start()
+    for r in range(3):
+        ids = sampling.sample_clients(seed=0, round_index=r, num_registered=n, clients_per_round=c)
+        batches = cohort_batches(ids, tasks)
+        if r == 1:
+            first.stop()
+            counter.start()
+        server, metrics = registry.run_round(run, frozen, server, ids, batches)
+        np.testing.assert_array_equal(
+            np.asarray(metrics["clients"]["steps"]), -(-tasks.num_examples[ids] // B)
+        )
+        seen.append(ids)
+    counter.stop()
 
-  assert int(server.round) == 3
-  assert len(traces) == 3, f"FedDAT traced {len(traces)} forward passes (3 = one trace)"
-  assert run._cache_size() == 1
-  assert len(first.events) >= 1   # the listener sees compilations: round 1 compiled the round
-  assert counter.events == [], f"{len(counter.events)} compilations in rounds 2-3"
-  trained = np.unique(np.concatenate(seen))
-  untouched = np.setdiff1d(np.arange(n), trained)
-  head = lambda tree: tree["params"]["head"]["kernel"]
-  assert np.all(np.abs(head(registry.private)[trained] - head(initial)[trained]).max((1, 2)) > 0)
-  np.testing.assert_array_equal(head(registry.private)[untouched], head(initial)[untouched])
-  assert registry.nbytes < 100 * 2**20
+    assert int(server.round) == 3
+    assert len(traces) == 3, f"FedDAT traced {len(traces)} forward passes (3 = one trace)"
+    assert run._cache_size() == 1
+    assert len(first.events) >= 1  # the listener sees compilations: round 1 compiled the round
+    assert counter.events == [], f"{len(counter.events)} compilations in rounds 2-3"
+    trained = np.unique(np.concatenate(seen))
+    untouched = np.setdiff1d(np.arange(n), trained)
+    head = lambda tree: tree["params"]["head"]["kernel"]
+    assert np.all(np.abs(head(registry.private)[trained] - head(initial)[trained]).max((1, 2)) > 0)
+    np.testing.assert_array_equal(head(registry.private)[untouched], head(initial)[untouched])
+    assert registry.nbytes < 100 * 2**20
 
 
 def test_registry_round_equals_direct_round_host_and_device():
-  n = 12
-  algorithm, frozen, shared, private = setup()
-  tasks = tasks_for(n)
-  tx = make_server_optimizer("fedadam", learning_rate=0.1)
-  server0 = init_server_state(shared, tx, jax.random.key(1))
-  run = make_round_fn(algorithm, tx, MeanAggregator())
-  host = ClientRegistry.create(algorithm, shared, private, tasks)
-  device = ClientRegistry.create(algorithm, shared, private, tasks, storage="device")
-  reference = jax.tree.map(np.copy, host.private)
+    n = 12
+    algorithm, frozen, shared, private = setup()
+    tasks = tasks_for(n)
+    tx = make_server_optimizer("fedadam", learning_rate=0.1)
+    server0 = init_server_state(shared, tx, jax.random.key(1))
+    run = make_round_fn(algorithm, tx, MeanAggregator())
+    host = ClientRegistry.create(algorithm, shared, private, tasks)
+    device = ClientRegistry.create(algorithm, shared, private, tasks, storage="device")
+    reference = jax.tree.map(np.copy, host.private)
 
-  s_host = s_dev = s_ref = server0
-  counter = CompileCounter()
-  for r, ids in enumerate((np.array([0, 3, 4, 7, 11]), np.array([1, 3, 5, 7, 8]))):
-    batches = cohort_batches(ids, tasks)
-    s_ref, private_C, _ = run(frozen, s_ref, jax.tree.map(jnp.asarray, gather(reference, ids)),
-                              gather(tasks, ids), jnp.asarray(ids, jnp.int32), batches)
-    reference = jax.tree.map(lambda x, v: _set_rows(x, ids, v), reference, private_C)
-    s_host, _ = host.run_round(run, frozen, s_host, ids, batches)
-    if r == 1:
-      counter.start()
-    s_dev, _ = device.run_round(run, frozen, s_dev, ids, batches)
-  counter.stop()
-  assert counter.events == [], "device-storage gather/scatter recompiled in round 2"
-  assert max_diff(s_host.shared, s_ref.shared) <= 1e-6
-  assert max_diff(s_dev.shared, s_ref.shared) <= 1e-6
-  assert max_diff(host.private, reference) <= 1e-6
-  assert max_diff(device.private, reference) <= 1e-6
-  assert max_diff(device.states().private, host.states().private) <= 1e-6
+    s_host = s_dev = s_ref = server0
+    counter = CompileCounter()
+    for r, ids in enumerate((np.array([0, 3, 4, 7, 11]), np.array([1, 3, 5, 7, 8]))):
+        batches = cohort_batches(ids, tasks)
+        s_ref, private_C, _ = run(
+            frozen,
+            s_ref,
+            jax.tree.map(jnp.asarray, gather(reference, ids)),
+            gather(tasks, ids),
+            jnp.asarray(ids, jnp.int32),
+            batches,
+        )
+        reference = jax.tree.map(lambda x, v: _set_rows(x, ids, v), reference, private_C)
+        s_host, _ = host.run_round(run, frozen, s_host, ids, batches)
+        if r == 1:
+            counter.start()
+        s_dev, _ = device.run_round(run, frozen, s_dev, ids, batches)
+    counter.stop()
+    assert counter.events == [], "device-storage gather/scatter recompiled in round 2"
+    assert max_diff(s_host.shared, s_ref.shared) <= 1e-6
+    assert max_diff(s_dev.shared, s_ref.shared) <= 1e-6
+    assert max_diff(host.private, reference) <= 1e-6
+    assert max_diff(device.private, reference) <= 1e-6
+    assert max_diff(device.states().private, host.states().private) <= 1e-6
 
 
 def _set_rows(x, ids, v):
-  x = np.array(x)
-  x[ids] = np.asarray(v)
-  return x
+    x = np.array(x)
+    x[ids] = np.asarray(v)
+    return x
 
 
 def test_padded_cohort_trains_the_same_as_unpadded():
-  n = 10
-  algorithm, frozen, shared, private = setup()
-  tasks = tasks_for(n)
-  tx = make_server_optimizer("fedavg")
-  server = init_server_state(shared, tx, jax.random.key(1))
-  run = make_round_fn(algorithm, tx, MeanAggregator("weighted"))
-  ids = np.array([2, 5, 6, 9, 1])
-  a = ClientRegistry.create(algorithm, shared, private, tasks)
-  b = ClientRegistry.create(algorithm, shared, private, tasks)
-  sa, _ = a.run_round(run, frozen, server, ids, cohort_batches(ids, tasks))
-  pids, mask = pad_ids(ids, 4)
-  np.testing.assert_array_equal(pids, [2, 5, 6, 9, 1, 2, 2, 2])
-  np.testing.assert_array_equal(mask, [1, 1, 1, 1, 1, 0, 0, 0])
-  padded = pad_batches(cohort_batches(ids, tasks), len(pids))
-  assert padded["example_mask"][5:].sum() == 0
-  _, tasks_C = b.gather(pids, mask)
-  np.testing.assert_array_equal(np.asarray(tasks_C.num_examples)[5:], 0)
-  sb, _ = b.run_round(run, frozen, server, pids, padded, mask)
-  assert max_diff(sa.shared, sb.shared) <= 1e-6
-  assert max_diff(a.private, b.private) <= 1e-6   # padded slots (all client 2) dropped
+    n = 10
+    algorithm, frozen, shared, private = setup()
+    tasks = tasks_for(n)
+    tx = make_server_optimizer("fedavg")
+    server = init_server_state(shared, tx, jax.random.key(1))
+    run = make_round_fn(algorithm, tx, MeanAggregator("weighted"))
+    ids = np.array([2, 5, 6, 9, 1])
+    a = ClientRegistry.create(algorithm, shared, private, tasks)
+    b = ClientRegistry.create(algorithm, shared, private, tasks)
+    sa, _ = a.run_round(run, frozen, server, ids, cohort_batches(ids, tasks))
+    pids, mask = pad_ids(ids, 4)
+    np.testing.assert_array_equal(pids, [2, 5, 6, 9, 1, 2, 2, 2])
+    np.testing.assert_array_equal(mask, [1, 1, 1, 1, 1, 0, 0, 0])
+    padded = pad_batches(cohort_batches(ids, tasks), len(pids))
+    assert padded["example_mask"][5:].sum() == 0
+    _, tasks_C = b.gather(pids, mask)
+    np.testing.assert_array_equal(np.asarray(tasks_C.num_examples)[5:], 0)
+    sb, _ = b.run_round(run, frozen, server, pids, padded, mask)
+    assert max_diff(sa.shared, sb.shared) <= 1e-6
+    assert max_diff(a.private, b.private) <= 1e-6  # padded slots (all client 2) dropped
 
 
 def test_owned_subset_and_errors():
-  algorithm, _, shared, private = setup()
-  owned = np.array([3, 4, 5, 6])
-  tasks = tasks_for(10)
-  reg = ClientRegistry.create(algorithm, shared, private, gather(tasks, owned), client_ids=owned)
-  np.testing.assert_array_equal(reg.rows([3, 6, 5]), [0, 3, 2])
-  with pytest.raises(KeyError, match="not held"):
-    reg.rows([2])
-  sparse = ClientRegistry.create(algorithm, shared, private, gather(tasks, [1, 5, 9]),
-                                 client_ids=[1, 5, 9])
-  np.testing.assert_array_equal(sparse.rows([9, 1]), [2, 0])
-  with pytest.raises(KeyError):
-    sparse.rows([4])
-  with pytest.raises(ValueError, match="sorted unique"):
-    ClientRegistry.create(algorithm, shared, private, gather(tasks, owned), client_ids=[4, 3, 5, 6])
-  with pytest.raises(ValueError, match="storage"):
-    ClientRegistry.create(algorithm, shared, private, tasks, storage="disk")
-  bad = tasks.replace(num_examples=np.zeros(10, np.int32))
-  with pytest.raises(ValueError, match="zero training examples"):
-    ClientRegistry.create(algorithm, shared, private, bad)
-  restored = ClientRegistry.from_states(reg.states(), client_ids=owned)
-  assert max_diff(restored.private, reg.private) == 0.0
+    algorithm, _, shared, private = setup()
+    owned = np.array([3, 4, 5, 6])
+    tasks = tasks_for(10)
+    reg = ClientRegistry.create(algorithm, shared, private, gather(tasks, owned), client_ids=owned)
+    np.testing.assert_array_equal(reg.rows([3, 6, 5]), [0, 3, 2])
+    with pytest.raises(KeyError, match="not held"):
+        reg.rows([2])
+    sparse = ClientRegistry.create(
+        algorithm, shared, private, gather(tasks, [1, 5, 9]), client_ids=[1, 5, 9]
+    )
+    np.testing.assert_array_equal(sparse.rows([9, 1]), [2, 0])
+    with pytest.raises(KeyError):
+        sparse.rows([4])
+    with pytest.raises(ValueError, match="sorted unique"):
+        ClientRegistry.create(
+            algorithm, shared, private, gather(tasks, owned), client_ids=[4, 3, 5, 6]
+        )
+    with pytest.raises(ValueError, match="storage"):
+        ClientRegistry.create(algorithm, shared, private, tasks, storage="disk")
+    bad = tasks.replace(num_examples=np.zeros(10, np.int32))
+    with pytest.raises(ValueError, match="zero training examples"):
+        ClientRegistry.create(algorithm, shared, private, bad)
+    restored = ClientRegistry.from_states(reg.states(), client_ids=owned)
+    assert max_diff(restored.private, reg.private) == 0.0
 
 
 def test_chunk_size_for():
-  assert chunk_size_for(64, None, None) is None
-  assert chunk_size_for(64, None, 64) is None
-  assert chunk_size_for(64, None, 16) == 16
+    assert chunk_size_for(64, None, None) is None
+    assert chunk_size_for(64, None, 64) is None
+    assert chunk_size_for(64, None, 16) == 16

@@ -24,7 +24,8 @@ def random_hf_vqa(config: ViltConfig, num_answers: int = NUM_ANSWERS, seed: int 
     """A transformers ViltForQuestionAnswering whose every tensor (LayerNorms, CLS and position
     embeddings included, which HF initialises to constants) is random."""
     hf_config = transformers.ViltConfig(
-        **{k: v for k, v in config.to_hf_dict().items() if k != "model_type"}, num_labels=num_answers
+        **{k: v for k, v in config.to_hf_dict().items() if k != "model_type"},
+        num_labels=num_answers,
     )
     torch.manual_seed(seed)
     model = transformers.ViltForQuestionAnswering(hf_config).eval()
@@ -84,7 +85,9 @@ def test_logits_and_pooled_match_transformers(hf_folder):
     np.testing.assert_allclose(pooled, want.pooler_output.numpy(), atol=1e-5, rtol=0)
     # Text tokens and the image CLS token (index TEXT_LEN) are the same tokens in both models; the
     # patch tokens differ in order and count (we keep all patches, see vilt.py's docstring).
-    np.testing.assert_allclose(seq[:, : TEXT_LEN + 1], want.last_hidden_state[:, : TEXT_LEN + 1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        seq[:, : TEXT_LEN + 1], want.last_hidden_state[:, : TEXT_LEN + 1].numpy(), atol=1e-5
+    )
     assert seq.shape[1] == TEXT_LEN + 1 + (HEIGHT // 16) * (WIDTH // 16)
 
 
@@ -92,7 +95,9 @@ def test_valid_patch_tokens_match_as_a_set(hf_folder):
     """For the full image (example 0) transformers keeps every patch, in a random order."""
     folder, hf = hf_folder
     inputs = make_inputs()
-    params = load_vilt_params(folder, init_params(ViltVQA(ViltConfig.tiny(), num_answers=NUM_ANSWERS), inputs))
+    params = load_vilt_params(
+        folder, init_params(ViltVQA(ViltConfig.tiny(), num_answers=NUM_ANSWERS), inputs)
+    )
     seq, _ = ViltModel(ViltConfig.tiny()).apply({"params": params["vilt"]}, inputs)
     with torch.no_grad():
         want = hf.vilt(**torch_inputs(inputs)).last_hidden_state.numpy()
@@ -123,8 +128,11 @@ def test_prompts_keep_the_pooled_cls_and_extend_the_sequence():
     assert params["prompts"]["visual_mlp"]["tokens"].shape == (2, 32)
     seq, pooled = model.apply({"params": params}, inputs)
     assert seq.shape[1] == TEXT_LEN + 3 + 1 + 2 + 24
-    np.testing.assert_allclose(jnp.tanh(seq[:, 0] @ params["pooler"]["kernel"] + params["pooler"]["bias"]),
-                               pooled, atol=1e-6)
+    np.testing.assert_allclose(
+        jnp.tanh(seq[:, 0] @ params["pooler"]["kernel"] + params["pooler"]["bias"]),
+        pooled,
+        atol=1e-6,
+    )
     # The prompts change the output: they are attended to.
     no_prompts = {k: v for k, v in params.items() if k != "prompts"}
     _, pooled_plain = ViltModel(ViltConfig.tiny()).apply({"params": no_prompts}, inputs)
@@ -149,7 +157,9 @@ def test_vilt_b32_forward_backward_on_cpu():
     assert count_params(frozen) > 80_000_000
 
     def loss(shared_part):
-        logits = model.apply({"params": merge(frozen, shared_part, private)}, inputs, adapter_mode="dat")
+        logits = model.apply(
+            {"params": merge(frozen, shared_part, private)}, inputs, adapter_mode="dat"
+        )
         return jnp.mean(logits**2)
 
     value, grads = jax.jit(jax.value_and_grad(loss))(shared)

@@ -57,8 +57,14 @@ from typing import Sequence
 import numpy as np
 
 from feddat_jax.data.benchmarks import BENCHMARKS, BenchmarkDef, ClientSource, get_benchmark
-from feddat_jax.data.readers import (BadImageError, Candidate, MissingSourceError, ReadLog,
-                                     SourceError, load_example)
+from feddat_jax.data.readers import (
+    BadImageError,
+    Candidate,
+    MissingSourceError,
+    ReadLog,
+    SourceError,
+    load_example,
+)
 from feddat_jax.data.records import ClientSplit, FederatedBenchmark, answer_vocabulary
 
 RECIPE_VERSION = 1
@@ -93,9 +99,16 @@ def _take(cands: list[Candidate], n: int, rng: np.random.Generator, log: ReadLog
     return out
 
 
-def build_client(src: ClientSource, raw_dir: str | Path, *, seed: int = 0, n_train: int = 2500,
-                 n_test: int = 500, top_k: int = 100, skip_bad: bool = False
-                 ) -> tuple[ClientSplit, dict]:
+def build_client(
+    src: ClientSource,
+    raw_dir: str | Path,
+    *,
+    seed: int = 0,
+    n_train: int = 2500,
+    n_test: int = 500,
+    top_k: int = 100,
+    skip_bad: bool = False,
+) -> tuple[ClientSplit, dict]:
     """One client's split and its manifest entry (see the module docstring for the recipe)."""
     reader = src.make_reader()
     root = Path(raw_dir) / src.folder
@@ -104,34 +117,54 @@ def build_client(src: ClientSource, raw_dir: str | Path, *, seed: int = 0, n_tra
     if reader.task_kind == "classification":
         vocab = list(reader.labels)
     else:  # first pass over the train split: only the answer counts are kept
-        vocab = answer_vocabulary(reader.scan(root, src.train_split, ReadLog(skip_bad=skip_bad)),
-                                  top_k)
+        vocab = answer_vocabulary(
+            reader.scan(root, src.train_split, ReadLog(skip_bad=skip_bad)), top_k
+        )
     keep = set(vocab)
 
     counts, parts = {}, {}
-    for part_idx, (part, split, n) in enumerate((("train", src.train_split, n_train),
-                                                 ("test", src.test_split, n_test))):
+    for part_idx, (part, split, n) in enumerate(
+        (("train", src.train_split, n_train), ("test", src.test_split, n_test))
+    ):
         records, eligible = 0, []
         for cand in reader.scan(root, split, log):
             records += 1
             if keep.issuperset(cand.answers):
                 eligible.append(cand)
         if not eligible:
-            raise BuildError(f"client {src.client!r}: no {part} example of {root} ({split} split, "
-                             f"{records} records) has all its answers in the top-{top_k} answers")
+            raise BuildError(
+                f"client {src.client!r}: no {part} example of {root} ({split} split, "
+                f"{records} records) has all its answers in the top-{top_k} answers"
+            )
         parts[part] = _take(eligible, n, client_rng(seed, src.client, part_idx), log)
         if not parts[part]:
-            raise BuildError(f"client {src.client!r}: every sampled {part} image was bad "
-                             f"({log.skipped['bad_image']} skipped)")
-        counts[part] = {"source_split": split, "records": records, "eligible": len(eligible),
-                        "taken": len(parts[part]), "target": n}
+            raise BuildError(
+                f"client {src.client!r}: every sampled {part} image was bad "
+                f"({log.skipped['bad_image']} skipped)"
+            )
+        counts[part] = {
+            "source_split": split,
+            "records": records,
+            "eligible": len(eligible),
+            "taken": len(parts[part]),
+            "target": n,
+        }
 
-    client = ClientSplit(name=src.client, task_kind=reader.task_kind, answers=vocab,
-                         train=parts["train"], test=parts["test"])
+    client = ClientSplit(
+        name=src.client,
+        task_kind=reader.task_kind,
+        answers=vocab,
+        train=parts["train"],
+        test=parts["test"],
+    )
     entry = {
-        "source": {**src.describe(),
-                   "files": {str(p.relative_to(root)) if p.is_relative_to(root) else str(p):
-                             _sha256(p) for p in log.files}},
+        "source": {
+            **src.describe(),
+            "files": {
+                str(p.relative_to(root)) if p.is_relative_to(root) else str(p): _sha256(p)
+                for p in log.files
+            },
+        },
         "counts": counts,
         "skipped": dict(sorted(log.skipped.items())),
         "skipped_messages": list(log.messages),
@@ -139,9 +172,17 @@ def build_client(src: ClientSource, raw_dir: str | Path, *, seed: int = 0, n_tra
     return client, entry
 
 
-def build_benchmark(benchmark: str | BenchmarkDef, raw_dir: str | Path, *, seed: int = 0,
-                    n_train: int = 2500, n_test: int = 500, top_k: int = 100,
-                    skip_bad: bool = False, verbose: bool = False) -> FederatedBenchmark:
+def build_benchmark(
+    benchmark: str | BenchmarkDef,
+    raw_dir: str | Path,
+    *,
+    seed: int = 0,
+    n_train: int = 2500,
+    n_test: int = 500,
+    top_k: int = 100,
+    skip_bad: bool = False,
+    verbose: bool = False,
+) -> FederatedBenchmark:
     """Build every client of ``benchmark`` from ``raw_dir``; nothing is written."""
     bdef = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     raw_dir = Path(raw_dir)
@@ -150,8 +191,9 @@ def build_benchmark(benchmark: str | BenchmarkDef, raw_dir: str | Path, *, seed:
     clients, sources, counts, skipped, messages = [], {}, {}, {}, {}
     for src in bdef.clients:
         t0 = time.time()
-        client, entry = build_client(src, raw_dir, seed=seed, n_train=n_train, n_test=n_test,
-                                     top_k=top_k, skip_bad=skip_bad)
+        client, entry = build_client(
+            src, raw_dir, seed=seed, n_train=n_train, n_test=n_test, top_k=top_k, skip_bad=skip_bad
+        )
         clients.append(client)
         sources[src.client] = entry["source"]
         counts[src.client] = entry["counts"]
@@ -159,19 +201,32 @@ def build_benchmark(benchmark: str | BenchmarkDef, raw_dir: str | Path, *, seed:
         if entry["skipped_messages"]:
             messages[src.client] = entry["skipped_messages"]
         if verbose:
-            print(f"[build] {bdef.name}/{src.client}: train {len(client.train)} test "
-                  f"{len(client.test)} answers {len(client.answers)} skipped "
-                  f"{sum(entry['skipped'].values())} ({time.time() - t0:.1f}s)", file=sys.stderr)
+            print(
+                f"[build] {bdef.name}/{src.client}: train {len(client.train)} test "
+                f"{len(client.test)} answers {len(client.answers)} skipped "
+                f"{sum(entry['skipped'].values())} ({time.time() - t0:.1f}s)",
+                file=sys.stderr,
+            )
     total = collections.Counter()
     for s in skipped.values():
         total.update(s)
     manifest = {
-        "benchmark": bdef.name, "description": bdef.description,
-        "recipe": {"version": RECIPE_VERSION, "seed": seed, "train": n_train, "test": n_test,
-                   "top_k": top_k, "skip_bad": skip_bad,
-                   "rng": "np.random.default_rng([seed, crc32(client), part])"},
-        "sources": sources, "counts": counts, "skipped": skipped,
-        "skipped_total": dict(sorted(total.items())), "skipped_messages": messages,
+        "benchmark": bdef.name,
+        "description": bdef.description,
+        "recipe": {
+            "version": RECIPE_VERSION,
+            "seed": seed,
+            "train": n_train,
+            "test": n_test,
+            "top_k": top_k,
+            "skip_bad": skip_bad,
+            "rng": "np.random.default_rng([seed, crc32(client), part])",
+        },
+        "sources": sources,
+        "counts": counts,
+        "skipped": skipped,
+        "skipped_total": dict(sorted(total.items())),
+        "skipped_messages": messages,
     }
     return FederatedBenchmark(name=bdef.name, clients=clients, seed=seed, manifest=manifest)
 
@@ -180,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m feddat_jax.data.build",
         description="Build a real federated benchmark (one client per source) and store it as a "
-                    "TFDS dataset with its manifest.")
+        "TFDS dataset with its manifest.",
+    )
     parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     parser.add_argument("--raw_dir", required=True, help="folder with one sub-folder per source")
     parser.add_argument("--out", required=True, help="output folder of the TFDS dataset")
@@ -188,8 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=2500, help="train examples per client")
     parser.add_argument("--test", type=int, default=500, help="test examples per client")
     parser.add_argument("--top_k", type=int, default=100, help="answer vocabulary per client")
-    parser.add_argument("--skip_bad", action="store_true",
-                        help="skip (and count in the manifest) malformed records and bad images")
+    parser.add_argument(
+        "--skip_bad",
+        action="store_true",
+        help="skip (and count in the manifest) malformed records and bad images",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)
     for flag in ("train", "test", "top_k"):
@@ -199,9 +258,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from feddat_jax.data.tfds_store import write_benchmark
 
     try:
-        bench = build_benchmark(args.benchmark, args.raw_dir, seed=args.seed, n_train=args.train,
-                                n_test=args.test, top_k=args.top_k, skip_bad=args.skip_bad,
-                                verbose=True)
+        bench = build_benchmark(
+            args.benchmark,
+            args.raw_dir,
+            seed=args.seed,
+            n_train=args.train,
+            n_test=args.test,
+            top_k=args.top_k,
+            skip_bad=args.skip_bad,
+            verbose=True,
+        )
         out = write_benchmark(bench, args.out, overwrite=args.overwrite)
     except (SourceError, BuildError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

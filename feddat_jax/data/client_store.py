@@ -68,9 +68,15 @@ class ClientDataStore:
     arrays: dict[str, np.ndarray]
 
     @classmethod
-    def build(cls, clients: Sequence[ClientSplit], part: str, encoder: TextEncoder,
-              image_hw: tuple[int, int], max_length: int,
-              num_answers: int | None = None) -> ClientDataStore:
+    def build(
+        cls,
+        clients: Sequence[ClientSplit],
+        part: str,
+        encoder: TextEncoder,
+        image_hw: tuple[int, int],
+        max_length: int,
+        num_answers: int | None = None,
+    ) -> ClientDataStore:
         """Encode ``clients``' ``part`` split; ``num_answers`` (A) defaults to the largest
         vocabulary among them and must be the same for train and test stores of one run."""
         if part not in ("train", "test"):
@@ -78,8 +84,9 @@ class ClientDataStore:
         largest = max(len(c.answers) for c in clients)
         num_answers = largest if num_answers is None else num_answers
         if num_answers < largest:
-            raise ValueError(f"num_answers={num_answers} < the largest client vocabulary "
-                             f"({largest})")
+            raise ValueError(
+                f"num_answers={num_answers} < the largest client vocabulary ({largest})"
+            )
         height, width = image_hw
         examples = [ex for c in clients for ex in getattr(c, part)]
         image = np.zeros((len(examples), height, width, 3), np.uint8)
@@ -87,14 +94,24 @@ class ClientDataStore:
         for row, ex in enumerate(examples):
             image[row], pixel_mask[row] = decode_image(ex.image, height, width)
         text = encoder.encode([ex.question for ex in examples], max_length)
-        targets = (np.concatenate([_targets(c, part, num_answers) for c in clients])
-                   if examples else np.zeros((0, num_answers), np.float32))
+        targets = (
+            np.concatenate([_targets(c, part, num_answers) for c in clients])
+            if examples
+            else np.zeros((0, num_answers), np.float32)
+        )
         sizes = [len(getattr(c, part)) for c in clients]
-        return cls(names=tuple(c.name for c in clients), part=part,
-                   offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-                   arrays={"input_ids": text["input_ids"],
-                           "attention_mask": text["attention_mask"], "image": image,
-                           "pixel_mask": pixel_mask, "targets": targets})
+        return cls(
+            names=tuple(c.name for c in clients),
+            part=part,
+            offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            arrays={
+                "input_ids": text["input_ids"],
+                "attention_mask": text["attention_mask"],
+                "image": image,
+                "pixel_mask": pixel_mask,
+                "targets": targets,
+            },
+        )
 
     @property
     def num_clients(self) -> int:

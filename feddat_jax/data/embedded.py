@@ -64,23 +64,48 @@ _DOMAIN_STYLES = (
 )
 _SCENE_QUESTIONS = ("colour", "shape", "count_shape", "exists", "cell")
 _SCENES = (  # name, shapes, colours, background style
-    ("shop", ("square", "circle", "digit"), ("red", "yellow", "orange"),
-     _style("shop", "gradient", ((250, 235, 210), (235, 205, 170)))),
-    ("workplace", ("square", "digit", "triangle"), ("blue", "purple", "green"),
-     _style("workplace", "plain", ((200, 200, 205), (200, 200, 205)))),
-    ("home", ("circle", "diamond", "square"), ("orange", "purple", "red"),
-     _style("home", "checker", ((235, 225, 200), (215, 200, 170)))),
-    ("transport", ("triangle", "diamond", "circle"), ("blue", "yellow", "red"),
-     _style("transport", "stripes", ((150, 150, 150), (120, 120, 120)))),
-    ("sport", ("circle", "star", "triangle"), ("green", "orange", "blue"),
-     _style("sport", "plain", ((190, 225, 190), (190, 225, 190)))),
-    ("outdoors", ("star", "triangle", "digit"), ("green", "blue", "yellow"),
-     _style("outdoors", "gradient", ((170, 205, 245), (235, 245, 255)))),
+    (
+        "shop",
+        ("square", "circle", "digit"),
+        ("red", "yellow", "orange"),
+        _style("shop", "gradient", ((250, 235, 210), (235, 205, 170))),
+    ),
+    (
+        "workplace",
+        ("square", "digit", "triangle"),
+        ("blue", "purple", "green"),
+        _style("workplace", "plain", ((200, 200, 205), (200, 200, 205))),
+    ),
+    (
+        "home",
+        ("circle", "diamond", "square"),
+        ("orange", "purple", "red"),
+        _style("home", "checker", ((235, 225, 200), (215, 200, 170))),
+    ),
+    (
+        "transport",
+        ("triangle", "diamond", "circle"),
+        ("blue", "yellow", "red"),
+        _style("transport", "stripes", ((150, 150, 150), (120, 120, 120))),
+    ),
+    (
+        "sport",
+        ("circle", "star", "triangle"),
+        ("green", "orange", "blue"),
+        _style("sport", "plain", ((190, 225, 190), (190, 225, 190))),
+    ),
+    (
+        "outdoors",
+        ("star", "triangle", "digit"),
+        ("green", "blue", "yellow"),
+        _style("outdoors", "gradient", ((170, 205, 245), (235, 245, 255))),
+    ),
 )
 
 FAMILIES: dict[str, tuple[ClientDef, ...]] = {
-    "domain": tuple(ClientDef(s.name, _VQA_MIX, style=s, phrasing=i)
-                    for i, s in enumerate(_DOMAIN_STYLES)),
+    "domain": tuple(
+        ClientDef(s.name, _VQA_MIX, style=s, phrasing=i) for i, s in enumerate(_DOMAIN_STYLES)
+    ),
     "function": (
         ClientDef("attribute", ("colour", "size")),
         ClientDef("knowledge", ("corners", "parity", "kind")),
@@ -88,8 +113,10 @@ FAMILIES: dict[str, tuple[ClientDef, ...]] = {
         ClientDef("object", ("shape", "cell")),
         ClientDef("relation", ("relation", "relation_yesno")),
     ),
-    "scene": tuple(ClientDef(name, _SCENE_QUESTIONS, style=style, shapes=shapes, colours=colours)
-                   for name, shapes, colours, style in _SCENES),
+    "scene": tuple(
+        ClientDef(name, _SCENE_QUESTIONS, style=style, shapes=shapes, colours=colours)
+        for name, shapes, colours, style in _SCENES
+    ),
     "task": (
         ClientDef("vqa", _VQA_MIX + ("cell",)),
         ClientDef("true_false", ("true_false",), task_kind="classification"),
@@ -110,14 +137,24 @@ def family_clients(family: str) -> tuple[ClientDef, ...]:
 def _annotate(q: Question, rng: np.random.Generator, noise: float) -> dict[str, float]:
     """Ten simulated annotators, each wrong with probability ``noise``; SPEC soft scores."""
     wrong = [a for a in q.alternatives if a != q.answer]
-    votes = [q.answer if rng.random() >= noise else wrong[int(rng.integers(len(wrong)))]
-             for _ in range(_ANNOTATORS)]
+    votes = [
+        q.answer if rng.random() >= noise else wrong[int(rng.integers(len(wrong)))]
+        for _ in range(_ANNOTATORS)
+    ]
     counts = collections.Counter(votes)
     return {a: _SCORE.get(n, 1.0) for a, n in sorted(counts.items())}
 
 
-def _example(cd: ClientDef, family: str, client_index: int, part: str, i: int, seed: int,
-             image_size: int, noise: float) -> tuple[Example, tuple[str, ...]]:
+def _example(
+    cd: ClientDef,
+    family: str,
+    client_index: int,
+    part: str,
+    i: int,
+    seed: int,
+    image_size: int,
+    noise: float,
+) -> tuple[Example, tuple[str, ...]]:
     """One example and the answer set of its question type."""
     key = [seed, list(FAMILIES).index(family), client_index, _PARTS.index(part), i]
     rng = np.random.default_rng(key)
@@ -130,8 +167,7 @@ def _example(cd: ClientDef, family: str, client_index: int, part: str, i: int, s
     else:
         raise RuntimeError(f"{family}/{cd.name}: no scene supports question type {qtype!r}")
     image = world.encode_png(world.render(scene, cd.style, image_size, rng))
-    answers = (_annotate(question, rng, noise) if cd.task_kind == "vqa"
-               else {question.answer: 1.0})
+    answers = _annotate(question, rng, noise) if cd.task_kind == "vqa" else {question.answer: 1.0}
     example_id = f"{family}/{cd.name}/{part}/{i:05d}/{qtype}"
     return Example(question.text, image, answers, example_id), question.alternatives
 
@@ -148,29 +184,51 @@ def _size_factors(num_clients: int, spread: float, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 7919]).permutation(factors)
 
 
-def _check(family: str, num_clients: int | None, image_size: int, patch_size: int,
-           train_per_client: int, test_per_client: int, top_k: int) -> int:
+def _check(
+    family: str,
+    num_clients: int | None,
+    image_size: int,
+    patch_size: int,
+    train_per_client: int,
+    test_per_client: int,
+    top_k: int,
+) -> int:
     defs = family_clients(family)
     n = len(defs) if num_clients is None else num_clients
     if not 1 <= n <= len(defs):
-        raise ValueError(f"family {family!r} has {len(defs)} clients "
-                         f"{[d.name for d in defs]}; num_clients={num_clients} is not in "
-                         f"1..{len(defs)}")
+        raise ValueError(
+            f"family {family!r} has {len(defs)} clients "
+            f"{[d.name for d in defs]}; num_clients={num_clients} is not in "
+            f"1..{len(defs)}"
+        )
     if patch_size < 1 or image_size < 16 or image_size % patch_size:
-        raise ValueError(f"image_size={image_size} must be >= 16 and a multiple of "
-                         f"patch_size={patch_size} (e.g. {max(16, patch_size) * 2})")
+        raise ValueError(
+            f"image_size={image_size} must be >= 16 and a multiple of "
+            f"patch_size={patch_size} (e.g. {max(16, patch_size) * 2})"
+        )
     if train_per_client < 1 or test_per_client < 1:
-        raise ValueError(f"train_per_client={train_per_client} and test_per_client="
-                         f"{test_per_client} must both be >= 1")
+        raise ValueError(
+            f"train_per_client={train_per_client} and test_per_client="
+            f"{test_per_client} must both be >= 1"
+        )
     if not 1 <= top_k <= 100:
         raise ValueError(f"top_k={top_k} is not in 1..100")
     return n
 
 
-def make_benchmark(family: str, num_clients: int | None = None, image_size: int = 32,
-                   train_per_client: int = 300, test_per_client: int = 100, seed: int = 0, *,
-                   patch_size: int = 16, size_spread: float | None = None, top_k: int = 100,
-                   annotator_noise: float = 0.05) -> FederatedBenchmark:
+def make_benchmark(
+    family: str,
+    num_clients: int | None = None,
+    image_size: int = 32,
+    train_per_client: int = 300,
+    test_per_client: int = 100,
+    seed: int = 0,
+    *,
+    patch_size: int = 16,
+    size_spread: float | None = None,
+    top_k: int = 100,
+    annotator_noise: float = 0.05,
+) -> FederatedBenchmark:
     """Generate the first ``num_clients`` (default: all) clients of ``family``.
 
     Client k gets ``round(train_per_client * f_k)`` train and ``round(test_per_client * f_k)``
@@ -179,33 +237,57 @@ def make_benchmark(family: str, num_clients: int | None = None, image_size: int 
     followed by the unseen rest of its label space; examples with an answer outside the
     vocabulary are dropped (the SPEC recipe; only happens for small ``top_k``).
     """
-    n = _check(family, num_clients, image_size, patch_size, train_per_client, test_per_client,
-               top_k)
+    n = _check(
+        family, num_clients, image_size, patch_size, train_per_client, test_per_client, top_k
+    )
     defs = family_clients(family)[:n]
     spread = _DEFAULT_SIZE_SPREAD.get(family, 0.0) if size_spread is None else size_spread
     factors = _size_factors(n, spread, seed)
     clients, info = [], {}
     for k, cd in enumerate(defs):
-        sizes = {"train": max(1, round(train_per_client * factors[k])),
-                 "test": max(1, round(test_per_client * factors[k]))}
-        made = {p: [_example(cd, family, k, p, i, seed, image_size, annotator_noise)
-                    for i in range(sizes[p])] for p in _PARTS}
+        sizes = {
+            "train": max(1, round(train_per_client * factors[k])),
+            "test": max(1, round(test_per_client * factors[k])),
+        }
+        made = {
+            p: [
+                _example(cd, family, k, p, i, seed, image_size, annotator_noise)
+                for i in range(sizes[p])
+            ]
+            for p in _PARTS
+        }
         parts = {p: [ex for ex, _ in made[p]] for p in _PARTS}
         label_space = {a for p in _PARTS for _, answers in made[p] for a in answers}
         vocab = _vocabulary(parts["train"], label_space, top_k)
         kept = {p: [ex for ex in parts[p] if set(ex.answers) <= set(vocab)] for p in _PARTS}
         clients.append(ClientSplit(cd.name, cd.task_kind, vocab, kept["train"], kept["test"]))
-        info[cd.name] = {"question_types": list(cd.question_types), "style": cd.style.name,
-                         "background": cd.style.background, "phrasing": cd.phrasing,
-                         "shapes": list(cd.shapes), "colours": list(cd.colours),
-                         "dropped_outside_vocabulary": {p: sizes[p] - len(kept[p])
-                                                        for p in _PARTS}}
-    params = {"num_clients": n, "image_size": image_size, "patch_size": patch_size,
-              "train_per_client": train_per_client, "test_per_client": test_per_client,
-              "size_spread": spread, "top_k": top_k, "annotator_noise": annotator_noise}
-    manifest = {"generator": __name__, "generator_version": GENERATOR_VERSION, "family": family,
-                "params": params, "clients": info,
-                "sources": {c.name: f"embedded:{family}/{c.name}" for c in clients}}
+        info[cd.name] = {
+            "question_types": list(cd.question_types),
+            "style": cd.style.name,
+            "background": cd.style.background,
+            "phrasing": cd.phrasing,
+            "shapes": list(cd.shapes),
+            "colours": list(cd.colours),
+            "dropped_outside_vocabulary": {p: sizes[p] - len(kept[p]) for p in _PARTS},
+        }
+    params = {
+        "num_clients": n,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "train_per_client": train_per_client,
+        "test_per_client": test_per_client,
+        "size_spread": spread,
+        "top_k": top_k,
+        "annotator_noise": annotator_noise,
+    }
+    manifest = {
+        "generator": __name__,
+        "generator_version": GENERATOR_VERSION,
+        "family": family,
+        "params": params,
+        "clients": info,
+        "sources": {c.name: f"embedded:{family}/{c.name}" for c in clients},
+    }
     return FederatedBenchmark(f"embedded_{family}", clients, seed, manifest)
 
 

@@ -31,8 +31,14 @@ class Question:
 Generator = Callable[[Scene, np.random.Generator, int], "Question | None"]
 
 _CORNERS = {"circle": "0", "square": "4", "triangle": "3", "diamond": "4", "star": "10"}
-_KIND = {"circle": "curve", "square": "polygon", "triangle": "polygon", "diamond": "polygon",
-         "star": "polygon", "digit": "number"}
+_KIND = {
+    "circle": "curve",
+    "square": "polygon",
+    "triangle": "polygon",
+    "diamond": "polygon",
+    "star": "polygon",
+    "digit": "number",
+}
 _COUNTS = tuple(str(n) for n in range(5))
 _YESNO = ("yes", "no")
 # (row offset, column offset) of the asked-about object relative to the reference one.
@@ -54,8 +60,15 @@ def _matches(o: Obj, target: Obj, use: tuple[str, ...]) -> bool:
 
 def refer(obj: Obj, scene: Scene, avoid: str) -> str | None:
     """The shortest unique description of ``obj`` that does not mention attribute ``avoid``."""
-    options = [("shape",), ("colour", "shape"), ("size", "shape"), ("shape", "cell"),
-               ("colour",), ("size", "colour"), ("cell",)]
+    options = [
+        ("shape",),
+        ("colour", "shape"),
+        ("size", "shape"),
+        ("shape", "cell"),
+        ("colour",),
+        ("size", "colour"),
+        ("cell",),
+    ]
     for use in options:
         if avoid in use or ("size" in use and obj.shape == "digit"):
             continue
@@ -74,9 +87,13 @@ def _ask(templates: tuple[str, ...], phrasing: int, **kw) -> str:
 def colour_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
     obj = pick(rng, scene)
     ref = refer(obj, scene, avoid="colour")
-    templates = ("what color is the {ref}?", "which colour does the {ref} have?",
-                 "tell me the colour of the {ref}.", "the {ref} is painted in which colour?",
-                 "colour of {ref}?")
+    templates = (
+        "what color is the {ref}?",
+        "which colour does the {ref} have?",
+        "tell me the colour of the {ref}.",
+        "the {ref} is painted in which colour?",
+        "colour of {ref}?",
+    )
     if ref is None:
         return None
     return Question(_ask(templates, phrasing, ref=ref), obj.colour, COLOURS)
@@ -93,9 +110,13 @@ def size_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | 
 def shape_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
     obj = pick(rng, scene)
     ref = refer(obj, scene, avoid="shape")
-    templates = ("what shape is the {ref}?", "which shape does the {ref} have?",
-                 "tell me the shape of the {ref}.", "the {ref} is drawn as which shape?",
-                 "shape of {ref}?")
+    templates = (
+        "what shape is the {ref}?",
+        "which shape does the {ref} have?",
+        "tell me the shape of the {ref}.",
+        "the {ref} is drawn as which shape?",
+        "shape of {ref}?",
+    )
     if ref is None:
         return None
     return Question(_ask(templates, phrasing, ref=ref), obj.shape, SHAPES)
@@ -115,8 +136,13 @@ def colour_to_count(scene: Scene, rng: np.random.Generator) -> str:
 def count_colour_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question:
     colour = colour_to_count(scene, rng)
     n = sum(o.colour == colour for o in scene)
-    templates = ("how many {c} objects are there?", "what is the number of {c} things?",
-                 "count the {c} objects.", "how many things are {c}?", "number of {c} objects?")
+    templates = (
+        "how many {c} objects are there?",
+        "what is the number of {c} things?",
+        "count the {c} objects.",
+        "how many things are {c}?",
+        "number of {c} objects?",
+    )
     return Question(_ask(templates, phrasing, c=colour), str(n), _COUNTS)
 
 
@@ -139,8 +165,13 @@ def thing(scene: Scene, rng: np.random.Generator, present: bool) -> tuple[str, s
 def exists_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question:
     present = bool(rng.random() < 0.5)
     colour, shape = thing(scene, rng, present)
-    templates = ("is there {ac} {s}?", "does the picture contain {ac} {s}?",
-                 "can you see {ac} {s}?", "is {ac} {s} shown?", "{c} {s} present?")
+    templates = (
+        "is there {ac} {s}?",
+        "does the picture contain {ac} {s}?",
+        "can you see {ac} {s}?",
+        "is {ac} {s} shown?",
+        "{c} {s} present?",
+    )
     text = _ask(templates, phrasing, ac=article(colour), c=colour, s=shape)
     return Question(text, _YESNO[not present], _YESNO)
 
@@ -158,8 +189,13 @@ def logic_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question |
 
 def _neighbours(scene: Scene, rng: np.random.Generator) -> tuple[Obj, Obj, str] | None:
     """(asked, reference, relation) for two objects sharing a row or column, or None."""
-    pairs = [(a, b, rel) for a in scene for b in scene for rel, (dr, dc) in _RELATIONS.items()
-             if a.row == b.row + dr and a.col == b.col + dc]
+    pairs = [
+        (a, b, rel)
+        for a in scene
+        for b in scene
+        for rel, (dr, dc) in _RELATIONS.items()
+        if a.row == b.row + dr and a.col == b.col + dc
+    ]
     return pick(rng, pairs) if pairs else None
 
 
@@ -181,8 +217,9 @@ def relation_yesno_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Q
     a, b, rel = found
     truth = bool(rng.random() < 0.5)
     if not truth:
-        rel = {"left of": "right of", "right of": "left of", "above": "below",
-               "below": "above"}[rel]
+        rel = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[
+            rel
+        ]
     ra, rb = refer(a, scene, avoid="cell"), refer(b, scene, avoid="cell")
     if ra is None or rb is None:
         return None
@@ -194,8 +231,11 @@ def corners_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question
     ref = refer(obj, scene, avoid="shape") if obj.shape != "digit" else None
     if ref is None:
         return None
-    return Question(f"how many corners does the {ref} have?", _CORNERS[obj.shape],
-                    tuple(sorted(set(_CORNERS.values()))))
+    return Question(
+        f"how many corners does the {ref} have?",
+        _CORNERS[obj.shape],
+        tuple(sorted(set(_CORNERS.values()))),
+    )
 
 
 def parity_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
@@ -215,13 +255,23 @@ def kind_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | 
     ref = refer(obj, scene, avoid="shape")
     if ref is None:
         return None
-    return Question(f"what kind of thing is the {ref}?", _KIND[obj.shape],
-                    tuple(sorted(set(_KIND.values()))))
+    return Question(
+        f"what kind of thing is the {ref}?", _KIND[obj.shape], tuple(sorted(set(_KIND.values())))
+    )
 
 
 QUESTIONS: dict[str, Generator] = {
-    "colour": colour_q, "size": size_q, "shape": shape_q, "cell": cell_q,
-    "count_colour": count_colour_q, "count_shape": count_shape_q, "exists": exists_q,
-    "logic": logic_q, "relation": relation_q, "relation_yesno": relation_yesno_q,
-    "corners": corners_q, "parity": parity_q, "kind": kind_q,
+    "colour": colour_q,
+    "size": size_q,
+    "shape": shape_q,
+    "cell": cell_q,
+    "count_colour": count_colour_q,
+    "count_shape": count_shape_q,
+    "exists": exists_q,
+    "logic": logic_q,
+    "relation": relation_q,
+    "relation_yesno": relation_yesno_q,
+    "corners": corners_q,
+    "parity": parity_q,
+    "kind": kind_q,
 }

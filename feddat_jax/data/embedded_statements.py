@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from feddat_jax.data.embedded_questions import (Generator, Question, Scene, article,
-                                                colour_to_count, pick, refer, thing)
+from feddat_jax.data.embedded_questions import (
+    Generator,
+    Question,
+    Scene,
+    article,
+    colour_to_count,
+    pick,
+    refer,
+    thing,
+)
 from feddat_jax.data.embedded_world import COLOURS, SHAPES
 
 _LETTERS = ("a", "b", "c", "d")
@@ -52,10 +60,12 @@ def entailment_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Quest
             return None
         obj = pick(rng, unique)
         subject, actual = getattr(obj, key), getattr(obj, other)
-        stated = actual if label == "true" else pick(rng, [v for v in stated_values
-                                                            if v != actual])
-    text = (f"the {subject} object is {article(stated)}." if by_colour
-            else f"the {subject} is {stated}.")
+        stated = actual if label == "true" else pick(rng, [v for v in stated_values if v != actual])
+    text = (
+        f"the {subject} object is {article(stated)}."
+        if by_colour
+        else f"the {subject} is {stated}."
+    )
     return Question(text, label, ("true", "false", "unknown"))
 
 
@@ -71,10 +81,11 @@ def multiple_choice_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> 
     options = [right] + [str(v) for v in rng.permutation(wrong)[:3]]
     options = [options[i] for i in rng.permutation(4)]
     listed = " ".join(f"{letter}) {o}" for letter, o in zip(_LETTERS, options))
-    return Question(f"what {attr} is the {ref}? {listed}", _LETTERS[options.index(right)],
-                    _LETTERS)
+    return Question(f"what {attr} is the {ref}? {listed}", _LETTERS[options.index(right)], _LETTERS)
 
 
 STATEMENTS: dict[str, Generator] = {
-    "true_false": true_false_q, "entailment": entailment_q, "multiple_choice": multiple_choice_q,
+    "true_false": true_false_q,
+    "entailment": entailment_q,
+    "multiple_choice": multiple_choice_q,
 }

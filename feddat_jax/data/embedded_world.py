@@ -25,8 +25,14 @@ SIZES = ("small", "large")
 CELLS = ("top left", "top right", "bottom left", "bottom right")  # cell = 2 * row + column
 BACKGROUNDS = ("plain", "gradient", "stripes", "checker", "speckle")
 
-_VIVID = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225),
-          "yellow": (235, 210, 40), "purple": (150, 60, 190), "orange": (245, 140, 30)}
+_VIVID = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "yellow": (235, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (245, 140, 30),
+}
 _SUPERSAMPLE = 4
 
 
@@ -57,8 +63,10 @@ class Style:
     name: str
     tint: float = 0.0
     background: str = "plain"
-    bg_colours: tuple[tuple[int, int, int], tuple[int, int, int]] = ((245, 245, 245),
-                                                                   (225, 225, 225))
+    bg_colours: tuple[tuple[int, int, int], tuple[int, int, int]] = (
+        (245, 245, 245),
+        (225, 225, 225),
+    )
     outline: bool = False
     noise: float = 0.0
 
@@ -88,8 +96,14 @@ def digit_value(index: int) -> int:
     return int(_digits()[1][index])
 
 
-def sample_scene(rng: np.random.Generator, shapes: tuple[str, ...], colours: tuple[str, ...],
-                 part: str, min_objects: int = 1, max_objects: int = 4) -> tuple[Obj, ...]:
+def sample_scene(
+    rng: np.random.Generator,
+    shapes: tuple[str, ...],
+    colours: tuple[str, ...],
+    part: str,
+    min_objects: int = 1,
+    max_objects: int = 4,
+) -> tuple[Obj, ...]:
     """A random scene of ``min..max`` objects in distinct cells, drawn from the allowed sets."""
     count = int(rng.integers(min_objects, max_objects + 1))
     cells = rng.permutation(4)[:count]

@@ -25,8 +25,9 @@ class EmptyClientError(ValueError):
 def _checked(parts: list[np.ndarray], what: str, hint: str) -> list[np.ndarray]:
     for k, part in enumerate(parts):
         if part.size == 0:
-            raise EmptyClientError(f"{what}: client {k} of {len(parts)} received no examples; "
-                                   f"{hint}")
+            raise EmptyClientError(
+                f"{what}: client {k} of {len(parts)} received no examples; {hint}"
+            )
     return [np.sort(p) for p in parts]
 
 
@@ -34,8 +35,10 @@ def _check_clients(num_clients: int, num_examples: int) -> None:
     if num_clients < 1:
         raise ValueError(f"num_clients={num_clients} must be >= 1")
     if num_examples < num_clients:
-        raise EmptyClientError(f"{num_examples} examples cannot fill num_clients={num_clients}; "
-                               "every client needs at least one")
+        raise EmptyClientError(
+            f"{num_examples} examples cannot fill num_clients={num_clients}; "
+            "every client needs at least one"
+        )
 
 
 def iid(num_examples: int, num_clients: int, seed: int) -> list[np.ndarray]:
@@ -45,25 +48,29 @@ def iid(num_examples: int, num_clients: int, seed: int) -> list[np.ndarray]:
     return _checked(np.array_split(order, num_clients), "iid", "lower num_clients")
 
 
-def quantity_skew(num_examples: int, num_clients: int, alpha: float, seed: int,
-                  min_per_client: int = 1) -> list[np.ndarray]:
+def quantity_skew(
+    num_examples: int, num_clients: int, alpha: float, seed: int, min_per_client: int = 1
+) -> list[np.ndarray]:
     """Client sizes ~ ``min_per_client`` + Dirichlet(alpha) share of the rest; labels stay iid."""
     _check_clients(num_clients, num_examples)
     if num_examples < num_clients * min_per_client:
-        raise EmptyClientError(f"{num_examples} examples < num_clients={num_clients} x "
-                               f"min_per_client={min_per_client}")
+        raise EmptyClientError(
+            f"{num_examples} examples < num_clients={num_clients} x min_per_client={min_per_client}"
+        )
     rng = np.random.default_rng(seed)
     share = rng.dirichlet(np.full(num_clients, float(alpha)))
     rest = num_examples - num_clients * min_per_client
     sizes = min_per_client + np.floor(share * rest).astype(int)
     sizes[np.argsort(-share)[: num_examples - sizes.sum()]] += 1  # hand out the rounding leftover
     order = rng.permutation(num_examples)
-    return _checked(np.split(order, np.cumsum(sizes)[:-1]), f"quantity_skew(alpha={alpha})",
-                    "raise min_per_client")
+    return _checked(
+        np.split(order, np.cumsum(sizes)[:-1]),
+        f"quantity_skew(alpha={alpha})",
+        "raise min_per_client",
+    )
 
 
-def dirichlet(labels: Sequence[Any], num_clients: int, alpha: float, seed: int
-              ) -> list[np.ndarray]:
+def dirichlet(labels: Sequence[Any], num_clients: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Label skew: each label's examples are split over clients by proportions ~ Dir(alpha).
 
     Small ``alpha`` concentrates each label on few clients; large ``alpha`` approaches iid.
@@ -81,8 +88,11 @@ def dirichlet(labels: Sequence[Any], num_clients: int, alpha: float, seed: int
         for k, piece in enumerate(np.split(idx, cuts)):
             buckets[k].append(piece)
     parts = [np.concatenate(b) for b in buckets]
-    return _checked(parts, f"dirichlet(alpha={alpha}, {labels.size} examples)",
-                    "raise alpha, lower num_clients, use more examples or another seed")
+    return _checked(
+        parts,
+        f"dirichlet(alpha={alpha}, {labels.size} examples)",
+        "raise alpha, lower num_clients, use more examples or another seed",
+    )
 
 
 def natural(sources: Sequence[str]) -> dict[str, np.ndarray]:
@@ -97,8 +107,10 @@ def label_skew(labels: Sequence[Any], parts: Sequence[np.ndarray]) -> float:
     labels = np.asarray(labels)
     classes, codes = np.unique(labels, return_inverse=True)
     pool = np.bincount(codes, minlength=classes.size) / labels.size
-    dists = [0.5 * np.abs(np.bincount(codes[p], minlength=classes.size) / p.size - pool).sum()
-             for p in parts]
+    dists = [
+        0.5 * np.abs(np.bincount(codes[p], minlength=classes.size) / p.size - pool).sum()
+        for p in parts
+    ]
     return float(np.mean(dists))
 
 
@@ -107,9 +119,16 @@ def top_answer(example: Example) -> str:
     return min(example.answers, key=lambda a: (-example.answers[a], a))
 
 
-def repartition(benchmark: FederatedBenchmark, scheme: str, num_clients: int | None = None, *,
-                alpha: float = 0.5, seed: int = 0, test_fraction: float = 0.25,
-                top_k: int = 100) -> FederatedBenchmark:
+def repartition(
+    benchmark: FederatedBenchmark,
+    scheme: str,
+    num_clients: int | None = None,
+    *,
+    alpha: float = 0.5,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    top_k: int = 100,
+) -> FederatedBenchmark:
     """Pool every client's examples and deal them out again with ``scheme`` (one of SCHEMES).
 
     Each new client's share is split train/test by a seeded shuffle (``test_fraction``), and its
@@ -142,23 +161,44 @@ def repartition(benchmark: FederatedBenchmark, scheme: str, num_clients: int | N
         vocab = answer_vocabulary(train, top_k)
         keep = [pool[i] for i in order[:n_test] if set(pool[i].answers) <= set(vocab)]
         clients.append(ClientSplit(name, kinds[0], vocab, train, keep))
-    manifest = {**benchmark.manifest, "partition": {"scheme": scheme, "alpha": alpha,
-                                                    "seed": seed, "from": benchmark.name,
-                                                    "test_fraction": test_fraction}}
+    manifest = {
+        **benchmark.manifest,
+        "partition": {
+            "scheme": scheme,
+            "alpha": alpha,
+            "seed": seed,
+            "from": benchmark.name,
+            "test_fraction": test_fraction,
+        },
+    }
     return FederatedBenchmark(f"{benchmark.name}_{scheme}", clients, benchmark.seed, manifest)
 
 
 def summary_table(benchmark: FederatedBenchmark) -> tuple[str, dict]:
     """Examples and answers per client, as aligned text (for logs) and a dict (for JSON)."""
-    rows = [{"client": c.name, "task_kind": c.task_kind, "train": len(c.train),
-             "test": len(c.test), "answers": len(c.answers),
-             "top_answers": c.answers[:5]} for c in benchmark.clients]
+    rows = [
+        {
+            "client": c.name,
+            "task_kind": c.task_kind,
+            "train": len(c.train),
+            "test": len(c.test),
+            "answers": len(c.answers),
+            "top_answers": c.answers[:5],
+        }
+        for c in benchmark.clients
+    ]
     header = f"{'client':<18}{'task':<16}{'train':>7}{'test':>7}{'answers':>9}  top answers"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['client']:<18}{r['task_kind']:<16}{r['train']:>7}{r['test']:>7}"
-                     f"{r['answers']:>9}  {', '.join(r['top_answers'])}")
+        lines.append(
+            f"{r['client']:<18}{r['task_kind']:<16}{r['train']:>7}{r['test']:>7}"
+            f"{r['answers']:>9}  {', '.join(r['top_answers'])}"
+        )
     total = {"train": sum(r["train"] for r in rows), "test": sum(r["test"] for r in rows)}
     lines.append(f"{'total':<34}{total['train']:>7}{total['test']:>7}")
-    return "\n".join(lines), {"benchmark": benchmark.name, "seed": benchmark.seed,
-                              "clients": rows, "total": total}
+    return "\n".join(lines), {
+        "benchmark": benchmark.name,
+        "seed": benchmark.seed,
+        "clients": rows,
+        "total": total,
+    }

@@ -30,24 +30,32 @@ Batch = dict[str, np.ndarray]
 T = TypeVar("T")
 
 
-def epoch_order(num_examples: int, seed: int, round_index: int, client_id: int,
-                same_order_each_round: bool = False) -> np.ndarray:
+def epoch_order(
+    num_examples: int,
+    seed: int,
+    round_index: int,
+    client_id: int,
+    same_order_each_round: bool = False,
+) -> np.ndarray:
     """Client ``client_id``'s example order in round ``round_index`` (round 0's order every round
     when ``same_order_each_round``, as the official code does)."""
     r = 0 if same_order_each_round else round_index
     return np.random.default_rng((seed, r, client_id)).permutation(num_examples)
 
 
-def _steps(store: ClientDataStore, client_ids: np.ndarray, batch_size: int,
-           num_steps: int | None) -> int:
+def _steps(
+    store: ClientDataStore, client_ids: np.ndarray, batch_size: int, num_steps: int | None
+) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     needed = int(-(-store.num_examples()[client_ids].max(initial=0) // batch_size))
     if num_steps is None:
         return needed
     if num_steps < needed:
-        raise ValueError(f"num_steps={num_steps} would drop data: the cohort needs {needed} "
-                         f"steps of batch {batch_size}")
+        raise ValueError(
+            f"num_steps={num_steps} would drop data: the cohort needs {needed} "
+            f"steps of batch {batch_size}"
+        )
     return num_steps
 
 
@@ -64,8 +72,13 @@ def _gather(store: ClientDataStore, rows_CxSxB: np.ndarray) -> Batch:
     return batch
 
 
-def _rows(store: ClientDataStore, client_ids: np.ndarray, batch_size: int, num_steps: int,
-          order: Callable[[int, int], np.ndarray]) -> np.ndarray:
+def _rows(
+    store: ClientDataStore,
+    client_ids: np.ndarray,
+    batch_size: int,
+    num_steps: int,
+    order: Callable[[int, int], np.ndarray],
+) -> np.ndarray:
     rows = np.full((len(client_ids), num_steps * batch_size), -1, np.int64)
     for c, k in enumerate(client_ids):
         start, n = store.offsets[k], store.offsets[k + 1] - store.offsets[k]
@@ -81,9 +94,16 @@ def _check_ids(store: ClientDataStore, client_ids: Sequence[int]) -> np.ndarray:
     return ids
 
 
-def cohort_batches(store: ClientDataStore, client_ids: Sequence[int], batch_size: int, *,
-                   seed: int, round_index: int, same_order_each_round: bool = False,
-                   num_steps: int | None = None) -> Batch:
+def cohort_batches(
+    store: ClientDataStore,
+    client_ids: Sequence[int],
+    batch_size: int,
+    *,
+    seed: int,
+    round_index: int,
+    same_order_each_round: bool = False,
+    num_steps: int | None = None,
+) -> Batch:
     """One local epoch of every cohort client, stacked [C,S,B,...].
 
     S is the cohort's largest ``ceil(n_k / B)`` unless ``num_steps`` fixes it (pass
@@ -91,21 +111,32 @@ def cohort_batches(store: ClientDataStore, client_ids: Sequence[int], batch_size
     """
     ids = _check_ids(store, client_ids)
     steps = _steps(store, ids, batch_size, num_steps)
-    rows = _rows(store, ids, batch_size, steps,
-                 lambda k, n: epoch_order(n, seed, round_index, k, same_order_each_round))
+    rows = _rows(
+        store,
+        ids,
+        batch_size,
+        steps,
+        lambda k, n: epoch_order(n, seed, round_index, k, same_order_each_round),
+    )
     return _gather(store, rows)
 
 
-def eval_batches(store: ClientDataStore, client_ids: Sequence[int], batch_size: int, *,
-                 num_steps: int | None = None) -> Batch:
+def eval_batches(
+    store: ClientDataStore,
+    client_ids: Sequence[int],
+    batch_size: int,
+    *,
+    num_steps: int | None = None,
+) -> Batch:
     """Every example of the given clients in stored order (no shuffle), same layout."""
     ids = _check_ids(store, client_ids)
     steps = _steps(store, ids, batch_size, num_steps)
     return _gather(store, _rows(store, ids, batch_size, steps, lambda k, n: np.arange(n)))
 
 
-def task_metadata(clients: Sequence[ClientSplit], num_answers: int | None = None
-                  ) -> dict[str, np.ndarray]:
+def task_metadata(
+    clients: Sequence[ClientSplit], num_answers: int | None = None
+) -> dict[str, np.ndarray]:
     """Per-client ``answer_mask`` float32 [N,A], ``task_kind`` int32 [N], ``num_examples`` int32
     [N] (train examples), the fields of ``fl.state.ClientTasks``."""
     largest = max(len(c.answers) for c in clients)
@@ -115,9 +146,11 @@ def task_metadata(clients: Sequence[ClientSplit], num_answers: int | None = None
     mask = np.zeros((len(clients), num_answers), np.float32)
     for k, c in enumerate(clients):
         mask[k, : len(c.answers)] = 1.0
-    return {"answer_mask": mask,
-            "task_kind": np.array([_TASK_CODES[c.task_kind] for c in clients], np.int32),
-            "num_examples": np.array([len(c.train) for c in clients], np.int32)}
+    return {
+        "answer_mask": mask,
+        "task_kind": np.array([_TASK_CODES[c.task_kind] for c in clients], np.int32),
+        "num_examples": np.array([len(c.train) for c in clients], np.int32),
+    }
 
 
 class Prefetcher(Generic[T]):

@@ -49,8 +49,9 @@ class ClientSplit:
 
     def __post_init__(self) -> None:
         if self.task_kind not in TASK_KINDS:
-            raise ValueError(f"client {self.name!r}: task_kind {self.task_kind!r} is not one of "
-                             f"{TASK_KINDS}")
+            raise ValueError(
+                f"client {self.name!r}: task_kind {self.task_kind!r} is not one of {TASK_KINDS}"
+            )
         if len(set(self.answers)) != len(self.answers):
             raise ValueError(f"client {self.name!r}: duplicate entries in its answer vocabulary")
 

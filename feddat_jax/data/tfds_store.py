@@ -41,14 +41,16 @@ class StoreError(ValueError):
 def _features():
     import tensorflow_datasets as tfds
 
-    return tfds.features.FeaturesDict({
-        "question": tfds.features.Text(),
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=None),
-        "answers": tfds.features.Sequence(tfds.features.Text()),
-        "scores": tfds.features.Sequence(np.float32),
-        "client": tfds.features.Text(),
-        "example_id": tfds.features.Text(),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "question": tfds.features.Text(),
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format=None),
+            "answers": tfds.features.Sequence(tfds.features.Text()),
+            "scores": tfds.features.Sequence(np.float32),
+            "client": tfds.features.Text(),
+            "example_id": tfds.features.Text(),
+        }
+    )
 
 
 def split_name(client: str, part: str) -> str:
@@ -71,8 +73,10 @@ def _check_names(benchmark: FederatedBenchmark) -> None:
     names = [benchmark.name] + [c.name for c in benchmark.clients]
     bad = [n for n in names if not _NAME_RE.match(n)]
     if bad:
-        raise ValueError(f"names {bad} are not usable as TFDS dataset/split names; allowed "
-                         "characters: letters, digits, '_'")
+        raise ValueError(
+            f"names {bad} are not usable as TFDS dataset/split names; allowed "
+            "characters: letters, digits, '_'"
+        )
     clients = [c.name for c in benchmark.clients]
     if len(set(clients)) != len(clients) or not clients:
         raise ValueError(f"client names must be unique and non-empty, got {clients}")
@@ -85,16 +89,25 @@ def _write_split(path: Path, features, client: str, examples: list[Example]) -> 
     try:
         for ex in examples:
             answers = list(ex.answers)
-            writer.write(features.serialize_example({
-                "question": ex.question, "image": ex.image, "answers": answers,
-                "scores": [ex.answers[a] for a in answers], "client": client,
-                "example_id": ex.example_id}))
+            writer.write(
+                features.serialize_example(
+                    {
+                        "question": ex.question,
+                        "image": ex.image,
+                        "answers": answers,
+                        "scores": [ex.answers[a] for a in answers],
+                        "client": client,
+                        "example_id": ex.example_id,
+                    }
+                )
+            )
     finally:
         writer.close()
 
 
-def write_benchmark(benchmark: FederatedBenchmark, out_dir: str | os.PathLike,
-                    *, overwrite: bool = False) -> Path:
+def write_benchmark(
+    benchmark: FederatedBenchmark, out_dir: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Write ``benchmark`` as one TFDS dataset plus ``manifest.json`` into ``out_dir``.
 
     Returns ``out_dir``. A non-empty ``out_dir`` is refused unless ``overwrite`` (then its files
@@ -116,26 +129,50 @@ def write_benchmark(benchmark: FederatedBenchmark, out_dir: str | os.PathLike,
         for part in _PARTS:
             examples = getattr(c, part)
             if not examples:
-                raise ValueError(f"client {c.name!r} has no {part} examples; every client "
-                                 "needs both")
+                raise ValueError(
+                    f"client {c.name!r} has no {part} examples; every client needs both"
+                )
             fname = record_filename(benchmark.name, c.name, part)
             _write_split(out / fname, features, c.name, examples)
             files[fname] = _sha256(out / fname)
-            split_infos.append(tfds.core.SplitInfo(name=split_name(c.name, part),
-                                                   shard_lengths=[len(examples)],
-                                                   num_bytes=(out / fname).stat().st_size))
-        clients.append({"name": c.name, "task_kind": c.task_kind, "answers": list(c.answers),
-                        "num_train": len(c.train), "num_test": len(c.test)})
-    template = tfds.core.ShardedFileTemplate(data_dir=out, template=_TEMPLATE,
-                                             dataset_name=benchmark.name,
-                                             filetype_suffix="array_record")
-    tfds.folder_dataset.write_metadata(data_dir=out, features=features, split_infos=split_infos,
-                                       version="1.0.0", filename_template=template,
-                                       check_data=False)
+            split_infos.append(
+                tfds.core.SplitInfo(
+                    name=split_name(c.name, part),
+                    shard_lengths=[len(examples)],
+                    num_bytes=(out / fname).stat().st_size,
+                )
+            )
+        clients.append(
+            {
+                "name": c.name,
+                "task_kind": c.task_kind,
+                "answers": list(c.answers),
+                "num_train": len(c.train),
+                "num_test": len(c.test),
+            }
+        )
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=out,
+        template=_TEMPLATE,
+        dataset_name=benchmark.name,
+        filetype_suffix="array_record",
+    )
+    tfds.folder_dataset.write_metadata(
+        data_dir=out,
+        features=features,
+        split_infos=split_infos,
+        version="1.0.0",
+        filename_template=template,
+        check_data=False,
+    )
     manifest = {
-        "format_version": FORMAT_VERSION, "name": benchmark.name, "seed": benchmark.seed,
+        "format_version": FORMAT_VERSION,
+        "name": benchmark.name,
+        "seed": benchmark.seed,
         "sources": benchmark.manifest.get("sources", {c["name"]: c["name"] for c in clients}),
-        "clients": clients, "sha256": files, "info": benchmark.manifest,
+        "clients": clients,
+        "sha256": files,
+        "info": benchmark.manifest,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return out
@@ -150,8 +187,10 @@ def _load_manifest(out: Path) -> dict:
     except json.JSONDecodeError as e:
         raise StoreError(f"corrupt {path}: {e}") from e
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{path}: format_version {manifest.get('format_version')!r}, "
-                         f"this reader knows {FORMAT_VERSION}")
+        raise StoreError(
+            f"{path}: format_version {manifest.get('format_version')!r}, "
+            f"this reader knows {FORMAT_VERSION}"
+        )
     return manifest
 
 
@@ -165,8 +204,9 @@ def verify_checksums(out_dir: str | os.PathLike) -> dict:
             raise StoreError(f"missing record file {path}")
         got = _sha256(path)
         if got != expected:
-            raise StoreError(f"corrupt record file {path}: sha256 {got[:16]}... != manifest's "
-                             f"{expected[:16]}...")
+            raise StoreError(
+                f"corrupt record file {path}: sha256 {got[:16]}... != manifest's {expected[:16]}..."
+            )
     return manifest
 
 
@@ -176,8 +216,12 @@ def _decode(rec: dict) -> Example:
 
     # The shortest decimal of the stored float32 gives back scores like 0.3 exactly.
     answers = {text(a): float(str(np.float32(s))) for a, s in zip(rec["answers"], rec["scores"])}
-    return Example(question=text(rec["question"]), image=bytes(rec["image"]), answers=answers,
-                   example_id=text(rec["example_id"]))
+    return Example(
+        question=text(rec["question"]),
+        image=bytes(rec["image"]),
+        answers=answers,
+        example_id=text(rec["example_id"]),
+    )
 
 
 def read_benchmark(out_dir: str | os.PathLike) -> FederatedBenchmark:
@@ -195,9 +239,15 @@ def read_benchmark(out_dir: str | os.PathLike) -> FederatedBenchmark:
             data = source[split_name(c["name"], part)]
             parts[part] = [_decode(r) for r in data.__getitems__(list(range(len(data))))]
             if len(parts[part]) != c[f"num_{part}"]:
-                raise StoreError(f"{out / record_filename(manifest['name'], c['name'], part)}: "
-                                 f"{len(parts[part])} records, manifest says {c[f'num_{part}']}")
-        clients.append(ClientSplit(name=c["name"], task_kind=c["task_kind"],
-                                   answers=list(c["answers"]), **parts))
-    return FederatedBenchmark(name=manifest["name"], clients=clients, seed=manifest["seed"],
-                              manifest=manifest["info"])
+                raise StoreError(
+                    f"{out / record_filename(manifest['name'], c['name'], part)}: "
+                    f"{len(parts[part])} records, manifest says {c[f'num_{part}']}"
+                )
+        clients.append(
+            ClientSplit(
+                name=c["name"], task_kind=c["task_kind"], answers=list(c["answers"]), **parts
+            )
+        )
+    return FederatedBenchmark(
+        name=manifest["name"], clients=clients, seed=manifest["seed"], manifest=manifest["info"]
+    )

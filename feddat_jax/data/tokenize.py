@@ -41,8 +41,9 @@ class WordVocabEncoder:
 
     def __init__(self, vocab: Sequence[str]):
         if tuple(vocab[: len(_SPECIALS)]) != _SPECIALS:
-            raise ValueError(f"a word vocabulary must start with {_SPECIALS}, got "
-                             f"{list(vocab[:4])}")
+            raise ValueError(
+                f"a word vocabulary must start with {_SPECIALS}, got {list(vocab[:4])}"
+            )
         self.vocab = list(vocab)
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.vocab_size = len(self.vocab)
@@ -51,8 +52,9 @@ class WordVocabEncoder:
     def from_texts(cls, texts: Iterable[str], min_count: int = 1) -> WordVocabEncoder:
         """Words seen at least ``min_count`` times, most frequent first (ties: alphabetical)."""
         counts = collections.Counter(w for t in texts for w in words(t))
-        kept = sorted((w for w, n in counts.items() if n >= min_count),
-                      key=lambda w: (-counts[w], w))
+        kept = sorted(
+            (w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w)
+        )
         return cls(list(_SPECIALS) + kept)
 
     @classmethod
@@ -93,7 +95,14 @@ class HFTokenizerEncoder:
         self.vocab_size = len(self.tokenizer)
 
     def encode(self, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
-        out = self.tokenizer(list(texts), padding="max_length", truncation=True,
-                             max_length=max_length, return_tensors="np")
-        return {"input_ids": out["input_ids"].astype(np.int32),
-                "attention_mask": out["attention_mask"].astype(np.int32)}
+        out = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+        return {
+            "input_ids": out["input_ids"].astype(np.int32),
+            "attention_mask": out["attention_mask"].astype(np.int32),
+        }

@@ -5,6 +5,7 @@ clients' example counts; it returns one server value, the mean delta. A plain we
 default; other aggregators (e.g. differentially private ones) implement the same ``Aggregator``
 protocol and plug into the round unchanged.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -19,38 +20,39 @@ AGGREGATION_WEIGHTS = ("weighted", "uniform")
 
 
 def client_weights(num_examples_C: jax.Array, kind: str) -> jax.Array:
-  """``n_k / Σ n`` (FedAvg, our default) or ``1 / C`` (the official FedDAT code)."""
-  if kind == "weighted":
-    n = num_examples_C.astype(jnp.float32)
-    return n / jnp.sum(n)
-  if kind == "uniform":
-    c = num_examples_C.shape[0]
-    return jnp.full((c,), 1.0 / c, jnp.float32)
-  raise ValueError(f"unknown aggregation {kind!r}; allowed: {', '.join(AGGREGATION_WEIGHTS)}")
+    """``n_k / Σ n`` (FedAvg, our default) or ``1 / C`` (the official FedDAT code)."""
+    if kind == "weighted":
+        n = num_examples_C.astype(jnp.float32)
+        return n / jnp.sum(n)
+    if kind == "uniform":
+        c = num_examples_C.shape[0]
+        return jnp.full((c,), 1.0 / c, jnp.float32)
+    raise ValueError(f"unknown aggregation {kind!r}; allowed: {', '.join(AGGREGATION_WEIGHTS)}")
 
 
 class Aggregator(Protocol):
-  """Turns the cohort's deltas into the server's mean delta."""
+    """Turns the cohort's deltas into the server's mean delta."""
 
-  def __call__(self, delta_C: PyTree, num_examples_C: jax.Array,
-               rng: jax.Array) -> tuple[PyTree, dict[str, jax.Array]]:
-    ...
+    def __call__(
+        self, delta_C: PyTree, num_examples_C: jax.Array, rng: jax.Array
+    ) -> tuple[PyTree, dict[str, jax.Array]]: ...
 
 
 class MeanAggregator:
-  """The weighted (or uniform) mean of the client deltas; ``rng`` is unused."""
+    """The weighted (or uniform) mean of the client deltas; ``rng`` is unused."""
 
-  def __init__(self, weights: str = "weighted"):
-    if weights not in AGGREGATION_WEIGHTS:
-      raise ValueError(f"unknown aggregation {weights!r}; "
-                       f"allowed: {', '.join(AGGREGATION_WEIGHTS)}")
-    self.weights = weights
+    def __init__(self, weights: str = "weighted"):
+        if weights not in AGGREGATION_WEIGHTS:
+            raise ValueError(
+                f"unknown aggregation {weights!r}; allowed: {', '.join(AGGREGATION_WEIGHTS)}"
+            )
+        self.weights = weights
 
-  def __call__(self, delta_C, num_examples_C, rng):
-    del rng
-    w_C = client_weights(num_examples_C, self.weights)
-    return placement.reduce_weighted_mean(delta_C, w_C), {}
+    def __call__(self, delta_C, num_examples_C, rng):
+        del rng
+        w_C = client_weights(num_examples_C, self.weights)
+        return placement.reduce_weighted_mean(delta_C, w_C), {}
 
 
 def tree_delta(new: PyTree, old: PyTree) -> PyTree:
-  return jax.tree.map(lambda a, b: a - b, new, old)
+    return jax.tree.map(lambda a, b: a - b, new, old)

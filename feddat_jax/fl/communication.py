@@ -19,6 +19,7 @@ byte budget (as FlowerTune caps communication)::
     ... run the round ...
     cumulative += traffic.total_bytes
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,131 +33,157 @@ PyTree = Any
 
 
 def tree_num_params(tree: PyTree) -> int:
-  """Number of scalars in a pytree."""
-  return int(sum(int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(tree)))
+    """Number of scalars in a pytree."""
+    return int(sum(int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(tree)))
 
 
 def tree_bytes(tree: PyTree) -> int:
-  """Payload bytes of a pytree: Σ size · itemsize over its leaves."""
-  return int(sum(int(np.prod(np.shape(x), dtype=np.int64)) * np.dtype(x.dtype).itemsize
-                 for x in jax.tree.leaves(tree)))
+    """Payload bytes of a pytree: Σ size · itemsize over its leaves."""
+    return int(
+        sum(
+            int(np.prod(np.shape(x), dtype=np.int64)) * np.dtype(x.dtype).itemsize
+            for x in jax.tree.leaves(tree)
+        )
+    )
 
 
 def _check_cohort(cohort_size) -> int:
-  if isinstance(cohort_size, bool) or not isinstance(cohort_size, (int, np.integer)) or (
-      cohort_size < 0):
-    raise ValueError(f"cohort_size must be an integer >= 0 (clients in the round); "
-                     f"got {cohort_size!r}")
-  return int(cohort_size)
+    if (
+        isinstance(cohort_size, bool)
+        or not isinstance(cohort_size, (int, np.integer))
+        or (cohort_size < 0)
+    ):
+        raise ValueError(
+            f"cohort_size must be an integer >= 0 (clients in the round); got {cohort_size!r}"
+        )
+    return int(cohort_size)
 
 
 @dataclasses.dataclass(frozen=True)
 class RoundTraffic:
-  """Bytes of one round over the shared channel."""
-  cohort_size: int
-  bytes_down: int   # server -> clients: the global shared params, once per client
-  bytes_up: int     # clients -> server: each client's shared delta
+    """Bytes of one round over the shared channel."""
 
-  @property
-  def total_bytes(self) -> int:
-    return self.bytes_down + self.bytes_up
+    cohort_size: int
+    bytes_down: int  # server -> clients: the global shared params, once per client
+    bytes_up: int  # clients -> server: each client's shared delta
 
-  def metrics(self, cumulative_bytes: int | None = None) -> dict[str, int]:
-    """``comm/*`` metrics of the round (plus the running total if given)."""
-    out = {"comm/bytes_down": self.bytes_down, "comm/bytes_up": self.bytes_up,
-           "comm/bytes_round": self.total_bytes}
-    if cumulative_bytes is not None:
-      out["comm/bytes_cumulative"] = int(cumulative_bytes)
-    return out
+    @property
+    def total_bytes(self) -> int:
+        return self.bytes_down + self.bytes_up
+
+    def metrics(self, cumulative_bytes: int | None = None) -> dict[str, int]:
+        """``comm/*`` metrics of the round (plus the running total if given)."""
+        out = {
+            "comm/bytes_down": self.bytes_down,
+            "comm/bytes_up": self.bytes_up,
+            "comm/bytes_round": self.total_bytes,
+        }
+        if cumulative_bytes is not None:
+            out["comm/bytes_cumulative"] = int(cumulative_bytes)
+        return out
 
 
 def round_traffic(shared: PyTree, cohort_size: int, upload: PyTree | None = None) -> RoundTraffic:
-  """Traffic of one round: ``shared`` down to and its delta up from each of ``cohort_size`` clients.
+    """Traffic of one round: ``shared`` down to and its delta up from each of ``cohort_size`` clients.
 
-  ``upload`` overrides what one client sends (default: a delta shaped like ``shared``).
-  """
-  c = _check_cohort(cohort_size)
-  down = tree_bytes(shared)
-  up = down if upload is None else tree_bytes(upload)
-  return RoundTraffic(cohort_size=c, bytes_down=c * down, bytes_up=c * up)
+    ``upload`` overrides what one client sends (default: a delta shaped like ``shared``).
+    """
+    c = _check_cohort(cohort_size)
+    down = tree_bytes(shared)
+    up = down if upload is None else tree_bytes(upload)
+    return RoundTraffic(cohort_size=c, bytes_down=c * down, bytes_up=c * up)
 
 
 def cumulative_bytes(traffic: Iterable[RoundTraffic], start: int = 0) -> list[int]:
-  """Running totals after each round (``start``: bytes already spent, e.g. on resume)."""
-  out, total = [], int(start)
-  for t in traffic:
-    total += t.total_bytes
-    out.append(total)
-  return out
+    """Running totals after each round (``start``: bytes already spent, e.g. on resume)."""
+    out, total = [], int(start)
+    for t in traffic:
+        total += t.total_bytes
+        out.append(total)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
 class ParameterShare:
-  """Parameter counts of ONE client's model (private state unstacked) and their shares."""
-  frozen: int
-  shared: int
-  private: int
+    """Parameter counts of ONE client's model (private state unstacked) and their shares."""
 
-  @property
-  def total(self) -> int:
-    return self.frozen + self.shared + self.private
+    frozen: int
+    shared: int
+    private: int
 
-  @property
-  def trainable(self) -> int:
-    return self.shared + self.private
+    @property
+    def total(self) -> int:
+        return self.frozen + self.shared + self.private
 
-  @property
-  def trainable_fraction(self) -> float:
-    return self.trainable / self.total if self.total else 0.0
+    @property
+    def trainable(self) -> int:
+        return self.shared + self.private
 
-  @property
-  def shared_fraction(self) -> float:
-    return self.shared / self.total if self.total else 0.0
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
 
-  def metrics(self) -> dict[str, float]:
-    return {"params/total": self.total, "params/trainable": self.trainable,
-            "params/shared": self.shared, "params/private": self.private,
+    @property
+    def shared_fraction(self) -> float:
+        return self.shared / self.total if self.total else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "params/total": self.total,
+            "params/trainable": self.trainable,
+            "params/shared": self.shared,
+            "params/private": self.private,
             "params/trainable_fraction": self.trainable_fraction,
-            "params/shared_fraction": self.shared_fraction}
+            "params/shared_fraction": self.shared_fraction,
+        }
 
 
 def parameter_share(frozen: PyTree, shared: PyTree, private: PyTree) -> ParameterShare:
-  """Counts from the ``partition.split`` parts of one client's params (no client axis).
+    """Counts from the ``partition.split`` parts of one client's params (no client axis).
 
-  Pass the private *params* (A_c, head), not optimizer state.
-  """
-  return ParameterShare(frozen=tree_num_params(frozen), shared=tree_num_params(shared),
-                        private=tree_num_params(private))
+    Pass the private *params* (A_c, head), not optimizer state.
+    """
+    return ParameterShare(
+        frozen=tree_num_params(frozen),
+        shared=tree_num_params(shared),
+        private=tree_num_params(private),
+    )
 
 
 class CommunicationBudget:
-  """A cap on total bytes over the shared channel (``None`` or ``inf``: unlimited)."""
+    """A cap on total bytes over the shared channel (``None`` or ``inf``: unlimited)."""
 
-  def __init__(self, max_bytes: float | None):
-    if max_bytes is not None and (isinstance(max_bytes, bool)
-                                  or not isinstance(max_bytes, (int, float, np.integer))
-                                  or not max_bytes > 0):
-      raise ValueError(f"communication budget max_bytes must be a number > 0 (or None / inf "
-                       f"for no budget); got {max_bytes!r}")
-    self.max_bytes = math.inf if max_bytes is None else max_bytes
+    def __init__(self, max_bytes: float | None):
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool)
+            or not isinstance(max_bytes, (int, float, np.integer))
+            or not max_bytes > 0
+        ):
+            raise ValueError(
+                f"communication budget max_bytes must be a number > 0 (or None / inf "
+                f"for no budget); got {max_bytes!r}"
+            )
+        self.max_bytes = math.inf if max_bytes is None else max_bytes
 
-  @property
-  def unlimited(self) -> bool:
-    return math.isinf(self.max_bytes)
+    @property
+    def unlimited(self) -> bool:
+        return math.isinf(self.max_bytes)
 
-  def exhausted(self, cumulative_bytes: int, next_round_bytes: int = 0) -> bool:
-    """True if spending ``next_round_bytes`` on top of ``cumulative_bytes`` would exceed the cap.
+    def exhausted(self, cumulative_bytes: int, next_round_bytes: int = 0) -> bool:
+        """True if spending ``next_round_bytes`` on top of ``cumulative_bytes`` would exceed the cap.
 
-    Call it before each round with that round's :attr:`RoundTraffic.total_bytes`; with the
-    default 0 it tells whether the cap is already exceeded.
-    """
-    if cumulative_bytes < 0 or next_round_bytes < 0:
-      raise ValueError(f"byte counts must be >= 0; got cumulative_bytes={cumulative_bytes}, "
-                       f"next_round_bytes={next_round_bytes}")
-    return cumulative_bytes + next_round_bytes > self.max_bytes
+        Call it before each round with that round's :attr:`RoundTraffic.total_bytes`; with the
+        default 0 it tells whether the cap is already exceeded.
+        """
+        if cumulative_bytes < 0 or next_round_bytes < 0:
+            raise ValueError(
+                f"byte counts must be >= 0; got cumulative_bytes={cumulative_bytes}, "
+                f"next_round_bytes={next_round_bytes}"
+            )
+        return cumulative_bytes + next_round_bytes > self.max_bytes
 
-  def remaining(self, cumulative_bytes: int) -> float:
-    return max(self.max_bytes - cumulative_bytes, 0)
+    def remaining(self, cumulative_bytes: int) -> float:
+        return max(self.max_bytes - cumulative_bytes, 0)
 
-  def __repr__(self):
-    return f"CommunicationBudget(max_bytes={self.max_bytes})"
+    def __repr__(self):
+        return f"CommunicationBudget(max_bytes={self.max_bytes})"

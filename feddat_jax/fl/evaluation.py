@@ -4,6 +4,7 @@ For FedDAT the variants are the DAT (A_c with Â_s: the headline number), A_c al
 for single-model methods one "global" variant. Scores are the VQA soft score in % (accuracy for
 one-hot targets), computed over each client's real test examples only.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -20,32 +21,41 @@ from feddat_jax.fl.state import ClientTasks
 PyTree = Any
 
 
-def make_eval_fn(algorithm: LocalAlgorithm, *, mesh: Mesh | None = None,
-                 chunk_size: int | None = None,
-                 jit: bool = True) -> Callable[..., dict[str, jax.Array]]:
-  """``eval_fn(frozen, round_start_shared, shared, private_C, tasks_C, batches_CxS)`` →
-  ``{variant: score_C}`` in %."""
+def make_eval_fn(
+    algorithm: LocalAlgorithm,
+    *,
+    mesh: Mesh | None = None,
+    chunk_size: int | None = None,
+    jit: bool = True,
+) -> Callable[..., dict[str, jax.Array]]:
+    """``eval_fn(frozen, round_start_shared, shared, private_C, tasks_C, batches_CxS)`` →
+    ``{variant: score_C}`` in %."""
 
-  def client_scores(frozen, round_start_shared, shared, private, tasks: ClientTasks, batches_S):
-    batch_size = batches_S["example_mask"].shape[1]
-    ctx = client_context(frozen, round_start_shared, tasks, batch_size, jnp.zeros((), jnp.int32))
+    def client_scores(frozen, round_start_shared, shared, private, tasks: ClientTasks, batches_S):
+        batch_size = batches_S["example_mask"].shape[1]
+        ctx = client_context(
+            frozen, round_start_shared, tasks, batch_size, jnp.zeros((), jnp.int32)
+        )
 
-    def step(sums, batch):
-      logits = algorithm.eval_logits(ctx, private, shared, batch)
-      hits = {name: losses.score_sum(z, batch["targets"], ctx.answer_mask,
-                                     batch["example_mask"]) for name, z in logits.items()}
-      return jax.tree.map(jnp.add, sums, hits), None
+        def step(sums, batch):
+            logits = algorithm.eval_logits(ctx, private, shared, batch)
+            hits = {
+                name: losses.score_sum(z, batch["targets"], ctx.answer_mask, batch["example_mask"])
+                for name, z in logits.items()
+            }
+            return jax.tree.map(jnp.add, sums, hits), None
 
-    zeros = {name: jnp.zeros((), jnp.float32) for name in algorithm.eval_variants}
-    sums, _ = jax.lax.scan(step, zeros, batches_S)
-    count = jnp.maximum(jnp.sum(batches_S["example_mask"]), 1.0)
-    return {name: 100.0 * s / count for name, s in sums.items()}
+        zeros = {name: jnp.zeros((), jnp.float32) for name in algorithm.eval_variants}
+        sums, _ = jax.lax.scan(step, zeros, batches_S)
+        count = jnp.maximum(jnp.sum(batches_S["example_mask"]), 1.0)
+        return {name: 100.0 * s / count for name, s in sums.items()}
 
-  def eval_fn(frozen, round_start_shared, shared, private_C, tasks_C, batches_CxS):
-    def one(private, tasks, batches_S):
-      return client_scores(frozen, round_start_shared, shared, private, tasks, batches_S)
+    def eval_fn(frozen, round_start_shared, shared, private_C, tasks_C, batches_CxS):
+        def one(private, tasks, batches_S):
+            return client_scores(frozen, round_start_shared, shared, private, tasks, batches_S)
 
-    return placement.map_clients(one, in_axes=(0, 0, 0), mesh=mesh, chunk_size=chunk_size)(
-        private_C, tasks_C, batches_CxS)
+        return placement.map_clients(one, in_axes=(0, 0, 0), mesh=mesh, chunk_size=chunk_size)(
+            private_C, tasks_C, batches_CxS
+        )
 
-  return jax.jit(eval_fn) if jit else eval_fn
+    return jax.jit(eval_fn) if jit else eval_fn

@@ -75,8 +75,8 @@ class AlbefConfig:
     hidden_size: int = 768
     num_attention_heads: int = 12
     intermediate_size: int = 3072
-    text_layers: int = 6        # BERT's fusion_layer: layers below it see only the question
-    fusion_layers: int = 6      # num_hidden_layers - fusion_layer: layers with cross-attention
+    text_layers: int = 6  # BERT's fusion_layer: layers below it see only the question
+    fusion_layers: int = 6  # num_hidden_layers - fusion_layer: layers with cross-attention
     decoder_layers: int = 6
     vocab_size: int = 30522
     max_position_embeddings: int = 512
@@ -86,13 +86,19 @@ class AlbefConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(ACTIVATIONS)}")
-        for width, heads, what in ((self.hidden_size, self.num_attention_heads, "hidden_size"),
-                                   (self.vision_width, self.vision_heads, "vision_width")):
+            raise ValueError(
+                f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(ACTIVATIONS)}"
+            )
+        for width, heads, what in (
+            (self.hidden_size, self.num_attention_heads, "hidden_size"),
+            (self.vision_width, self.vision_heads, "vision_width"),
+        ):
             if width % heads:
                 raise ValueError(f"{what} {width} is not a multiple of {heads} heads")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if min(self.vision_layers, self.text_layers, self.fusion_layers, self.decoder_layers) < 0:
             raise ValueError("layer counts must be >= 0")
 
@@ -117,10 +123,22 @@ class AlbefConfig:
     def tiny(cls) -> AlbefConfig:
         """A few-thousand-parameter ALBEF for tests: 32 px images, 16 px patches, width 32, and
         distinct layer counts (2 ViT, 1 text, 2 fusion, 1 decoder) so that mix-ups show."""
-        return cls(image_size=32, patch_size=16, vision_width=32, vision_layers=2, vision_heads=4,
-                   vision_mlp_dim=64, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                   text_layers=1, fusion_layers=2, decoder_layers=1, vocab_size=99,
-                   max_position_embeddings=32)
+        return cls(
+            image_size=32,
+            patch_size=16,
+            vision_width=32,
+            vision_layers=2,
+            vision_heads=4,
+            vision_mlp_dim=64,
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            text_layers=1,
+            fusion_layers=2,
+            decoder_layers=1,
+            vocab_size=99,
+            max_position_embeddings=32,
+        )
 
 
 class AlbefModel(nn.Module):
@@ -138,7 +156,9 @@ class AlbefModel(nn.Module):
 
     def encode(self, inputs: Mapping[str, jax.Array], adapter_mode: str = "none") -> jax.Array:
         image_BxNxE = self.visual_encoder(inputs["pixel_values"], adapter_mode)
-        return self.text_encoder(inputs["input_ids"], inputs["attention_mask"], image_BxNxE, adapter_mode)
+        return self.text_encoder(
+            inputs["input_ids"], inputs["attention_mask"], image_BxNxE, adapter_mode
+        )
 
     def decode(self, ids_bxAxLa, mask_bxAxLa, q_BxLxD, q_mask_BxL, adapter_mode: str = "none"):
         return self.text_decoder(ids_bxAxLa, mask_bxAxLa, q_BxLxD, q_mask_BxL, adapter_mode)
@@ -153,9 +173,16 @@ class AlbefVQA(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs: Mapping[str, jax.Array], adapter_mode: str = "none", deterministic: bool = True):
+    def __call__(
+        self,
+        inputs: Mapping[str, jax.Array],
+        adapter_mode: str = "none",
+        deterministic: bool = True,
+    ):
         if self.peft.lora_rank or self.peft.num_text_prompts or self.peft.num_visual_prompts:
-            raise ValueError("ALBEF supports adapters only; LoRA and prompt tuning are not implemented for it")
+            raise ValueError(
+                "ALBEF supports adapters only; LoRA and prompt tuning are not implemented for it"
+            )
         albef = AlbefModel(self.config, self.peft, self.dtype, name="albef")
         head = AlbefLMHead(self.config, self.dtype, name="head")
         q_mask_BxL = inputs["attention_mask"]
@@ -163,23 +190,42 @@ class AlbefVQA(nn.Module):
         ids_AxLa = jnp.asarray(inputs["answer_input_ids"], jnp.int32)
         mask_AxLa = jnp.asarray(inputs["answer_attention_mask"], jnp.int32)
         if ids_AxLa.ndim != 2:
-            raise ValueError(f"answer_input_ids must be one client's answer list [A, La], got {ids_AxLa.shape}")
+            raise ValueError(
+                f"answer_input_ids must be one client's answer list [A, La], got {ids_AxLa.shape}"
+            )
         A = ids_AxLa.shape[0]
         if self.rank_k == 0 or self.is_initializing():
-            h_BxAxLaxD, table_VxD = albef.decode(ids_AxLa[None], mask_AxLa[None], q_BxLxD, q_mask_BxL, adapter_mode)
-            return answer_ranking.sequence_log_likelihood(head(h_BxAxLaxD, table_VxD), ids_AxLa, mask_AxLa)
+            h_BxAxLaxD, table_VxD = albef.decode(
+                ids_AxLa[None], mask_AxLa[None], q_BxLxD, q_mask_BxL, adapter_mode
+            )
+            return answer_ranking.sequence_log_likelihood(
+                head(h_BxAxLaxD, table_VxD), ids_AxLa, mask_AxLa
+            )
         # ALBEF's rank_answer: the start token alone gives the first-token distribution ...
-        h_Bx1x1xD, table_VxD = albef.decode(ids_AxLa[None, :1, :1], jnp.ones((1, 1, 1), jnp.int32),
-                                            q_BxLxD, q_mask_BxL, adapter_mode)
-        first_BxA = answer_ranking.first_token_log_probs(head(h_Bx1x1xD, table_VxD)[:, 0, 0], ids_AxLa, mask_AxLa)
+        h_Bx1x1xD, table_VxD = albef.decode(
+            ids_AxLa[None, :1, :1],
+            jnp.ones((1, 1, 1), jnp.int32),
+            q_BxLxD,
+            q_mask_BxL,
+            adapter_mode,
+        )
+        first_BxA = answer_ranking.first_token_log_probs(
+            head(h_Bx1x1xD, table_VxD)[:, 0, 0], ids_AxLa, mask_AxLa
+        )
         # ... the top-k candidates by it are decoded in full and re-ranked.
         top_BxK = answer_ranking.top_k_candidates(first_BxA, min(self.rank_k, A))
         ids_BxKxLa, mask_BxKxLa = ids_AxLa[top_BxK], mask_AxLa[top_BxK]
-        h_BxKxLaxD, table_VxD = albef.decode(ids_BxKxLa, mask_BxKxLa, q_BxLxD, q_mask_BxL, adapter_mode)
-        loglik_BxK = answer_ranking.sequence_log_likelihood(head(h_BxKxLaxD, table_VxD), ids_BxKxLa, mask_BxKxLa)
+        h_BxKxLaxD, table_VxD = albef.decode(
+            ids_BxKxLa, mask_BxKxLa, q_BxLxD, q_mask_BxL, adapter_mode
+        )
+        loglik_BxK = answer_ranking.sequence_log_likelihood(
+            head(h_BxKxLaxD, table_VxD), ids_BxKxLa, mask_BxKxLa
+        )
         scores_BxK = jnp.take_along_axis(first_BxA, top_BxK, axis=1) + loglik_BxK
         valid_BxK = answer_ranking.candidate_valid(mask_BxKxLa)
-        return answer_ranking.scatter_scores(jnp.where(valid_BxK, scores_BxK, answer_ranking.NEG), top_BxK, A)
+        return answer_ranking.scatter_scores(
+            jnp.where(valid_BxK, scores_BxK, answer_ranking.NEG), top_BxK, A
+        )
 
 
 def to_albef_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,7 +240,9 @@ def to_albef_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     }
     missing = [k for k in ANSWER_KEYS if k not in batch]
     if missing:
-        raise KeyError(f"an ALBEF batch needs the client's answer list {ANSWER_KEYS}; missing {missing}")
+        raise KeyError(
+            f"an ALBEF batch needs the client's answer list {ANSWER_KEYS}; missing {missing}"
+        )
     return {**out, **{k: jnp.asarray(batch[k], jnp.int32) for k in ANSWER_KEYS}}
 
 
@@ -204,20 +252,31 @@ def make_image_preprocessor(image_size: int = 384):
     from PIL import Image
 
     def preprocess(image: Any) -> tuple[np.ndarray, np.ndarray]:
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+        pil = (
+            image
+            if isinstance(image, Image.Image)
+            else Image.fromarray(np.asarray(image, np.uint8))
+        )
         pil = pil.convert("RGB").resize((image_size, image_size), resample=Image.Resampling.BICUBIC)
         return np.asarray(pil, np.uint8), np.ones((image_size, image_size), np.uint8)
 
     return preprocess
 
 
-def example_inputs(config: AlbefConfig, batch: int = 2, text_len: int = 8, num_answers: int = 4,
-                   answer_len: int = 4) -> dict[str, jax.Array]:
+def example_inputs(
+    config: AlbefConfig,
+    batch: int = 2,
+    text_len: int = 8,
+    num_answers: int = 4,
+    answer_len: int = 4,
+) -> dict[str, jax.Array]:
     """Placeholder inputs of the right shapes and dtypes (for `init` / `eval_shape`)."""
     zeros = functools.partial(jnp.zeros, dtype=jnp.int32)
     ones = functools.partial(jnp.ones, dtype=jnp.int32)
     return {
-        "input_ids": zeros((batch, text_len)), "attention_mask": ones((batch, text_len)),
+        "input_ids": zeros((batch, text_len)),
+        "attention_mask": ones((batch, text_len)),
         "pixel_values": jnp.zeros((batch, config.image_size, config.image_size, 3), jnp.float32),
-        "answer_input_ids": zeros((num_answers, answer_len)), "answer_attention_mask": ones((num_answers, answer_len)),
+        "answer_input_ids": zeros((num_answers, answer_len)),
+        "answer_attention_mask": ones((num_answers, answer_len)),
     }

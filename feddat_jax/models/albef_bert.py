@@ -51,11 +51,17 @@ class BertEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, ids_XxL: jax.Array) -> tuple[jax.Array, jax.Array]:
         cfg, length = self.config, ids_XxL.shape[-1]
-        embed = functools.partial(nn.Embed, features=cfg.hidden_size, dtype=self.dtype, embedding_init=INIT)
+        embed = functools.partial(
+            nn.Embed, features=cfg.hidden_size, dtype=self.dtype, embedding_init=INIT
+        )
         words = embed(cfg.vocab_size, name="word_embeddings")
         h_XxLxD = words(ids_XxL)
-        h_XxLxD = h_XxLxD + embed(cfg.type_vocab_size, name="token_type_embeddings")(jnp.zeros_like(ids_XxL))
-        h_XxLxD = h_XxLxD + embed(cfg.max_position_embeddings, name="position_embeddings")(jnp.arange(length))
+        h_XxLxD = h_XxLxD + embed(cfg.type_vocab_size, name="token_type_embeddings")(
+            jnp.zeros_like(ids_XxL)
+        )
+        h_XxLxD = h_XxLxD + embed(cfg.max_position_embeddings, name="position_embeddings")(
+            jnp.arange(length)
+        )
         return layer_norm(cfg.layer_norm_eps, self.dtype, "LayerNorm")(h_XxLxD), words.embedding
 
 
@@ -66,7 +72,9 @@ class BertSelfAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h_GxTxD: jax.Array, kv_GxSxE: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def __call__(
+        self, h_GxTxD: jax.Array, kv_GxSxE: jax.Array, mask: jax.Array | None
+    ) -> jax.Array:
         G, T, D = h_GxTxD.shape
         heads = self.config.num_attention_heads
 
@@ -74,7 +82,11 @@ class BertSelfAttention(nn.Module):
             return dense(D, self.dtype, name)(x).reshape(x.shape[0], x.shape[1], heads, D // heads)
 
         ctx_GxTxHxK = jax.nn.dot_product_attention(
-            project("query", h_GxTxD), project("key", kv_GxSxE), project("value", kv_GxSxE), mask=mask)
+            project("query", h_GxTxD),
+            project("key", kv_GxSxE),
+            project("value", kv_GxSxE),
+            mask=mask,
+        )
         return ctx_GxTxHxK.reshape(G, T, D)
 
 
@@ -93,7 +105,9 @@ class BertAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h_GxTxD: jax.Array, kv_GxSxE: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def __call__(
+        self, h_GxTxD: jax.Array, kv_GxSxE: jax.Array, mask: jax.Array | None
+    ) -> jax.Array:
         ctx_GxTxD = BertSelfAttention(self.config, self.dtype, name="self")(h_GxTxD, kv_GxSxE, mask)
         return BertSelfOutput(self.config, self.dtype, name="output")(ctx_GxTxD, h_GxTxD)
 
@@ -105,7 +119,9 @@ class BertIntermediate(nn.Module):
     @nn.compact
     def __call__(self, h_GxTxD: jax.Array) -> jax.Array:
         cfg = self.config
-        return ACTIVATIONS[cfg.hidden_act](dense(cfg.intermediate_size, self.dtype, "dense")(h_GxTxD))
+        return ACTIVATIONS[cfg.hidden_act](
+            dense(cfg.intermediate_size, self.dtype, "dense")(h_GxTxD)
+        )
 
 
 class BertOutput(nn.Module):
@@ -124,7 +140,9 @@ class BertOutput(nn.Module):
         site_GxTxD = AdapterSite(self.peft, self.dtype)(u_GxTxD, adapter_mode)
         if adapter_mode == "none":
             return u_GxTxD
-        a_GxTxD = (site_GxTxD.astype(jnp.float32) - u_GxTxD.astype(jnp.float32)).astype(h_GxTxD.dtype)
+        a_GxTxD = (site_GxTxD.astype(jnp.float32) - u_GxTxD.astype(jnp.float32)).astype(
+            h_GxTxD.dtype
+        )
         return norm((h_GxTxD + a_GxTxD) + x_GxTxD)
 
 
@@ -139,15 +157,20 @@ class BertLayer(nn.Module):
 
     @nn.compact
     def __call__(self, h_GxTxD, self_mask, adapter_mode, cross_BxSxE=None, cross_mask=None):
-        h_GxTxD = BertAttention(self.config, self.dtype, name="attention")(h_GxTxD, h_GxTxD, self_mask)
+        h_GxTxD = BertAttention(self.config, self.dtype, name="attention")(
+            h_GxTxD, h_GxTxD, self_mask
+        )
         if self.has_cross_attention:
             G, T, D = h_GxTxD.shape
             B = cross_BxSxE.shape[0]
             q_BxQxD = h_GxTxD.reshape(B, (G // B) * T, D)
             h_GxTxD = BertAttention(self.config, self.dtype, name="crossattention")(
-                q_BxQxD, cross_BxSxE, cross_mask).reshape(G, T, D)
+                q_BxQxD, cross_BxSxE, cross_mask
+            ).reshape(G, T, D)
         inter_GxTxF = BertIntermediate(self.config, self.dtype, name="intermediate")(h_GxTxD)
-        return BertOutput(self.config, self.peft, self.dtype, name="output")(inter_GxTxF, h_GxTxD, adapter_mode)
+        return BertOutput(self.config, self.peft, self.dtype, name="output")(
+            inter_GxTxF, h_GxTxD, adapter_mode
+        )
 
 
 class BertEncoder(nn.Module):
@@ -162,7 +185,9 @@ class BertEncoder(nn.Module):
     @nn.compact
     def __call__(self, h_GxTxD, self_mask, adapter_mode, cross_BxSxE=None, cross_mask=None):
         for i in range(self.num_layers):
-            layer = BertLayer(self.config, self.peft, i >= self.fusion_layer, self.dtype, name=f"layer_{i}")
+            layer = BertLayer(
+                self.config, self.peft, i >= self.fusion_layer, self.dtype, name=f"layer_{i}"
+            )
             h_GxTxD = layer(h_GxTxD, self_mask, adapter_mode, cross_BxSxE, cross_mask)
         return h_GxTxD
 
@@ -177,10 +202,18 @@ class AlbefTextEncoder(nn.Module):
     @nn.compact
     def __call__(self, ids_BxL, mask_BxL, image_BxNxE, adapter_mode: str = "none") -> jax.Array:
         cfg = self.config
-        h_BxLxD, _ = BertEmbeddings(cfg, self.dtype, name="embeddings")(jnp.asarray(ids_BxL, jnp.int32))
+        h_BxLxD, _ = BertEmbeddings(cfg, self.dtype, name="embeddings")(
+            jnp.asarray(ids_BxL, jnp.int32)
+        )
         self_mask = jnp.asarray(mask_BxL).astype(bool)[:, None, None, :]
-        return BertEncoder(cfg, self.peft, cfg.text_layers + cfg.fusion_layers, cfg.text_layers, self.dtype,
-                           name="encoder")(h_BxLxD, self_mask, adapter_mode, image_BxNxE, None)
+        return BertEncoder(
+            cfg,
+            self.peft,
+            cfg.text_layers + cfg.fusion_layers,
+            cfg.text_layers,
+            self.dtype,
+            name="encoder",
+        )(h_BxLxD, self_mask, adapter_mode, image_BxNxE, None)
 
 
 class AlbefAnswerDecoder(nn.Module):
@@ -196,14 +229,18 @@ class AlbefAnswerDecoder(nn.Module):
         cfg = self.config
         B, (_, A, La) = q_BxLxD.shape[0], ids_bxAxLa.shape
         emb_bxAxLaxD, table_VxD = BertEmbeddings(cfg, self.dtype, name="embeddings")(
-            jnp.asarray(ids_bxAxLa, jnp.int32))
-        h_GxLaxD = jnp.broadcast_to(emb_bxAxLaxD, (B, A, La, cfg.hidden_size)).reshape(B * A, La, -1)
+            jnp.asarray(ids_bxAxLa, jnp.int32)
+        )
+        h_GxLaxD = jnp.broadcast_to(emb_bxAxLaxD, (B, A, La, cfg.hidden_size)).reshape(
+            B * A, La, -1
+        )
         causal_LaxLa = jnp.tril(jnp.ones((La, La), bool))
         self_mask = causal_LaxLa & jnp.asarray(mask_bxAxLa).astype(bool)[..., None, :]
         self_mask = jnp.broadcast_to(self_mask, (B, A, La, La)).reshape(B * A, 1, La, La)
         cross_mask = jnp.asarray(q_mask_BxL).astype(bool)[:, None, None, :]
         h_GxLaxD = BertEncoder(cfg, self.peft, cfg.decoder_layers, 0, self.dtype, name="encoder")(
-            h_GxLaxD, self_mask, adapter_mode, q_BxLxD, cross_mask)
+            h_GxLaxD, self_mask, adapter_mode, q_BxLxD, cross_mask
+        )
         return h_GxLaxD.reshape(B, A, La, -1), table_VxD
 
 
@@ -229,5 +266,7 @@ class AlbefLMHead(nn.Module):
     def __call__(self, h_XxD: jax.Array, table_VxD: jax.Array) -> jax.Array:
         t_XxD = PredictionTransform(self.config, self.dtype, name="transform")(h_XxD)
         bias_V = self.param("bias", nn.initializers.zeros, (self.config.vocab_size,))
-        t_XxD, table_VxD, bias_V = nn.dtypes.promote_dtype(t_XxD, table_VxD, bias_V, dtype=self.dtype)
+        t_XxD, table_VxD, bias_V = nn.dtypes.promote_dtype(
+            t_XxD, table_VxD, bias_V, dtype=self.dtype
+        )
         return t_XxD @ table_VxD.T + bias_V

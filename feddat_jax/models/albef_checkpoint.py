@@ -36,19 +36,41 @@ from feddat_jax.models.albef import AlbefConfig
 from feddat_jax.models.vilt_checkpoint import CheckpointError
 from feddat_jax.peft.partition import PEFT_PATTERN, flatten, unflatten
 
-__all__ = ["CheckpointError", "albef_name", "convert_albef_checkpoint", "interpolate_pos_embed",
-           "load_albef_params", "read_state_dict", "save_albef_checkpoint", "to_vqa_layout"]
+__all__ = [
+    "CheckpointError",
+    "albef_name",
+    "convert_albef_checkpoint",
+    "interpolate_pos_embed",
+    "load_albef_params",
+    "read_state_dict",
+    "save_albef_checkpoint",
+    "to_vqa_layout",
+]
 
 # Pretraining-only tensors that ALBEF's VQA model does not have.
-IGNORED_PREFIXES = ("visual_encoder_m.", "text_encoder_m.", "text_decoder_m.", "vision_proj.", "vision_proj_m.",
-                    "text_proj.", "text_proj_m.", "itm_head.")
+IGNORED_PREFIXES = (
+    "visual_encoder_m.",
+    "text_encoder_m.",
+    "text_decoder_m.",
+    "vision_proj.",
+    "vision_proj_m.",
+    "text_proj.",
+    "text_proj_m.",
+    "itm_head.",
+)
 IGNORED_KEYS = ("temp", "image_queue", "text_queue", "queue_ptr", "idx_queue")
 IGNORED_SUFFIXES = (".position_ids",)  # BertEmbeddings' position-id buffer
-_ROOTS = (("albef/visual_encoder", "visual_encoder"), ("albef/text_encoder", "text_encoder"),
-          ("albef/text_decoder", "text_decoder.bert"), ("head", "text_decoder.cls.predictions"))
+_ROOTS = (
+    ("albef/visual_encoder", "visual_encoder"),
+    ("albef/text_encoder", "text_encoder"),
+    ("albef/text_decoder", "text_decoder.bert"),
+    ("head", "text_decoder.cls.predictions"),
+)
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
-_TIED = {"text_decoder.cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
-         "text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias"}
+_TIED = {
+    "text_decoder.cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
+    "text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias",
+}
 
 
 def _ignored(key: str) -> bool:
@@ -59,7 +81,7 @@ def albef_name(path: str) -> str:
     """Our parameter path -> the key of ALBEF's VQA model (`model_vqa.ALBEF`)."""
     for ours, theirs in _ROOTS:
         if path.startswith(ours + "/"):
-            parts = path[len(ours) + 1:].split("/")
+            parts = path[len(ours) + 1 :].split("/")
             parts[-1] = _LEAVES.get(parts[-1], parts[-1])
             name = re.sub(r"\b(blocks|layer)_(\d+)\b", r"\1.\2", ".".join(parts))
             return f"{theirs}.{re.sub(r'^patch_embed[.]', 'patch_embed.proj.', name)}"
@@ -81,6 +103,7 @@ def from_torch_layout(path: str, value: np.ndarray) -> np.ndarray:
 
 def _bicubic_matrix(out_size: int, in_size: int, a: float = -0.75) -> np.ndarray:
     """[out, in] weights of torch's 1-D bicubic resize (align_corners=False, border-clamped taps)."""
+
     def near(x):  # |x| <= 1
         return ((a + 2) * x - (a + 3)) * x * x + 1
 
@@ -103,7 +126,9 @@ def interpolate_pos_embed(pos_1xNxD: np.ndarray, grid: int) -> np.ndarray:
     pos_1xNxD = np.asarray(pos_1xNxD, np.float32)
     old = round((pos_1xNxD.shape[1] - 1) ** 0.5)
     if old * old != pos_1xNxD.shape[1] - 1:
-        raise CheckpointError(f"position embedding {pos_1xNxD.shape} is not CLS + a square patch grid")
+        raise CheckpointError(
+            f"position embedding {pos_1xNxD.shape} is not CLS + a square patch grid"
+        )
     if old == grid:
         return pos_1xNxD
     spatial = pos_1xNxD[0, 1:].reshape(old, old, -1).astype(np.float64)
@@ -116,13 +141,21 @@ def _torch_load(file: Path, weights_only: bool = True) -> Any:
     try:
         import torch
     except ImportError as err:
-        raise CheckpointError(f"reading {file} needs PyTorch (or convert it to .safetensors)") from err
+        raise CheckpointError(
+            f"reading {file} needs PyTorch (or convert it to .safetensors)"
+        ) from err
     try:
         return torch.load(file, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # torch raises several types for a refused or corrupt pickle
-        hint = (" If the file is trusted, convert it once with convert_albef_checkpoint(src, dst, "
-                "trust_pickle=True)." if weights_only else "")
-        raise CheckpointError(f"cannot read ALBEF checkpoint {file}: {type(err).__name__}: {err}.{hint}") from err
+        hint = (
+            " If the file is trusted, convert it once with convert_albef_checkpoint(src, dst, "
+            "trust_pickle=True)."
+            if weights_only
+            else ""
+        )
+        raise CheckpointError(
+            f"cannot read ALBEF checkpoint {file}: {type(err).__name__}: {err}.{hint}"
+        ) from err
 
 
 def _unwrap(obj: Any, file: Path) -> Mapping[str, Any]:
@@ -133,8 +166,10 @@ def _unwrap(obj: Any, file: Path) -> Mapping[str, Any]:
     if isinstance(obj, Mapping) and obj and all(hasattr(v, "shape") for v in obj.values()):
         return obj
     keys = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
-    raise CheckpointError(f"{file} holds no ALBEF state dict (expected a 'model' entry or a flat dict of tensors); "
-                          f"found {keys}")
+    raise CheckpointError(
+        f"{file} holds no ALBEF state dict (expected a 'model' entry or a flat dict of tensors); "
+        f"found {keys}"
+    )
 
 
 def _resolve(path: str | Path) -> Path:
@@ -162,7 +197,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
-def convert_albef_checkpoint(src: str | Path, dst: str | Path, *, trust_pickle: bool = False) -> Path:
+def convert_albef_checkpoint(
+    src: str | Path, dst: str | Path, *, trust_pickle: bool = False
+) -> Path:
     """One-time conversion of a torch ALBEF checkpoint to one safetensors file holding the tensors
     the VQA model can use (momentum models, projections and queues are dropped). `trust_pickle`
     allows a full unpickle for a trusted file that weights-only loading refuses."""
@@ -170,7 +207,11 @@ def convert_albef_checkpoint(src: str | Path, dst: str | Path, *, trust_pickle: 
 
     file = _resolve(src)
     state = _unwrap(_torch_load(file, weights_only=not trust_pickle), file)
-    tensors = {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach") and not _ignored(k)}
+    tensors = {
+        k: v.detach().float().numpy()
+        for k, v in state.items()
+        if hasattr(v, "detach") and not _ignored(k)
+    }
     if not tensors:
         raise CheckpointError(f"{file} has no ALBEF tensors to convert")
     dst = Path(dst)
@@ -179,7 +220,9 @@ def convert_albef_checkpoint(src: str | Path, dst: str | Path, *, trust_pickle: 
     return dst
 
 
-def to_vqa_layout(state: Mapping[str, np.ndarray], config: AlbefConfig) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def to_vqa_layout(
+    state: Mapping[str, np.ndarray], config: AlbefConfig
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(tensors keyed like ALBEF's VQA model, VQA key -> source key) from either layout, with the
     pretraining-only tensors dropped and, for a pretraining checkpoint, the decoder derived."""
     out, source = {}, {}
@@ -194,17 +237,22 @@ def to_vqa_layout(state: Mapping[str, np.ndarray], config: AlbefConfig) -> tuple
             layer = re.match(r"text_encoder\.encoder\.layer\.(\d+)\.(.*)$", key)
             if layer and int(layer.group(1)) < offset:
                 continue
-            new = (f"text_decoder.bert.encoder.layer.{int(layer.group(1)) - offset}.{layer.group(2)}" if layer
-                   else key.replace("text_encoder.cls.", "text_decoder.cls.").replace(
-                       "text_encoder.", "text_decoder.bert.", 1))
+            new = (
+                f"text_decoder.bert.encoder.layer.{int(layer.group(1)) - offset}.{layer.group(2)}"
+                if layer
+                else key.replace("text_encoder.cls.", "text_decoder.cls.").replace(
+                    "text_encoder.", "text_decoder.bert.", 1
+                )
+            )
             out[new], source[new] = out[key], source[key]
         for key in [k for k in out if k.startswith("text_encoder.cls.")]:  # moved to the decoder
             del out[key]
     return out, source
 
 
-def load_albef_params(path: str | Path, params: Mapping[str, Any], config: AlbefConfig, *,
-                      load_head: bool = True) -> dict[str, Any]:
+def load_albef_params(
+    path: str | Path, params: Mapping[str, Any], config: AlbefConfig, *, load_head: bool = True
+) -> dict[str, Any]:
     """`params` (the model's own init: {"albef": …, "head": …}) with the checkpoint's tensors in.
 
     The head (`text_decoder.cls.predictions.{transform.*, bias}`) is loaded when `load_head`,
@@ -235,15 +283,24 @@ def load_albef_params(path: str | Path, params: Mapping[str, Any], config: Albef
             else:
                 untied.append(f"{alias} != {target}")
     skipped = () if load_head else ("text_decoder.cls.",)
-    unexpected = sorted({source[k] for k in state if k not in used and not k.startswith(skipped)} -
-                        {source[k] for k in used})
+    unexpected = sorted(
+        {source[k] for k in state if k not in used and not k.startswith(skipped)}
+        - {source[k] for k in used}
+    )
     if missing or unexpected or bad_shapes or untied:
         raise CheckpointError(
-            f"ALBEF checkpoint {file} does not match the model: " + "; ".join(
+            f"ALBEF checkpoint {file} does not match the model: "
+            + "; ".join(
                 f"{what} ({len(items)}): {items[:5]}"
-                for what, items in (("missing tensors", missing), ("unexpected tensors", unexpected),
-                                    ("shape mismatches", bad_shapes), ("untied LM-head tensors", untied))
-                if items))
+                for what, items in (
+                    ("missing tensors", missing),
+                    ("unexpected tensors", unexpected),
+                    ("shape mismatches", bad_shapes),
+                    ("untied LM-head tensors", untied),
+                )
+                if items
+            )
+        )
     return unflatten(flat)
 
 
@@ -261,7 +318,11 @@ def save_albef_checkpoint(path: str | Path, params: Mapping[str, Any]) -> None:
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+            str(path),
+            metadata={"format": "pt"},
+        )
     else:
         import torch
 

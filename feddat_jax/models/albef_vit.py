@@ -54,7 +54,8 @@ class VitAttention(nn.Module):
         heads = self.config.vision_heads
         qkv_BxNx3xHxK = dense(3 * D, self.dtype, "qkv")(x_BxNxD).reshape(B, N, 3, heads, D // heads)
         ctx_BxNxHxK = jax.nn.dot_product_attention(
-            qkv_BxNx3xHxK[:, :, 0], qkv_BxNx3xHxK[:, :, 1], qkv_BxNx3xHxK[:, :, 2])
+            qkv_BxNx3xHxK[:, :, 0], qkv_BxNx3xHxK[:, :, 1], qkv_BxNx3xHxK[:, :, 2]
+        )
         return dense(D, self.dtype, "proj")(ctx_BxNxHxK.reshape(B, N, D))
 
 
@@ -94,17 +95,33 @@ class VisionTransformer(nn.Module):
     def __call__(self, pixels_BxHxWxC: jax.Array, adapter_mode: str = "none") -> jax.Array:
         cfg, D = self.config, self.config.vision_width
         if pixels_BxHxWxC.shape[1:3] != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"ALBEF expects {cfg.image_size}x{cfg.image_size} images (resized, not padded); "
-                             f"got pixel_values of shape {pixels_BxHxWxC.shape}")
+            raise ValueError(
+                f"ALBEF expects {cfg.image_size}x{cfg.image_size} images (resized, not padded); "
+                f"got pixel_values of shape {pixels_BxHxWxC.shape}"
+            )
         patch = (cfg.patch_size, cfg.patch_size)
-        x_BxGxGxD = nn.Conv(D, patch, strides=patch, padding="VALID", dtype=self.dtype, kernel_init=INIT,
-                            name="patch_embed")(jnp.asarray(pixels_BxHxWxC, self.dtype))
+        x_BxGxGxD = nn.Conv(
+            D,
+            patch,
+            strides=patch,
+            padding="VALID",
+            dtype=self.dtype,
+            kernel_init=INIT,
+            name="patch_embed",
+        )(jnp.asarray(pixels_BxHxWxC, self.dtype))
         B = x_BxGxGxD.shape[0]
         cls_1x1xD = self.param("cls_token", INIT, (1, 1, D))
         pos_1xNxD = self.param("pos_embed", INIT, (1, cfg.num_patches + 1, D))
-        x_BxNxD = jnp.concatenate([jnp.broadcast_to(cls_1x1xD, (B, 1, D)).astype(self.dtype),
-                                   x_BxGxGxD.reshape(B, -1, D)], axis=1)
+        x_BxNxD = jnp.concatenate(
+            [
+                jnp.broadcast_to(cls_1x1xD, (B, 1, D)).astype(self.dtype),
+                x_BxGxGxD.reshape(B, -1, D),
+            ],
+            axis=1,
+        )
         x_BxNxD = (x_BxNxD + pos_1xNxD).astype(self.dtype)
         for i in range(cfg.vision_layers):
-            x_BxNxD = VitBlock(cfg, self.peft, self.dtype, name=f"blocks_{i}")(x_BxNxD, adapter_mode)
+            x_BxNxD = VitBlock(cfg, self.peft, self.dtype, name=f"blocks_{i}")(
+                x_BxNxD, adapter_mode
+            )
         return layer_norm(cfg.vision_eps, self.dtype, "norm")(x_BxNxD)

@@ -44,13 +44,17 @@ def token_log_probs(logits_XxLaxV: jax.Array, ids_XxLa: jax.Array) -> jax.Array:
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-def sequence_log_likelihood(logits_XxLaxV: jax.Array, ids_XxLa: jax.Array, mask_XxLa: jax.Array) -> jax.Array:
+def sequence_log_likelihood(
+    logits_XxLaxV: jax.Array, ids_XxLa: jax.Array, mask_XxLa: jax.Array
+) -> jax.Array:
     """[...]: Σ over the non-pad answer tokens t >= 1 of log p(tok_t | tok_<t); 0 for an all-pad row."""
     weights = jnp.asarray(mask_XxLa, jnp.float32)[..., 1:]
     return jnp.sum(token_log_probs(logits_XxLaxV, ids_XxLa) * weights, axis=-1)
 
 
-def first_token_log_probs(first_logits_BxV: jax.Array, ids_AxLa: jax.Array, mask_AxLa: jax.Array) -> jax.Array:
+def first_token_log_probs(
+    first_logits_BxV: jax.Array, ids_AxLa: jax.Array, mask_AxLa: jax.Array
+) -> jax.Array:
     """[B, A]: log p(first answer token | [CLS], q) of every candidate; NEG for invalid candidates."""
     logp_BxV = jax.nn.log_softmax(first_logits_BxV.astype(jnp.float32), axis=-1)
     logp_BxA = jnp.take(logp_BxV, jnp.asarray(ids_AxLa, jnp.int32)[:, 1], axis=-1)
@@ -62,10 +66,14 @@ def top_k_candidates(scores_BxA: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(scores_BxA, k)[1]
 
 
-def scatter_scores(scores_BxK: jax.Array, ids_BxK: jax.Array, num_answers: int, fill: float = NEG) -> jax.Array:
+def scatter_scores(
+    scores_BxK: jax.Array, ids_BxK: jax.Array, num_answers: int, fill: float = NEG
+) -> jax.Array:
     """[B, A] with scores_BxK at ids_BxK and `fill` elsewhere."""
     out_BxA = jnp.full((scores_BxK.shape[0], num_answers), fill, jnp.float32)
-    return out_BxA.at[jnp.arange(scores_BxK.shape[0])[:, None], ids_BxK].set(scores_BxK.astype(jnp.float32))
+    return out_BxA.at[jnp.arange(scores_BxK.shape[0])[:, None], ids_BxK].set(
+        scores_BxK.astype(jnp.float32)
+    )
 
 
 def rank_answers(scores_BxA: jax.Array, k: int, answer_mask_A: jax.Array | None = None):
@@ -79,8 +87,14 @@ def rank_answers(scores_BxA: jax.Array, k: int, answer_mask_A: jax.Array | None 
     return top_ids_BxK, jax.nn.softmax(top_scores_BxK, axis=-1)
 
 
-def tokenize_answers(tokenizer: Any, answers: Sequence[str], *, num_answers: int | None = None,
-                     length: int | None = None, eos: str = "[SEP]") -> tuple[np.ndarray, np.ndarray]:
+def tokenize_answers(
+    tokenizer: Any,
+    answers: Sequence[str],
+    *,
+    num_answers: int | None = None,
+    length: int | None = None,
+    eos: str = "[SEP]",
+) -> tuple[np.ndarray, np.ndarray]:
     """A client's answer list -> (answer_input_ids, answer_attention_mask), int32 [A, La].
 
     As ALBEF: every answer gets `eos` appended and the BERT tokenizer adds [CLS] ... [SEP]. Rows are
@@ -94,10 +108,12 @@ def tokenize_answers(tokenizer: Any, answers: Sequence[str], *, num_answers: int
     length = longest if length is None else length
     if longest > length:
         worst = answers[int(np.argmax([len(e) for e in encoded]))]
-        raise ValueError(f"answer {worst!r} needs {longest} tokens but the answer length is {length}")
+        raise ValueError(
+            f"answer {worst!r} needs {longest} tokens but the answer length is {length}"
+        )
     ids = np.zeros((num_answers, length), np.int32)
     mask = np.zeros((num_answers, length), np.int32)
     for row, tokens in enumerate(encoded):
-        ids[row, :len(tokens)] = tokens
-        mask[row, :len(tokens)] = 1
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
     return ids, mask

@@ -35,11 +35,15 @@ def to_model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def resize_size(height: int, width: int, shortest_edge: int, longest_edge: int, size_divisor: int) -> tuple[int, int]:
+def resize_size(
+    height: int, width: int, shortest_edge: int, longest_edge: int, size_divisor: int
+) -> tuple[int, int]:
     """ViltImageProcessor's output size: shorter side -> shortest_edge, longer side <= longest_edge,
     both rounded then floored to a multiple of size_divisor."""
     scale = shortest_edge / min(height, width)
-    new_h, new_w = (shortest_edge, scale * width) if height < width else (scale * height, shortest_edge)
+    new_h, new_w = (
+        (shortest_edge, scale * width) if height < width else (scale * height, shortest_edge)
+    )
     if max(new_h, new_w) > longest_edge:
         shrink = longest_edge / max(new_h, new_w)
         new_h, new_w = shrink * new_h, shrink * new_w
@@ -64,13 +68,22 @@ def make_image_preprocessor(
     pad_h, pad_w = pad_to or (longest // size_divisor * size_divisor,) * 2
 
     def preprocess(image: Any) -> tuple[np.ndarray, np.ndarray]:
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+        pil = (
+            image
+            if isinstance(image, Image.Image)
+            else Image.fromarray(np.asarray(image, np.uint8))
+        )
         pil = pil.convert("RGB")
         new_h, new_w = resize_size(pil.height, pil.width, shortest_edge, longest, size_divisor)
         if new_h > pad_h or new_w > pad_w:
             fit = min(pad_h / new_h, pad_w / new_w)
-            new_h, new_w = (max(size_divisor, int(s * fit) // size_divisor * size_divisor) for s in (new_h, new_w))
-        resized = np.asarray(pil.resize((new_w, new_h), resample=Image.Resampling.BICUBIC), np.uint8)
+            new_h, new_w = (
+                max(size_divisor, int(s * fit) // size_divisor * size_divisor)
+                for s in (new_h, new_w)
+            )
+        resized = np.asarray(
+            pil.resize((new_w, new_h), resample=Image.Resampling.BICUBIC), np.uint8
+        )
         out = np.zeros((pad_h, pad_w, 3), np.uint8)
         mask = np.zeros((pad_h, pad_w), np.uint8)
         out[:new_h, :new_w] = resized
@@ -80,7 +93,9 @@ def make_image_preprocessor(
     return preprocess
 
 
-def load_processors(folder: str | Path, pad_to: tuple[int, int] | None = None) -> tuple[Any, ImagePreprocessor]:
+def load_processors(
+    folder: str | Path, pad_to: tuple[int, int] | None = None
+) -> tuple[Any, ImagePreprocessor]:
     """(BertTokenizerFast from the folder, image preprocessor). A preprocessor_config.json in the
     folder sets shortest_edge and size_divisor; its mean/std must be ViLT's 0.5 because
     `to_model_inputs` normalises with those."""
@@ -96,6 +111,10 @@ def load_processors(folder: str | Path, pad_to: tuple[int, int] | None = None) -
         settings = json.loads(config_file.read_text())
         for key in ("image_mean", "image_std"):
             if any(abs(v - 0.5) > 1e-6 for v in settings.get(key, [0.5])):
-                raise ValueError(f"{config_file}: {key}={settings[key]} but ViLT inputs are normalised with 0.5")
+                raise ValueError(
+                    f"{config_file}: {key}={settings[key]} but ViLT inputs are normalised with 0.5"
+                )
     shortest = settings.get("size", {}).get("shortest_edge", 384)
-    return tokenizer, make_image_preprocessor(shortest, None, settings.get("size_divisor", 32), pad_to)
+    return tokenizer, make_image_preprocessor(
+        shortest, None, settings.get("size_divisor", 32), pad_to
+    )

@@ -29,7 +29,9 @@ from feddat_jax.peft.config import PeftConfig
 from feddat_jax.peft.lora import LoRADense
 from feddat_jax.peft.prompts import Prompts, insert_after_cls
 
-_INIT = nn.initializers.normal(0.02)  # BERT/ViLT initialiser; the backbone is normally loaded anyway
+_INIT = nn.initializers.normal(
+    0.02
+)  # BERT/ViLT initialiser; the backbone is normally loaded anyway
 _ACTIVATIONS = {
     "gelu": functools.partial(nn.gelu, approximate=False),
     "gelu_new": functools.partial(nn.gelu, approximate=True),
@@ -62,14 +64,22 @@ class ViltConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(_ACTIVATIONS)}"
+            )
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads"
+            )
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> ViltConfig:
         """From a transformers.ViltConfig or its config.json dict (unknown keys are ignored)."""
-        get = hf_config.get if isinstance(hf_config, Mapping) else functools.partial(getattr, hf_config)
+        get = (
+            hf_config.get
+            if isinstance(hf_config, Mapping)
+            else functools.partial(getattr, hf_config)
+        )
         values = {f.name: get(f.name, f.default) for f in dataclasses.fields(cls)}
         for name in ("image_size", "patch_size"):  # transformers allows (h, w); ViLT is square
             size = values[name]
@@ -82,13 +92,25 @@ class ViltConfig:
     @classmethod
     def tiny(cls) -> ViltConfig:
         """A few-thousand-parameter ViLT for tests and CPU demos."""
-        return cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                   vocab_size=99, max_position_embeddings=16, patch_size=16, image_size=64)
+        return cls(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=99,
+            max_position_embeddings=16,
+            patch_size=16,
+            image_size=64,
+        )
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The config.json content transformers' ViltConfig reads back."""
-        return {"model_type": "vilt", **dataclasses.asdict(self),
-                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        return {
+            "model_type": "vilt",
+            **dataclasses.asdict(self),
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        }
 
 
 def _layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
@@ -103,7 +125,9 @@ def _dense(features: int, dtype: Any, name: str) -> nn.Dense:
 def _nearest_index(out_size: int, in_size: int) -> np.ndarray:
     """Source index of torch `interpolate(mode="nearest")`: floor(i · in/out) in float32, clamped."""
     scale = np.float32(in_size) / np.float32(out_size)
-    return np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * scale), in_size - 1).astype(np.int32)
+    return np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * scale), in_size - 1).astype(
+        np.int32
+    )
 
 
 def _bilinear_weights(out_len_B: jax.Array, grid: int, src: int) -> jax.Array:
@@ -111,7 +135,9 @@ def _bilinear_weights(out_len_B: jax.Array, grid: int, src: int) -> jax.Array:
     zero beyond out_len (visual_embed's zero padding). out_len is data-dependent, the shape is not."""
     scale_B = (src - 1) / jnp.maximum(out_len_B - 1, 1).astype(jnp.float32)
     pos_BxG = jnp.arange(grid, dtype=jnp.float32)[None, :] * scale_B[:, None]
-    w_BxGxS = jnp.maximum(0.0, 1.0 - jnp.abs(pos_BxG[..., None] - jnp.arange(src, dtype=jnp.float32)))
+    w_BxGxS = jnp.maximum(
+        0.0, 1.0 - jnp.abs(pos_BxG[..., None] - jnp.arange(src, dtype=jnp.float32))
+    )
     return jnp.where((jnp.arange(grid)[None, :] < out_len_B[:, None])[..., None], w_BxGxS, 0.0)
 
 
@@ -129,8 +155,12 @@ class TextEmbeddings(nn.Module):
             return nn.Embed(num, cfg.hidden_size, dtype=self.dtype, embedding_init=_INIT, name=name)
 
         h_BxLxD = embed(cfg.vocab_size, "word_embeddings")(ids_BxL)
-        h_BxLxD = h_BxLxD + embed(cfg.type_vocab_size, "token_type_embeddings")(jnp.zeros_like(ids_BxL))
-        h_BxLxD = h_BxLxD + embed(cfg.max_position_embeddings, "position_embeddings")(jnp.arange(length)[None])
+        h_BxLxD = h_BxLxD + embed(cfg.type_vocab_size, "token_type_embeddings")(
+            jnp.zeros_like(ids_BxL)
+        )
+        h_BxLxD = h_BxLxD + embed(cfg.max_position_embeddings, "position_embeddings")(
+            jnp.arange(length)[None]
+        )
         return _layer_norm(cfg.layer_norm_eps, self.dtype, "LayerNorm")(h_BxLxD)
 
 
@@ -143,13 +173,22 @@ class ViltEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, inputs: Mapping[str, jax.Array], text_prompts=None, visual_prompts=None):
         cfg, D = self.config, self.config.hidden_size
-        text_BxLxD = TextEmbeddings(cfg, self.dtype, name="text_embeddings")(jnp.asarray(inputs["input_ids"]))
+        text_BxLxD = TextEmbeddings(cfg, self.dtype, name="text_embeddings")(
+            jnp.asarray(inputs["input_ids"])
+        )
         text_mask_BxL = jnp.asarray(inputs["attention_mask"], jnp.int32)
 
         pixels_BxHxWxC = jnp.asarray(inputs["pixel_values"], self.dtype)
         patch = (cfg.patch_size, cfg.patch_size)
-        x_BxGhxGwxD = nn.Conv(D, patch, strides=patch, padding="VALID", dtype=self.dtype, kernel_init=_INIT,
-                              name="patch_embeddings")(pixels_BxHxWxC)
+        x_BxGhxGwxD = nn.Conv(
+            D,
+            patch,
+            strides=patch,
+            padding="VALID",
+            dtype=self.dtype,
+            kernel_init=_INIT,
+            name="patch_embeddings",
+        )(pixels_BxHxWxC)
         B, Gh, Gw, _ = x_BxGhxGwxD.shape
         pixel_mask_BxHxW = jnp.asarray(inputs["pixel_mask"], jnp.int32)
         rows, cols = (_nearest_index(g, s) for g, s in zip((Gh, Gw), pixel_mask_BxHxW.shape[1:]))
@@ -160,23 +199,39 @@ class ViltEmbeddings(nn.Module):
         grid = cfg.image_size // cfg.patch_size
         pos_1xNxD = self.param("position_embeddings", _INIT, (1, grid * grid + 1, D))
         spatial_PxPxD = pos_1xNxD[0, 1:].reshape(grid, grid, D)
-        pos_BxGhxGwxD = jnp.einsum("bip,pqd,bjq->bijd", _bilinear_weights(h_B, Gh, grid), spatial_PxPxD,
-                                   _bilinear_weights(w_B, Gw, grid))
+        pos_BxGhxGwxD = jnp.einsum(
+            "bip,pqd,bjq->bijd",
+            _bilinear_weights(h_B, Gh, grid),
+            spatial_PxPxD,
+            _bilinear_weights(w_B, Gw, grid),
+        )
         cls_1x1xD = self.param("cls_token", _INIT, (1, 1, D))
-        image_BxNxD = jnp.concatenate([
-            jnp.broadcast_to(cls_1x1xD + pos_1xNxD[:, :1], (B, 1, D)),
-            (x_BxGhxGwxD + pos_BxGhxGwxD.astype(self.dtype)).reshape(B, Gh * Gw, D),
-        ], axis=1).astype(self.dtype)
-        image_mask_BxN = jnp.concatenate([jnp.ones((B, 1), jnp.int32), patch_mask_BxGhxGw.reshape(B, -1)], axis=1)
+        image_BxNxD = jnp.concatenate(
+            [
+                jnp.broadcast_to(cls_1x1xD + pos_1xNxD[:, :1], (B, 1, D)),
+                (x_BxGhxGwxD + pos_BxGhxGwxD.astype(self.dtype)).reshape(B, Gh * Gw, D),
+            ],
+            axis=1,
+        ).astype(self.dtype)
+        image_mask_BxN = jnp.concatenate(
+            [jnp.ones((B, 1), jnp.int32), patch_mask_BxGhxGw.reshape(B, -1)], axis=1
+        )
 
         text_BxLxD, text_mask_BxL = insert_after_cls(text_BxLxD, text_mask_BxL, text_prompts)
         image_BxNxD, image_mask_BxN = insert_after_cls(image_BxNxD, image_mask_BxN, visual_prompts)
-        modality = nn.Embed(cfg.modality_type_vocab_size, D, dtype=self.dtype, embedding_init=_INIT,
-                            name="token_type_embeddings")
+        modality = nn.Embed(
+            cfg.modality_type_vocab_size,
+            D,
+            dtype=self.dtype,
+            embedding_init=_INIT,
+            name="token_type_embeddings",
+        )
         text_BxLxD = text_BxLxD + modality(jnp.zeros(text_BxLxD.shape[:2], jnp.int32))
         image_BxNxD = image_BxNxD + modality(jnp.ones(image_BxNxD.shape[:2], jnp.int32))
-        return (jnp.concatenate([text_BxLxD, image_BxNxD], axis=1),
-                jnp.concatenate([text_mask_BxL, image_mask_BxN], axis=1))
+        return (
+            jnp.concatenate([text_BxLxD, image_BxNxD], axis=1),
+            jnp.concatenate([text_mask_BxL, image_mask_BxN], axis=1),
+        )
 
 
 class ViltAttention(nn.Module):
@@ -198,7 +253,10 @@ class ViltAttention(nn.Module):
             return dense(h_BxTxD).reshape(B, T, heads, D // heads)
 
         ctx_BxTxNxH = jax.nn.dot_product_attention(
-            project("query"), project("key"), project("value"), mask=mask_BxT[:, None, None, :].astype(bool)
+            project("query"),
+            project("key"),
+            project("value"),
+            mask=mask_BxT[:, None, None, :].astype(bool),
         )
         return _dense(D, self.dtype, "output")(ctx_BxTxNxH.reshape(B, T, D))
 
@@ -215,9 +273,13 @@ class ViltLayer(nn.Module):
         cfg = self.config
         ln = functools.partial(_layer_norm, cfg.layer_norm_eps, self.dtype)
         h_BxTxD = h_BxTxD + ViltAttention(cfg, self.peft, self.dtype, name="attention")(
-            ln("layernorm_before")(h_BxTxD), mask_BxT)
+            ln("layernorm_before")(h_BxTxD), mask_BxT
+        )
         ffn_BxTxF = _ACTIVATIONS[cfg.hidden_act](
-            _dense(cfg.intermediate_size, self.dtype, "intermediate")(ln("layernorm_after")(h_BxTxD)))
+            _dense(cfg.intermediate_size, self.dtype, "intermediate")(
+                ln("layernorm_after")(h_BxTxD)
+            )
+        )
         y_BxTxD = h_BxTxD + _dense(cfg.hidden_size, self.dtype, "output")(ffn_BxTxF)
         return AdapterSite(self.peft, self.dtype)(y_BxTxD, adapter_mode)
 
@@ -230,7 +292,9 @@ class ViltEncoder(nn.Module):
     @nn.compact
     def __call__(self, h_BxTxD: jax.Array, mask_BxT: jax.Array, adapter_mode: str) -> jax.Array:
         for i in range(self.config.num_hidden_layers):
-            h_BxTxD = ViltLayer(self.config, self.peft, self.dtype, name=f"layer_{i}")(h_BxTxD, mask_BxT, adapter_mode)
+            h_BxTxD = ViltLayer(self.config, self.peft, self.dtype, name=f"layer_{i}")(
+                h_BxTxD, mask_BxT, adapter_mode
+            )
         return h_BxTxD
 
 
@@ -247,13 +311,24 @@ class ViltModel(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs: Mapping[str, jax.Array], adapter_mode: str = "none", deterministic: bool = True):
+    def __call__(
+        self,
+        inputs: Mapping[str, jax.Array],
+        adapter_mode: str = "none",
+        deterministic: bool = True,
+    ):
         cfg = self.config
         text_prompts, visual_prompts = None, None
         if self.peft.num_text_prompts or self.peft.num_visual_prompts:
-            text_prompts, visual_prompts = Prompts(self.peft, cfg.hidden_size, self.dtype, name="prompts")()
-        h_BxTxD, mask_BxT = ViltEmbeddings(cfg, self.dtype, name="embeddings")(inputs, text_prompts, visual_prompts)
-        h_BxTxD = ViltEncoder(cfg, self.peft, self.dtype, name="encoder")(h_BxTxD, mask_BxT, adapter_mode)
+            text_prompts, visual_prompts = Prompts(
+                self.peft, cfg.hidden_size, self.dtype, name="prompts"
+            )()
+        h_BxTxD, mask_BxT = ViltEmbeddings(cfg, self.dtype, name="embeddings")(
+            inputs, text_prompts, visual_prompts
+        )
+        h_BxTxD = ViltEncoder(cfg, self.peft, self.dtype, name="encoder")(
+            h_BxTxD, mask_BxT, adapter_mode
+        )
         seq_BxTxD = _layer_norm(cfg.layer_norm_eps, self.dtype, "layernorm")(h_BxTxD)
         pooled_BxD = jnp.tanh(_dense(cfg.hidden_size, self.dtype, "pooler")(seq_BxTxD[:, 0]))
         return seq_BxTxD, pooled_BxD
@@ -268,7 +343,9 @@ class VqaHead(nn.Module):
     @nn.compact
     def __call__(self, pooled_BxD: jax.Array) -> jax.Array:
         h_BxE = _dense(2 * pooled_BxD.shape[-1], self.dtype, "dense_in")(pooled_BxD)
-        h_BxE = nn.gelu(_layer_norm(1e-5, self.dtype, "layernorm")(h_BxE), approximate=False)  # torch defaults
+        h_BxE = nn.gelu(
+            _layer_norm(1e-5, self.dtype, "layernorm")(h_BxE), approximate=False
+        )  # torch defaults
         return _dense(self.num_answers, self.dtype, "dense_out")(h_BxE)
 
 
@@ -281,6 +358,13 @@ class ViltVQA(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, inputs: Mapping[str, jax.Array], adapter_mode: str = "none", deterministic: bool = True):
-        _, pooled_BxD = ViltModel(self.config, self.peft, self.dtype, name="vilt")(inputs, adapter_mode, deterministic)
+    def __call__(
+        self,
+        inputs: Mapping[str, jax.Array],
+        adapter_mode: str = "none",
+        deterministic: bool = True,
+    ):
+        _, pooled_BxD = ViltModel(self.config, self.peft, self.dtype, name="vilt")(
+            inputs, adapter_mode, deterministic
+        )
         return VqaHead(self.num_answers, self.dtype, name="head")(pooled_BxD).astype(jnp.float32)

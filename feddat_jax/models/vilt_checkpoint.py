@@ -23,7 +23,11 @@ from feddat_jax.models.vilt import ViltConfig
 from feddat_jax.peft.partition import PEFT_PATTERN, flatten, unflatten
 
 IGNORED_PREFIXES = ("mlm_score.", "itm_score.")
-_HEAD_MODULES = {"dense_in": "classifier.0", "layernorm": "classifier.1", "dense_out": "classifier.3"}
+_HEAD_MODULES = {
+    "dense_in": "classifier.0",
+    "layernorm": "classifier.1",
+    "dense_out": "classifier.3",
+}
 # Our module path (dots) -> transformers' module path, applied in order after "layer_i" -> "layer.i".
 _RENAMES = (
     (r"\.attention\.(query|key|value)\.", r".attention.attention.\1."),
@@ -93,7 +97,9 @@ def read_state_dict(folder: str | Path) -> dict[str, np.ndarray]:
     elif (folder / "pytorch_model.bin").is_file():
         return _read_torch_bin(folder / "pytorch_model.bin")
     else:
-        raise CheckpointError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+        raise CheckpointError(
+            f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+        )
     from safetensors.numpy import load_file
 
     tensors: dict[str, np.ndarray] = {}
@@ -106,12 +112,18 @@ def _read_torch_bin(file: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as err:
-        raise CheckpointError(f"reading {file} needs PyTorch (or convert it to model.safetensors)") from err
-    state = torch.load(file, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+        raise CheckpointError(
+            f"reading {file} needs PyTorch (or convert it to model.safetensors)"
+        ) from err
+    state = torch.load(
+        file, map_location="cpu", weights_only=True
+    )  # never unpickle arbitrary objects
     return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
-def load_vilt_params(folder: str | Path, params: Mapping[str, Any], *, load_head: bool = True) -> dict[str, Any]:
+def load_vilt_params(
+    folder: str | Path, params: Mapping[str, Any], *, load_head: bool = True
+) -> dict[str, Any]:
     """`params` (the model's own init: {"vilt": …, "head": …}) with the checkpoint's tensors in
     (as host numpy arrays, in each init leaf's dtype).
 
@@ -123,7 +135,10 @@ def load_vilt_params(folder: str | Path, params: Mapping[str, Any], *, load_head
     read_vilt_config(folder)
     state = read_state_dict(folder)
     if not any(k.startswith("vilt.") for k in state):  # ViltModel-style keys
-        state = {(k if k.startswith(("classifier.",) + IGNORED_PREFIXES) else f"vilt.{k}"): v for k, v in state.items()}
+        state = {
+            (k if k.startswith(("classifier.",) + IGNORED_PREFIXES) else f"vilt.{k}"): v
+            for k, v in state.items()
+        }
     load_head = load_head and "head" in params
     has_head = load_head and any(k.startswith("classifier.") for k in state)
 
@@ -141,14 +156,19 @@ def load_vilt_params(folder: str | Path, params: Mapping[str, Any], *, load_head
         flat[path] = value.astype(init.dtype)
         used.add(name)
     skipped = () if load_head else ("classifier.",)
-    unexpected = [k for k in state if k not in used and not k.startswith(IGNORED_PREFIXES + skipped)]
+    unexpected = [
+        k for k in state if k not in used and not k.startswith(IGNORED_PREFIXES + skipped)
+    ]
     if missing or unexpected or bad_shapes:
         raise CheckpointError(
             f"checkpoint {folder} does not match the model: "
             + "; ".join(
                 f"{what} ({len(items)}): {items[:5]}"
-                for what, items in (("missing tensors", missing), ("unexpected tensors", unexpected),
-                                    ("shape mismatches", bad_shapes))
+                for what, items in (
+                    ("missing tensors", missing),
+                    ("unexpected tensors", unexpected),
+                    ("shape mismatches", bad_shapes),
+                )
                 if items
             )
         )

@@ -29,7 +29,9 @@ class Adapter(nn.Module):
         hidden = u_BxTxD.shape[-1]
         bottleneck = hidden // self.reduction
         if bottleneck < 1:
-            raise ValueError(f"adapter bottleneck hidden // reduction = {hidden} // {self.reduction} is 0")
+            raise ValueError(
+                f"adapter bottleneck hidden // reduction = {hidden} // {self.reduction} is 0"
+            )
         dense = lambda features, name: nn.Dense(
             features, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02), name=name
         )

@@ -49,19 +49,27 @@ class PeftConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         unknown = [a for a in self.adapters if a not in ADAPTER_NAMES]
         if unknown or len(set(self.adapters)) != len(self.adapters):
-            raise ValueError(f"PeftConfig.adapters must be distinct names from {ADAPTER_NAMES}, got {self.adapters}")
+            raise ValueError(
+                f"PeftConfig.adapters must be distinct names from {ADAPTER_NAMES}, got {self.adapters}"
+            )
         if self.adapter_reduction < 1:
-            raise ValueError(f"PeftConfig.adapter_reduction must be >= 1, got {self.adapter_reduction}")
+            raise ValueError(
+                f"PeftConfig.adapter_reduction must be >= 1, got {self.adapter_reduction}"
+            )
         if len(self.dat_weights) != 2 or not all(0.0 <= float(w) <= 1.0 for w in self.dat_weights):
             raise ValueError(
                 f"PeftConfig.dat_weights must be two numbers (client, shared) in [0, 1], got {self.dat_weights}"
             )
         if self.dat_gate and set(self.adapters) != set(ADAPTER_NAMES):
-            raise ValueError(f"PeftConfig.dat_gate needs adapters={ADAPTER_NAMES}, got {self.adapters}")
+            raise ValueError(
+                f"PeftConfig.dat_gate needs adapters={ADAPTER_NAMES}, got {self.adapters}"
+            )
         if self.lora_rank < 0:
             raise ValueError(f"PeftConfig.lora_rank must be >= 0, got {self.lora_rank}")
         bad_targets = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if bad_targets:
-            raise ValueError(f"PeftConfig.lora_targets must be a subset of {LORA_TARGETS}, got {self.lora_targets}")
+            raise ValueError(
+                f"PeftConfig.lora_targets must be a subset of {LORA_TARGETS}, got {self.lora_targets}"
+            )
         if min(self.num_text_prompts, self.num_visual_prompts) < 0 or self.prompt_hidden < 1:
             raise ValueError("PeftConfig prompt counts must be >= 0 and prompt_hidden >= 1")

@@ -32,7 +32,9 @@ class LoRADense(nn.Module):
     kernel_init: Any = nn.initializers.normal(0.02)
 
     def setup(self) -> None:
-        self.base = nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init)
+        self.base = nn.Dense(
+            self.features, use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init
+        )
         nn.share_scope(self, self.base)
 
     @nn.compact

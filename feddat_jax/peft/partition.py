@@ -45,7 +45,12 @@ RULES: dict[str, tuple[tuple[str, Role], ...]] = {
     "bitfit": (_HEAD, _PEFT_FROZEN, (r"/bias$", "shared"), _REST_FROZEN),
     # Every normalisation layer (BERT's "LayerNorm" included, which the official code missed):
     # modules whose name contains "norm", case-insensitive.
-    "layernorm": (_HEAD, _PEFT_FROZEN, (r"(?i)(^|/)[^/]*norm[^/]*/(scale|bias)$", "shared"), _REST_FROZEN),
+    "layernorm": (
+        _HEAD,
+        _PEFT_FROZEN,
+        (r"(?i)(^|/)[^/]*norm[^/]*/(scale|bias)$", "shared"),
+        _REST_FROZEN,
+    ),
     # FedAvg full fine-tuning of the whole backbone.
     "full": (_HEAD, _PEFT_FROZEN, (r".*", "shared")),
 }
@@ -118,4 +123,6 @@ def mask(params: Mapping[str, Any], rules: Rules, role: Role) -> dict[str, Any]:
 
 def count_params(tree: Any) -> int:
     """Number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
-    return int(sum(np.prod(np.shape(leaf), dtype=np.int64) for leaf in jax.tree_util.tree_leaves(tree)))
+    return int(
+        sum(np.prod(np.shape(leaf), dtype=np.int64) for leaf in jax.tree_util.tree_leaves(tree))
+    )

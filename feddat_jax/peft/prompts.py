@@ -29,7 +29,9 @@ class PromptEncoder(nn.Module):
     @nn.compact
     def __call__(self) -> jax.Array:
         # N(0, 1) like the torch nn.Embedding the official code uses.
-        tokens_PxH = self.param("tokens", nn.initializers.normal(1.0), (self.num_tokens, self.hidden))
+        tokens_PxH = self.param(
+            "tokens", nn.initializers.normal(1.0), (self.num_tokens, self.hidden)
+        )
         h = nn.tanh(nn.Dense(self.prompt_hidden, dtype=self.dtype, name="dense_in")(tokens_PxH))
         return nn.Dense(self.hidden, dtype=self.dtype, name="dense_out")(h)
 
@@ -48,7 +50,9 @@ class Prompts(nn.Module):
                 return None
             return PromptEncoder(num, self.hidden, self.peft.prompt_hidden, self.dtype, name=name)()
 
-        return encode(self.peft.num_text_prompts, "text_mlp"), encode(self.peft.num_visual_prompts, "visual_mlp")
+        return encode(self.peft.num_text_prompts, "text_mlp"), encode(
+            self.peft.num_visual_prompts, "visual_mlp"
+        )
 
 
 def insert_after_cls(h_BxTxD: jax.Array, mask_BxT: jax.Array, prompts_PxD: jax.Array | None):

@@ -4,6 +4,7 @@ Each file in ``configs/`` calls :func:`base_config` and changes what its experim
 field can be overridden on the command line (``--config.rounds=10``). The config is locked, so a
 misspelt key is an error, and ml_collections refuses a value of the wrong type.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,109 +17,121 @@ NON_NUMERIC_FIELDS = ("rounds", "eval_every", "checkpoint_every", "tensorboard",
 
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.method = "feddat"              # a key of feddat_jax.methods.METHODS
-  c.compare_methods = ()           # if set, launch.py runs each of these methods in turn
-  c.rounds = 30
-  c.clients_per_round = 1.0        # a float fraction of the registered clients, or an int count
-  c.batch_size = 2
-  c.eval_batch_size = 32
-  c.eval_every = 5
-  c.checkpoint_every = 1
-  c.aggregation = "weighted"       # "uniform" reproduces the official code
-  c.reset_optimizer_each_round = True
-  c.fedprox_mu = 0.01
-  c.tensorboard = True
-  c.comm_max_bytes = 0.0           # stop cleanly before a round that would pass it (0 = no cap)
-  # central DP of the shared channel (docs/PRIVACY.md); needs aggregation="uniform"
-  c.dp = ml_collections.ConfigDict(dict(enabled=False, clip_norm=1.0, noise_multiplier=1.0,
-                                        delta=1e-5, accountant="rdp"))
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.method = "feddat"  # a key of feddat_jax.methods.METHODS
+    c.compare_methods = ()  # if set, launch.py runs each of these methods in turn
+    c.rounds = 30
+    c.clients_per_round = 1.0  # a float fraction of the registered clients, or an int count
+    c.batch_size = 2
+    c.eval_batch_size = 32
+    c.eval_every = 5
+    c.checkpoint_every = 1
+    c.aggregation = "weighted"  # "uniform" reproduces the official code
+    c.reset_optimizer_each_round = True
+    c.fedprox_mu = 0.01
+    c.tensorboard = True
+    c.comm_max_bytes = 0.0  # stop cleanly before a round that would pass it (0 = no cap)
+    # central DP of the shared channel (docs/PRIVACY.md); needs aggregation="uniform"
+    c.dp = ml_collections.ConfigDict(
+        dict(enabled=False, clip_norm=1.0, noise_multiplier=1.0, delta=1e-5, accountant="rdp")
+    )
 
-  c.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01, warmup_fraction=0.1,
-      schedule_epochs=15.0))
-  c.server = ml_collections.ConfigDict()
-  c.server.optimizer = ""          # "" = the method's own (fedavg unless e.g. fedadam_adapter)
-  c.server.hyper = ml_collections.ConfigDict(dict(learning_rate=1.0, momentum=0.9, b1=0.9,
-                                                  b2=0.99, tau=1e-3))
-  c.feddat = ml_collections.ConfigDict(dict(temperature=3.0, task_weight=0.5, kd_weight=0.5,
-                                            eval_teacher="round_start"))
-  c.faithful = ml_collections.ConfigDict(dict(freeze_client_adapter_after_round0=False,
-                                              same_order_each_round=False))
-  c.peft = ml_collections.ConfigDict(dict(adapter_reduction=16, lora_rank=16))
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-4,
+            b1=0.9,
+            b2=0.98,
+            eps=1e-8,
+            weight_decay=0.01,
+            warmup_fraction=0.1,
+            schedule_epochs=15.0,
+        )
+    )
+    c.server = ml_collections.ConfigDict()
+    c.server.optimizer = ""  # "" = the method's own (fedavg unless e.g. fedadam_adapter)
+    c.server.hyper = ml_collections.ConfigDict(
+        dict(learning_rate=1.0, momentum=0.9, b1=0.9, b2=0.99, tau=1e-3)
+    )
+    c.feddat = ml_collections.ConfigDict(
+        dict(temperature=3.0, task_weight=0.5, kd_weight=0.5, eval_teacher="round_start")
+    )
+    c.faithful = ml_collections.ConfigDict(
+        dict(freeze_client_adapter_after_round0=False, same_order_each_round=False)
+    )
+    c.peft = ml_collections.ConfigDict(dict(adapter_reduction=16, lora_rank=16))
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "vilt"            # "vilt" | "albef" (feddat_jax.models.registry.MODEL_NAMES)
-  c.model.checkpoint = ""          # local HF folder; "" = random init at model.size
-  c.model.size = "base"            # "tiny" | "base" (only without a checkpoint)
-  c.model.dtype = "float32"        # compute dtype; params stay float32
-  c.model.image_hw = (384, 640)    # every image is padded to this static size (pixel mask)
-  c.model.max_text_len = 40
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "vilt"  # "vilt" | "albef" (feddat_jax.models.registry.MODEL_NAMES)
+    c.model.checkpoint = ""  # local HF folder; "" = random init at model.size
+    c.model.size = "base"  # "tiny" | "base" (only without a checkpoint)
+    c.model.dtype = "float32"  # compute dtype; params stay float32
+    c.model.image_hw = (384, 640)  # every image is padded to this static size (pixel mask)
+    c.model.max_text_len = 40
 
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"           # "tfds" (a built benchmark) | "embedded"
-  c.data.tfds_dir = ""
-  c.data.family = "domain"
-  c.data.num_clients = 0           # 0 = every client of the family
-  c.data.image_size = 64
-  c.data.train_per_client = 300
-  c.data.test_per_client = 100
-  c.data.seed = 0
-  c.data.cache_dir = "~/.cache/feddat_jax/embedded"
-  return c
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"  # "tfds" (a built benchmark) | "embedded"
+    c.data.tfds_dir = ""
+    c.data.family = "domain"
+    c.data.num_clients = 0  # 0 = every client of the family
+    c.data.image_size = 64
+    c.data.train_per_client = 300
+    c.data.test_per_client = 100
+    c.data.seed = 0
+    c.data.cache_dir = "~/.cache/feddat_jax/embedded"
+    return c
 
 
 def fingerprint_json(config: ml_collections.ConfigDict) -> str:
-  """The config as canonical JSON without the fields that do not change the numbers."""
-  d = json.loads(config.to_json())
-  for key in NON_NUMERIC_FIELDS:
-    d.pop(key, None)
-  return json.dumps(d, sort_keys=True)
+    """The config as canonical JSON without the fields that do not change the numbers."""
+    d = json.loads(config.to_json())
+    for key in NON_NUMERIC_FIELDS:
+        d.pop(key, None)
+    return json.dumps(d, sort_keys=True)
 
 
 def _smoke(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-  """``arg`` "smoke": one round of a tiny random model on the embedded benchmark family of the
-  same name, so a paper config is exercised without the real data and checkpoint."""
-  if arg == "smoke":
-    c.data.source = "embedded"
-    c.data.train_per_client, c.data.test_per_client, c.data.image_size = 12, 6, 32
-    c.model.size, c.model.image_hw, c.model.max_text_len = "tiny", (32, 32), 16
-    c.rounds, c.eval_every, c.batch_size, c.tensorboard = 1, 1, 4, False
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")
-  return c
+    """``arg`` "smoke": one round of a tiny random model on the embedded benchmark family of the
+    same name, so a paper config is exercised without the real data and checkpoint."""
+    if arg == "smoke":
+        c.data.source = "embedded"
+        c.data.train_per_client, c.data.test_per_client, c.data.image_size = 12, 6, 32
+        c.model.size, c.model.image_hw, c.model.max_text_len = "tiny", (32, 32), 16
+        c.rounds, c.eval_every, c.batch_size, c.tensorboard = 1, 1, 4, False
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")
+    return c
 
 
 def paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
-  """ViLT on one of the paper's benchmarks with SPEC §2 hyperparameters.
+    """ViLT on one of the paper's benchmarks with SPEC §2 hyperparameters.
 
-  ``arg`` is "" (the real run: pass --config.data.tfds_dir and --config.model.checkpoint) or
-  "smoke" (the same experiment shrunk to one round of a tiny random ViLT on the embedded
-  benchmark family of the same name, so the config is exercised without the real data).
-  """
-  c = base_config()
-  c.data.source = "tfds"
-  c.data.family = benchmark
-  c.rounds = 30
-  c.eval_every = 5
-  return _smoke(c, arg)
+    ``arg`` is "" (the real run: pass --config.data.tfds_dir and --config.model.checkpoint) or
+    "smoke" (the same experiment shrunk to one round of a tiny random ViLT on the embedded
+    benchmark family of the same name, so the config is exercised without the real data).
+    """
+    c = base_config()
+    c.data.source = "tfds"
+    c.data.family = benchmark
+    c.rounds = 30
+    c.eval_every = 5
+    return _smoke(c, arg)
 
 
 def albef_paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
-  """ALBEF (ViT-B/16 + BERT, the 14M ``ALBEF.pth``) on one of the paper's benchmarks: SPEC §2
-  hyperparameters, 20 rounds, images resized to 384x384, answers ranked over each client's list.
+    """ALBEF (ViT-B/16 + BERT, the 14M ``ALBEF.pth``) on one of the paper's benchmarks: SPEC §2
+    hyperparameters, 20 rounds, images resized to 384x384, answers ranked over each client's list.
 
-  ``arg`` is "" (the real run: pass --config.data.tfds_dir, --config.model.checkpoint=ALBEF.pth
-  and --config.model.tokenizer=a bert-base-uncased folder) or "smoke" (one round of a tiny
-  random ALBEF on the embedded benchmark family of the same name).
-  """
-  c = base_config()
-  c.model.name = "albef"
-  c.model.image_hw = (384, 384)    # ALBEF's VQA resolution (square: no padding, no pixel mask)
-  c.model.tokenizer = ""           # BERT tokenizer folder; "" = the checkpoint, if a folder
-  c.data.source = "tfds"
-  c.data.family = benchmark
-  c.rounds = 20
-  c.eval_every = 5
-  return _smoke(c, arg)
+    ``arg`` is "" (the real run: pass --config.data.tfds_dir, --config.model.checkpoint=ALBEF.pth
+    and --config.model.tokenizer=a bert-base-uncased folder) or "smoke" (one round of a tiny
+    random ALBEF on the embedded benchmark family of the same name).
+    """
+    c = base_config()
+    c.model.name = "albef"
+    c.model.image_hw = (384, 384)  # ALBEF's VQA resolution (square: no padding, no pixel mask)
+    c.model.tokenizer = ""  # BERT tokenizer folder; "" = the checkpoint, if a folder
+    c.data.source = "tfds"
+    c.data.family = benchmark
+    c.rounds = 20
+    c.eval_every = 5
+    return _smoke(c, arg)

@@ -3,6 +3,7 @@
 This is the only place where the config's names meet the library's objects, so a wrong key or
 value fails here, before any compute, with a message that names it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,112 +37,148 @@ DATA_SOURCES = ("embedded", "tfds")
 
 @dataclasses.dataclass
 class Experiment:
-  """A run's immutable pieces plus its initial state."""
-  config: ml_collections.ConfigDict
-  method: methods.Method
-  benchmark: FederatedBenchmark
-  train_store: ClientDataStore
-  tasks: ClientTasks                 # [N]
-  eval_data: dict[str, np.ndarray]   # [N, S_e, B_e, ...] every client's test split
-  algorithm: LocalAlgorithm
-  frozen: PyTree
-  server: ServerState
-  private_N: PyTree
-  round_fn: Any
-  eval_fn: Any
-  param_share: communication.ParameterShare
-  accountant: PrivacyAccountant | None
-  # ALBEF: every client's answer list [N, A, La] (registry.answer_lists); {} for ViLT
-  answers_N: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """A run's immutable pieces plus its initial state."""
 
-  @property
-  def client_names(self) -> list[str]:
-    return [c.name for c in self.benchmark.clients]
+    config: ml_collections.ConfigDict
+    method: methods.Method
+    benchmark: FederatedBenchmark
+    train_store: ClientDataStore
+    tasks: ClientTasks  # [N]
+    eval_data: dict[str, np.ndarray]  # [N, S_e, B_e, ...] every client's test split
+    algorithm: LocalAlgorithm
+    frozen: PyTree
+    server: ServerState
+    private_N: PyTree
+    round_fn: Any
+    eval_fn: Any
+    param_share: communication.ParameterShare
+    accountant: PrivacyAccountant | None
+    # ALBEF: every client's answer list [N, A, La] (registry.answer_lists); {} for ViLT
+    answers_N: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
-  def with_answer_lists(self, batch: dict[str, np.ndarray], client_ids) -> dict[str, np.ndarray]:
-    """A pipeline batch [C, S, B, ...] of these clients plus what the backbone needs per client
-    (ALBEF: the answer lists [C, S, A, La])."""
-    return registry.with_answer_lists(batch, self.answers_N, client_ids)
+    @property
+    def client_names(self) -> list[str]:
+        return [c.name for c in self.benchmark.clients]
+
+    def with_answer_lists(self, batch: dict[str, np.ndarray], client_ids) -> dict[str, np.ndarray]:
+        """A pipeline batch [C, S, B, ...] of these clients plus what the backbone needs per client
+        (ALBEF: the answer lists [C, S, A, La])."""
+        return registry.with_answer_lists(batch, self.answers_N, client_ids)
 
 
 def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> FederatedBenchmark:
-  source = registry.choice(data.source, DATA_SOURCES, "data.source")
-  if source == "tfds":
-    return tfds_store.read_benchmark(data.tfds_dir)
-  return embedded.load_or_build(
-      data.family, Path(data.cache_dir).expanduser(), num_clients=data.num_clients or None,
-      image_size=data.image_size, train_per_client=data.train_per_client,
-      test_per_client=data.test_per_client, seed=data.seed, patch_size=patch_size)
+    source = registry.choice(data.source, DATA_SOURCES, "data.source")
+    if source == "tfds":
+        return tfds_store.read_benchmark(data.tfds_dir)
+    return embedded.load_or_build(
+        data.family,
+        Path(data.cache_dir).expanduser(),
+        num_clients=data.num_clients or None,
+        image_size=data.image_size,
+        train_per_client=data.train_per_client,
+        test_per_client=data.test_per_client,
+        seed=data.seed,
+        patch_size=patch_size,
+    )
 
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-  method = methods.get_method(config.method)
-  benchmark = load_benchmark(config.data, registry.patch_size(config))
-  encoder = registry.text_encoder(config, benchmark)
-  clients = benchmark.clients
-  num_answers = max(len(c.answers) for c in clients)
-  hw = tuple(config.model.image_hw)
-  train_store = ClientDataStore.build(clients, "train", encoder, hw, config.model.max_text_len,
-                                      num_answers)
-  test_store = ClientDataStore.build(clients, "test", encoder, hw, config.model.max_text_len,
-                                     num_answers)
-  tasks = ClientTasks(**{k: jnp.asarray(v) for k, v in task_metadata(clients, num_answers).items()})
-  validate_tasks(tasks)
-  answers_N = registry.answer_lists(config, clients, encoder, num_answers)  # {} for ViLT
-  all_ids = np.arange(len(clients))
-  eval_data = registry.with_answer_lists(eval_batches(test_store, all_ids, config.eval_batch_size),
-                                         answers_N, all_ids)
+    method = methods.get_method(config.method)
+    benchmark = load_benchmark(config.data, registry.patch_size(config))
+    encoder = registry.text_encoder(config, benchmark)
+    clients = benchmark.clients
+    num_answers = max(len(c.answers) for c in clients)
+    hw = tuple(config.model.image_hw)
+    train_store = ClientDataStore.build(
+        clients, "train", encoder, hw, config.model.max_text_len, num_answers
+    )
+    test_store = ClientDataStore.build(
+        clients, "test", encoder, hw, config.model.max_text_len, num_answers
+    )
+    tasks = ClientTasks(
+        **{k: jnp.asarray(v) for k, v in task_metadata(clients, num_answers).items()}
+    )
+    validate_tasks(tasks)
+    answers_N = registry.answer_lists(config, clients, encoder, num_answers)  # {} for ViLT
+    all_ids = np.arange(len(clients))
+    eval_data = registry.with_answer_lists(
+        eval_batches(test_store, all_ids, config.eval_batch_size), answers_N, all_ids
+    )
 
-  peft = methods.peft_config(method, adapter_reduction=config.peft.adapter_reduction,
-                             **({"lora_rank": config.peft.lora_rank} if method.peft.get("lora_rank")
-                                else {}))
-  answer_len = answers_N["answer_input_ids"].shape[-1] if answers_N else 0
-  model, params, inputs_fn, _ = registry.build_backbone(config, peft, num_answers, encoder,
-                                                        answer_len=answer_len)
-  frozen, shared, private = methods.split_params(method, params)
+    peft = methods.peft_config(
+        method,
+        adapter_reduction=config.peft.adapter_reduction,
+        **({"lora_rank": config.peft.lora_rank} if method.peft.get("lora_rank") else {}),
+    )
+    answer_len = answers_N["answer_input_ids"].shape[-1] if answers_N else 0
+    model, params, inputs_fn, _ = registry.build_backbone(
+        config, peft, num_answers, encoder, answer_len=answer_len
+    )
+    frozen, shared, private = methods.split_params(method, params)
 
-  forward = methods.make_forward(model, inputs_fn)
-  algorithm = methods.build_algorithm(method, forward, local_optim.LocalOptimConfig(**config.optim),
-                                      **algorithm_options(config, method))
-  server_tx = make_server_optimizer(config.server.optimizer or method.server_optimizer,
-                                    **config.server.hyper)
-  server = init_server_state(shared, server_tx, jax.random.key(config.seed + 1))
-  private_one = algorithm.init_private(shared, private)
-  private_N = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(clients),) + x.shape).copy(),
-                           private_one)
-  aggregator, accountant = build_aggregation(config, len(clients))
-  return Experiment(config=config, method=method, benchmark=benchmark, train_store=train_store,
-                    tasks=tasks, eval_data=eval_data, algorithm=algorithm, frozen=frozen,
-                    server=server, private_N=private_N,
-                    round_fn=make_round_fn(algorithm, server_tx, aggregator),
-                    eval_fn=make_eval_fn(algorithm),
-                    param_share=communication.parameter_share(frozen, shared, private),
-                    accountant=accountant, answers_N=answers_N)
+    forward = methods.make_forward(model, inputs_fn)
+    algorithm = methods.build_algorithm(
+        method,
+        forward,
+        local_optim.LocalOptimConfig(**config.optim),
+        **algorithm_options(config, method),
+    )
+    server_tx = make_server_optimizer(
+        config.server.optimizer or method.server_optimizer, **config.server.hyper
+    )
+    server = init_server_state(shared, server_tx, jax.random.key(config.seed + 1))
+    private_one = algorithm.init_private(shared, private)
+    private_N = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (len(clients),) + x.shape).copy(), private_one
+    )
+    aggregator, accountant = build_aggregation(config, len(clients))
+    return Experiment(
+        config=config,
+        method=method,
+        benchmark=benchmark,
+        train_store=train_store,
+        tasks=tasks,
+        eval_data=eval_data,
+        algorithm=algorithm,
+        frozen=frozen,
+        server=server,
+        private_N=private_N,
+        round_fn=make_round_fn(algorithm, server_tx, aggregator),
+        eval_fn=make_eval_fn(algorithm),
+        param_share=communication.parameter_share(frozen, shared, private),
+        accountant=accountant,
+        answers_N=answers_N,
+    )
 
 
-def build_aggregation(config: ml_collections.ConfigDict,
-                      num_clients: int) -> tuple[Aggregator, PrivacyAccountant | None]:
-  """The plain mean, or (``dp.enabled``) the DP-FedAvg aggregator and its privacy accountant."""
-  if not config.dp.enabled:
-    return MeanAggregator(config.aggregation), None
-  dp = config.dp
-  aggregator = make_dp_aggregator(dp.clip_norm, dp.noise_multiplier,
-                                  aggregation=config.aggregation)
-  accountant = PrivacyAccountant.for_cohort(dp.noise_multiplier, num_clients,
-                                            config.clients_per_round, dp.delta, dp.accountant)
-  return aggregator, accountant
+def build_aggregation(
+    config: ml_collections.ConfigDict, num_clients: int
+) -> tuple[Aggregator, PrivacyAccountant | None]:
+    """The plain mean, or (``dp.enabled``) the DP-FedAvg aggregator and its privacy accountant."""
+    if not config.dp.enabled:
+        return MeanAggregator(config.aggregation), None
+    dp = config.dp
+    aggregator = make_dp_aggregator(
+        dp.clip_norm, dp.noise_multiplier, aggregation=config.aggregation
+    )
+    accountant = PrivacyAccountant.for_cohort(
+        dp.noise_multiplier, num_clients, config.clients_per_round, dp.delta, dp.accountant
+    )
+    return aggregator, accountant
 
 
 def algorithm_options(config: ml_collections.ConfigDict, method: methods.Method) -> dict:
-  """The config's algorithm options that apply to this method's algorithm."""
-  if method.algorithm == "feddat":
-    opts = dict(config.feddat)
-    opts["freeze_client_adapter_after_round0"] = config.faithful.freeze_client_adapter_after_round0
-  else:
-    opts = {"prox_mu": config.fedprox_mu} if "prox_mu" in method.options else {}
-  opts["reset_optimizer_each_round"] = config.reset_optimizer_each_round
-  return opts
+    """The config's algorithm options that apply to this method's algorithm."""
+    if method.algorithm == "feddat":
+        opts = dict(config.feddat)
+        opts["freeze_client_adapter_after_round0"] = (
+            config.faithful.freeze_client_adapter_after_round0
+        )
+    else:
+        opts = {"prox_mu": config.fedprox_mu} if "prox_mu" in method.options else {}
+    opts["reset_optimizer_each_round"] = config.reset_optimizer_each_round
+    return opts
 
 
 def workdir_for(config: ml_collections.ConfigDict, root: str | Path) -> Path:
-  return Path(root) / config.method
+    return Path(root) / config.method

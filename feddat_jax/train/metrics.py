@@ -4,6 +4,7 @@ A record is a flat dict ``{"round": r, "name/sub": value, ...}``. The full histo
 memory (it is small: one record per round) and goes into every checkpoint, so a resumed run
 rewrites the files from the checkpoint's history: no round is lost or written twice.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,55 +19,57 @@ Record = dict[str, Any]
 
 
 def to_python(value: Any) -> Any:
-  """Numpy / JAX scalars to plain Python numbers for JSON."""
-  if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "item"):
-    return np.asarray(value).item()
-  return value
+    """Numpy / JAX scalars to plain Python numbers for JSON."""
+    if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "item"):
+        return np.asarray(value).item()
+    return value
 
 
 class MetricsWriter:
-  """Writes ``metrics.jsonl``, ``metrics.csv`` and TensorBoard events into ``workdir``."""
+    """Writes ``metrics.jsonl``, ``metrics.csv`` and TensorBoard events into ``workdir``."""
 
-  def __init__(self, workdir: str | Path, history: list[Record] | None = None,
-               tensorboard: bool = True):
-    self.workdir = Path(workdir)
-    self.history: list[Record] = list(history or [])
-    self._tb = None
-    if tensorboard:
-      from tensorboardX import SummaryWriter  # imported lazily: only the shell needs it
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-    self._rewrite()
+    def __init__(
+        self, workdir: str | Path, history: list[Record] | None = None, tensorboard: bool = True
+    ):
+        self.workdir = Path(workdir)
+        self.history: list[Record] = list(history or [])
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # imported lazily: only the shell needs it
 
-  def write(self, record: Record) -> None:
-    record = {k: to_python(v) for k, v in record.items()}
-    self.history.append(record)
-    with open(self.workdir / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(record) + "\n")
-    self._write_csv()
-    if self._tb is not None:
-      for key, value in record.items():
-        if key != "round" and isinstance(value, (int, float)) and math.isfinite(value):
-          self._tb.add_scalar(key, value, record["round"])
-      self._tb.flush()
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+        self._rewrite()
 
-  def _rewrite(self) -> None:
-    with open(self.workdir / "metrics.jsonl", "w") as f:
-      for record in self.history:
-        f.write(json.dumps(record) + "\n")
-    self._write_csv()
+    def write(self, record: Record) -> None:
+        record = {k: to_python(v) for k, v in record.items()}
+        self.history.append(record)
+        with open(self.workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._write_csv()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "round" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, record["round"])
+            self._tb.flush()
 
-  def _write_csv(self) -> None:
-    columns = sorted({k for r in self.history for k in r}, key=lambda k: (k != "round", k))
-    with open(self.workdir / "metrics.csv", "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=columns)
-      writer.writeheader()
-      writer.writerows(self.history)
+    def _rewrite(self) -> None:
+        with open(self.workdir / "metrics.jsonl", "w") as f:
+            for record in self.history:
+                f.write(json.dumps(record) + "\n")
+        self._write_csv()
 
-  def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    def _write_csv(self) -> None:
+        columns = sorted({k for r in self.history for k in r}, key=lambda k: (k != "round", k))
+        with open(self.workdir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
 
 
 def read_jsonl(path: str | Path) -> list[Record]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,4 +1,5 @@
 """The end-of-run comparison: a table on the terminal, the same as JSON, and the PNG plots."""
+
 from __future__ import annotations
 
 import json
@@ -9,53 +10,59 @@ from feddat_jax.train.metrics import Record
 
 
 def headline_variant(history: list[Record]) -> str:
-  """The variant a method is judged by: the DAT for FedDAT, the global model otherwise."""
-  last = _last_eval(history)
-  return "dat" if "score/mean/dat" in last else "global"
+    """The variant a method is judged by: the DAT for FedDAT, the global model otherwise."""
+    last = _last_eval(history)
+    return "dat" if "score/mean/dat" in last else "global"
 
 
 def _last_eval(history: list[Record]) -> Record:
-  evals = [r for r in history if any(k.startswith("score/mean/") for k in r)]
-  return evals[-1] if evals else {}
+    evals = [r for r in history if any(k.startswith("score/mean/") for k in r)]
+    return evals[-1] if evals else {}
 
 
 def final_scores(runs: dict[str, list[Record]], clients: list[str]) -> dict[str, dict]:
-  """Per method: round, the headline variant, per-client and mean scores of the last evaluation."""
-  out = {}
-  for method, history in runs.items():
-    last, variant = _last_eval(history), headline_variant(history)
-    out[method] = {"round": last.get("round"), "variant": variant,
-                   "clients": {c: last.get(f"score/{c}/{variant}") for c in clients},
-                   "mean": last.get(f"score/mean/{variant}"),
-                   "comm_mb": history[-1]["comm/bytes_cumulative"] / 1e6 if history else 0,
-                   "all_variants": {k.split("/")[-1]: v for k, v in last.items()
-                                    if k.startswith("score/mean/")}}
-  return out
+    """Per method: round, the headline variant, per-client and mean scores of the last evaluation."""
+    out = {}
+    for method, history in runs.items():
+        last, variant = _last_eval(history), headline_variant(history)
+        out[method] = {
+            "round": last.get("round"),
+            "variant": variant,
+            "clients": {c: last.get(f"score/{c}/{variant}") for c in clients},
+            "mean": last.get(f"score/mean/{variant}"),
+            "comm_mb": history[-1]["comm/bytes_cumulative"] / 1e6 if history else 0,
+            "all_variants": {
+                k.split("/")[-1]: v for k, v in last.items() if k.startswith("score/mean/")
+            },
+        }
+    return out
 
 
 def format_table(scores: dict[str, dict], clients: list[str]) -> str:
-  width = max(10, *(len(c) for c in clients))
-  head = f"{'method':<22}{'variant':<8}" + "".join(f"{c[:width]:>{width + 1}}" for c in clients)
-  head += f"{'mean':>8}{'comm MB':>9}"
-  lines = [head, "-" * len(head)]
-  for method, s in scores.items():
-    cells = "".join(f"{_fmt(s['clients'][c]):>{width + 1}}" for c in clients)
-    lines.append(f"{method:<22}{s['variant']:<8}{cells}{_fmt(s['mean']):>8}{s['comm_mb']:>9.2f}")
-  return "\n".join(lines)
+    width = max(10, *(len(c) for c in clients))
+    head = f"{'method':<22}{'variant':<8}" + "".join(f"{c[:width]:>{width + 1}}" for c in clients)
+    head += f"{'mean':>8}{'comm MB':>9}"
+    lines = [head, "-" * len(head)]
+    for method, s in scores.items():
+        cells = "".join(f"{_fmt(s['clients'][c]):>{width + 1}}" for c in clients)
+        lines.append(
+            f"{method:<22}{s['variant']:<8}{cells}{_fmt(s['mean']):>8}{s['comm_mb']:>9.2f}"
+        )
+    return "\n".join(lines)
 
 
 def _fmt(value) -> str:
-  return "-" if value is None else f"{value:.1f}"
+    return "-" if value is None else f"{value:.1f}"
 
 
 def write_report(runs: dict[str, list[Record]], clients: list[str], workdir: str | Path) -> str:
-  """Write ``results.json``, ``scores.png`` and ``communication.png``; return the table text."""
-  workdir = Path(workdir)
-  scores = final_scores(runs, clients)
-  (workdir / "results.json").write_text(json.dumps(scores, indent=2))
-  variants = {m: headline_variant(h) for m, h in runs.items()}
-  plots.plot_scores(runs, clients, workdir / "scores.png", variants)
-  plots.plot_communication(runs, workdir / "communication.png", variants)
-  table = format_table(scores, clients)
-  (workdir / "results.txt").write_text(table + "\n")
-  return table
+    """Write ``results.json``, ``scores.png`` and ``communication.png``; return the table text."""
+    workdir = Path(workdir)
+    scores = final_scores(runs, clients)
+    (workdir / "results.json").write_text(json.dumps(scores, indent=2))
+    variants = {m: headline_variant(h) for m, h in runs.items()}
+    plots.plot_scores(runs, clients, workdir / "scores.png", variants)
+    plots.plot_communication(runs, workdir / "communication.png", variants)
+    table = format_table(scores, clients)
+    (workdir / "results.txt").write_text(table + "\n")
+    return table

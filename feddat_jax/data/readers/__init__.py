@@ -13,9 +13,19 @@ Registry names: vqav2, vqa_abstract, vizwiz, gqa, cocoqa, aqua, clove, nlvr2, sn
 
 from __future__ import annotations
 
-from ._common import (BadImageError, ReadLog, Candidate, MalformedRecordError,
-                      MissingSourceError, Reader, SourceError, annotator_scores, load_example,
-                      norm_answer, vqa_min3_scores)
+from ._common import (
+    BadImageError,
+    ReadLog,
+    Candidate,
+    MalformedRecordError,
+    MissingSourceError,
+    Reader,
+    SourceError,
+    annotator_scores,
+    load_example,
+    norm_answer,
+    vqa_min3_scores,
+)
 from .aqua import AQUAReader
 from .clove import CLOVEReader
 from .cocoqa import COCOQAReader
@@ -51,9 +61,27 @@ def get_reader(name: str, **options) -> Reader:
 
 
 __all__ = [
-    "READERS", "get_reader", "Reader", "Candidate", "ReadLog", "SourceError",
-    "MissingSourceError", "MalformedRecordError", "BadImageError", "load_example",
-    "norm_answer", "vqa_min3_scores", "annotator_scores",
-    "AQUAReader", "CLOVEReader", "COCOQAReader", "GQAReader", "NLVR2Reader", "SNLIVEReader",
-    "VCRReader", "VizWizReader", "VQAAbstractReader", "VQAv2Reader",
+    "READERS",
+    "get_reader",
+    "Reader",
+    "Candidate",
+    "ReadLog",
+    "SourceError",
+    "MissingSourceError",
+    "MalformedRecordError",
+    "BadImageError",
+    "load_example",
+    "norm_answer",
+    "vqa_min3_scores",
+    "annotator_scores",
+    "AQUAReader",
+    "CLOVEReader",
+    "COCOQAReader",
+    "GQAReader",
+    "NLVR2Reader",
+    "SNLIVEReader",
+    "VCRReader",
+    "VizWizReader",
+    "VQAAbstractReader",
+    "VQAv2Reader",
 ]

@@ -147,12 +147,19 @@ class Reader:
     def describe(self) -> dict:
         return {"reader": self.name}
 
-    def scan(self, root: os.PathLike | str, split: str, log: ReadLog | None = None
-             ) -> Iterator[Candidate]:
+    def scan(
+        self, root: os.PathLike | str, split: str, log: ReadLog | None = None
+    ) -> Iterator[Candidate]:
         raise NotImplementedError
 
-    def read(self, root: os.PathLike | str, split: str, *, skip_bad: bool = False,
-             log: ReadLog | None = None) -> Iterator[Any]:
+    def read(
+        self,
+        root: os.PathLike | str,
+        split: str,
+        *,
+        skip_bad: bool = False,
+        log: ReadLog | None = None,
+    ) -> Iterator[Any]:
         """Yield :class:`feddat_jax.data.records.Example` s (images loaded) of one split."""
         log = log if log is not None else ReadLog(skip_bad=skip_bad)
         for cand in self.scan(root, split, log):
@@ -174,7 +181,7 @@ def find_path(what: str, candidates: Iterable[os.PathLike | str], *, is_dir: boo
     """First existing path among ``candidates``; :class:`MissingSourceError` naming all of them."""
     tried = [Path(c) for c in candidates]
     for p in tried:
-        if (p.is_dir() if is_dir else p.is_file()):
+        if p.is_dir() if is_dir else p.is_file():
             return p
     raise MissingSourceError(what, tried)
 
@@ -217,8 +224,9 @@ def _read_text(path: Path) -> str:
         raise MalformedRecordError(path, 1, f"not UTF-8 text ({e})") from None
 
 
-def iter_json_items(path: os.PathLike | str, key: str | None = None,
-                    log: ReadLog | None = None) -> Iterator[tuple[int, Any]]:
+def iter_json_items(
+    path: os.PathLike | str, key: str | None = None, log: ReadLog | None = None
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(pos, item)`` for each item of the JSON container at the top of ``path`` (or at
     top-level ``key``): list elements, or ``(k, v)`` pairs of an object. ``pos`` (a
     :class:`RecordPos`, an int) is the line where the item starts, with its column and index, so
@@ -239,21 +247,22 @@ def iter_json_items(path: os.PathLike | str, key: str | None = None,
         try:
             return dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            raise MalformedRecordError(path, RecordPos(e.lineno, e.colno, None),
-                                       f"invalid JSON: {e.msg}") from None
+            raise MalformedRecordError(
+                path, RecordPos(e.lineno, e.colno, None), f"invalid JSON: {e.msg}"
+            ) from None
 
     pos = skip_ws(0)
     if key is not None:
-        if text[pos:pos + 1] != "{":
+        if text[pos : pos + 1] != "{":
             fail(pos, f"expected a JSON object with key {key!r} at the top")
         pos = skip_ws(pos + 1)
         found = False
-        while text[pos:pos + 1] != "}":
+        while text[pos : pos + 1] != "}":
             if pos >= len(text):
                 fail(pos, "unexpected end of file")
             k, pos = decode(pos)
             pos = skip_ws(pos)
-            if text[pos:pos + 1] != ":":
+            if text[pos : pos + 1] != ":":
                 fail(pos, "expected ':'")
             pos = skip_ws(pos + 1)
             if k == key:
@@ -261,11 +270,11 @@ def iter_json_items(path: os.PathLike | str, key: str | None = None,
                 break
             _, pos = decode(pos)  # skip the value of another key
             pos = skip_ws(pos)
-            if text[pos:pos + 1] == ",":
+            if text[pos : pos + 1] == ",":
                 pos = skip_ws(pos + 1)
         if not found:
             fail(0, f"top-level key {key!r} not found")
-    opener = text[pos:pos + 1]
+    opener = text[pos : pos + 1]
     if opener not in ("[", "{"):
         fail(pos, "expected a JSON array or object")
     closer = "]" if opener == "[" else "}"
@@ -287,7 +296,7 @@ def iter_json_items(path: os.PathLike | str, key: str | None = None,
         else:
             k, pos = decode(pos)
             pos = skip_ws(pos)
-            if text[pos:pos + 1] != ":":
+            if text[pos : pos + 1] != ":":
                 fail(pos, "expected ':'")
             v, pos = decode(skip_ws(pos + 1))
             item = (k, v)
@@ -320,8 +329,7 @@ def field(rec: Any, name: str, path: os.PathLike | str, line: int, types=None):
     if types is not None:
         allowed = types if isinstance(types, tuple) else (types,)
         if not isinstance(val, allowed) or (isinstance(val, bool) and bool not in allowed):
-            raise MalformedRecordError(
-                path, line, f"field {name!r} has type {type(val).__name__}")
+            raise MalformedRecordError(path, line, f"field {name!r} has type {type(val).__name__}")
     return val
 
 
@@ -432,8 +440,12 @@ def load_pair_bytes(left: ImageRef, right: ImageRef) -> bytes:
         path = resolve_image(ref)
         imgs.append(_decode(path, path.read_bytes()).convert("RGB"))
     h = min(min(im.height for im in imgs), MAX_PAIR_HEIGHT)
-    scaled = [im.resize((max(1, round(im.width * h / im.height)), h), Image.BICUBIC)
-              if im.height != h else im for im in imgs]
+    scaled = [
+        im.resize((max(1, round(im.width * h / im.height)), h), Image.BICUBIC)
+        if im.height != h
+        else im
+        for im in imgs
+    ]
     canvas = Image.new("RGB", (sum(im.width for im in scaled) + PAIR_GAP, h), (0, 0, 0))
     canvas.paste(scaled[0], (0, 0))
     canvas.paste(scaled[1], (scaled[0].width + PAIR_GAP, 0))
@@ -452,5 +464,6 @@ def load_example(cand: Candidate):
         image = load_pair_bytes(cand.images[0], cand.images[1])
     else:
         raise ValueError(f"{cand.example_id}: expected 1 or 2 images, got {len(cand.images)}")
-    return Example(question=cand.question, image=image, answers=dict(cand.answers),
-                   example_id=cand.example_id)
+    return Example(
+        question=cand.question, image=image, answers=dict(cand.answers), example_id=cand.example_id
+    )

@@ -23,13 +23,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (ReadLog, Candidate, MalformedRecordError, MissingSourceError, Reader,
-                      find_path, id_field, iter_json_items, norm_answer, require_dir,
-                      single_answer, text_field)
+from ._common import (
+    ReadLog,
+    Candidate,
+    MalformedRecordError,
+    MissingSourceError,
+    Reader,
+    find_path,
+    id_field,
+    iter_json_items,
+    norm_answer,
+    require_dir,
+    single_answer,
+    text_field,
+)
 
 FUNCTIONS = ("attribute", "knowledge", "logical", "object", "relation", "scenetext")
-SCENES = {"ShopAndDining": "a", "Workplace": "b", "HomeOrHotel": "c", "Transportation": "d",
-          "SportAndLeisure": "e", "Outdoors": "f"}
+SCENES = {
+    "ShopAndDining": "a",
+    "Workplace": "b",
+    "HomeOrHotel": "c",
+    "Transportation": "d",
+    "SportAndLeisure": "e",
+    "Outdoors": "f",
+}
 
 _IMAGE_DIRS = {
     "vg": ("vg/image", "VG_100K", "VG_100K_2", "vg/VG_100K", "vg/VG_100K_2", "images"),
@@ -67,8 +84,10 @@ class CLOVEReader(Reader):
         log = log or ReadLog()
         root = require_dir(root, "clove folder")
         rel = annotation_name(self.setting, self.subset, split)
-        path = find_path(f"clove {self.setting} {self.subset} file",
-                         [root / "json" / rel, root / "CLOVE" / "json" / rel, root / rel])
+        path = find_path(
+            f"clove {self.setting} {self.subset} file",
+            [root / "json" / rel, root / "CLOVE" / "json" / rel, root / rel],
+        )
         existing: dict[str, list[Path]] = {}
         tag = f"clove_{self.setting}_{self.subset}"
         for line, rec in iter_json_items(path, log=log):
@@ -86,8 +105,12 @@ class CLOVEReader(Reader):
                     if not existing[source]:
                         raise MissingSourceError(f"clove {source} image folder", dirs)
                 ref = tuple(d / f"{image_id}.jpg" for d in existing[source])
-                yield Candidate(example_id=f"{tag}/{split}/{qid}", question=question,
-                                answers=single_answer(answer), images=(ref,),
-                                source=f"{path}:{line}")
+                yield Candidate(
+                    example_id=f"{tag}/{split}/{qid}",
+                    question=question,
+                    answers=single_answer(answer),
+                    images=(ref,),
+                    source=f"{path}:{line}",
+                )
             except MalformedRecordError as e:
                 log.handle(e)

@@ -16,8 +16,17 @@ under ``images/``); an id is looked up in both. One answer per question: soft sc
 
 from __future__ import annotations
 
-from ._common import (ReadLog, Candidate, MalformedRecordError, MissingSourceError, Reader,
-                      find_path, norm_answer, require_dir, single_answer)
+from ._common import (
+    ReadLog,
+    Candidate,
+    MalformedRecordError,
+    MissingSourceError,
+    Reader,
+    find_path,
+    norm_answer,
+    require_dir,
+    single_answer,
+)
 
 FILES = ("img_ids.txt", "questions.txt", "answers.txt", "types.txt")
 TYPES = {0: "object", 1: "number", 2: "color", 3: "location"}
@@ -36,9 +45,15 @@ class COCOQAReader(Reader):
         coco_dirs = [d / sub for d in (root, root / "images") for sub in ("train2014", "val2014")]
         coco_dirs = [d for d in coco_dirs if d.is_dir()]
         if not coco_dirs:
-            raise MissingSourceError("COCO 2014 image folder (train2014/ or val2014/)",
-                                     [root / "train2014", root / "val2014",
-                                      root / "images" / "train2014", root / "images" / "val2014"])
+            raise MissingSourceError(
+                "COCO 2014 image folder (train2014/ or val2014/)",
+                [
+                    root / "train2014",
+                    root / "val2014",
+                    root / "images" / "train2014",
+                    root / "images" / "val2014",
+                ],
+            )
         handles = [open(p, encoding="utf-8") for p in paths]
         try:
             lineno = 0
@@ -50,15 +65,21 @@ class COCOQAReader(Reader):
                     return
                 if any(ended):
                     short = paths[ended.index(True)]
-                    log.handle(MalformedRecordError(
-                        short, lineno, "file ends before the other COCO-QA files "
-                        f"({', '.join(p.name for p, e in zip(paths, ended) if not e)})"))
+                    log.handle(
+                        MalformedRecordError(
+                            short,
+                            lineno,
+                            "file ends before the other COCO-QA files "
+                            f"({', '.join(p.name for p, e in zip(paths, ended) if not e)})",
+                        )
+                    )
                     return
                 img_s, question, answer, qtype = (r.rstrip("\n").strip() for r in rows)
                 try:
                     if not img_s.isdigit():
-                        raise MalformedRecordError(paths[0], lineno,
-                                                   f"image id {img_s!r} not an integer")
+                        raise MalformedRecordError(
+                            paths[0], lineno, f"image id {img_s!r} not an integer"
+                        )
                     if not question:
                         raise MalformedRecordError(paths[1], lineno, "empty question")
                     if not answer:
@@ -67,9 +88,13 @@ class COCOQAReader(Reader):
                         raise MalformedRecordError(paths[3], lineno, f"type {qtype!r} not in 0..3")
                     image_id = int(img_s)
                     ref = tuple(d / f"COCO_{d.name}_{image_id:012d}.jpg" for d in coco_dirs)
-                    yield Candidate(example_id=f"cocoqa/{split}/{lineno - 1}", question=question,
-                                    answers=single_answer(norm_answer(answer)), images=(ref,),
-                                    source=f"{split_dir}:{lineno}")
+                    yield Candidate(
+                        example_id=f"cocoqa/{split}/{lineno - 1}",
+                        question=question,
+                        answers=single_answer(norm_answer(answer)),
+                        images=(ref,),
+                        source=f"{split_dir}:{lineno}",
+                    )
                 except MalformedRecordError as e:
                     log.handle(e)
         finally:

@@ -19,8 +19,18 @@ A binary classification task: answers ``{"true": 1.0}`` or ``{"false": 1.0}``, l
 
 from __future__ import annotations
 
-from ._common import (ReadLog, Candidate, MalformedRecordError, MissingSourceError, Reader,
-                      field, find_path, iter_jsonl, require_dir, text_field)
+from ._common import (
+    ReadLog,
+    Candidate,
+    MalformedRecordError,
+    MissingSourceError,
+    Reader,
+    field,
+    find_path,
+    iter_jsonl,
+    require_dir,
+    text_field,
+)
 
 _LABELS = {"true": "true", "false": "false"}
 
@@ -35,19 +45,20 @@ class NLVR2Reader(Reader):
         self._check_split(split)
         log = log or ReadLog()
         root = require_dir(root, "nlvr2 folder")
-        path = find_path("nlvr2 annotations file",
-                         [root / "data" / f"{split}.json", root / f"{split}.json"])
+        path = find_path(
+            "nlvr2 annotations file", [root / "data" / f"{split}.json", root / f"{split}.json"]
+        )
         img_dirs = [d for d in (root / "images" / split, root / split) if d.is_dir()]
         if not img_dirs:
-            raise MissingSourceError("nlvr2 image folder",
-                                     [root / "images" / split, root / split])
+            raise MissingSourceError("nlvr2 image folder", [root / "images" / split, root / split])
         for line, rec in iter_jsonl(path, log):
             try:
                 ident = text_field(rec, "identifier", path, line)
                 parts = ident.split("-")
                 if len(parts) != 4:
-                    raise MalformedRecordError(path, line, f"identifier {ident!r} is not "
-                                               "split-set_id-pair_id-sentence_id")
+                    raise MalformedRecordError(
+                        path, line, f"identifier {ident!r} is not split-set_id-pair_id-sentence_id"
+                    )
                 sentence = text_field(rec, "sentence", path, line)
                 raw = field(rec, "label", path, line, (str, bool))
                 label = _LABELS.get(str(raw).strip().lower())
@@ -64,8 +75,12 @@ class NLVR2Reader(Reader):
                             alts.append(d / str(sub) / name)
                         alts.append(d / name)
                     refs.append(tuple(alts))
-                yield Candidate(example_id=f"nlvr2/{split}/{ident}", question=sentence,
-                                answers={label: 1.0}, images=tuple(refs),
-                                source=f"{path}:{line}")
+                yield Candidate(
+                    example_id=f"nlvr2/{split}/{ident}",
+                    question=sentence,
+                    answers={label: 1.0},
+                    images=tuple(refs),
+                    source=f"{path}:{line}",
+                )
             except MalformedRecordError as e:
                 log.handle(e)

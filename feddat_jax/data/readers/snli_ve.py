@@ -17,8 +17,18 @@ answer is the gold label, one-hot; labels ``("entailment", "neutral", "contradic
 
 from __future__ import annotations
 
-from ._common import (ReadLog, Candidate, MalformedRecordError, Reader, field, find_path,
-                      id_field, iter_jsonl, require_dir, text_field)
+from ._common import (
+    ReadLog,
+    Candidate,
+    MalformedRecordError,
+    Reader,
+    field,
+    find_path,
+    id_field,
+    iter_jsonl,
+    require_dir,
+    text_field,
+)
 
 LABELS = ("entailment", "neutral", "contradiction")
 
@@ -34,12 +44,20 @@ class SNLIVEReader(Reader):
         log = log or ReadLog()
         root = require_dir(root, "snli_ve folder")
         fname = f"snli_ve_{split}.jsonl"
-        path = find_path("snli_ve annotations file",
-                         [root / fname, root / "data" / fname, root / "annotations" / fname])
-        img_dir = find_path("flickr30k image folder",
-                            [root / "flickr30k_images", root / "flickr30k-images",
-                             root / "flickr30k_images" / "flickr30k_images", root / "images"],
-                            is_dir=True)
+        path = find_path(
+            "snli_ve annotations file",
+            [root / fname, root / "data" / fname, root / "annotations" / fname],
+        )
+        img_dir = find_path(
+            "flickr30k image folder",
+            [
+                root / "flickr30k_images",
+                root / "flickr30k-images",
+                root / "flickr30k_images" / "flickr30k_images",
+                root / "images",
+            ],
+            is_dir=True,
+        )
         for line, rec in iter_jsonl(path, log):
             try:
                 if isinstance(rec, dict) and "Flickr30K_ID" in rec:
@@ -52,8 +70,12 @@ class SNLIVEReader(Reader):
                 if label not in LABELS:
                     raise MalformedRecordError(path, line, f"gold_label {label!r} not in {LABELS}")
                 pair = id_field(rec, "pairID", path, line)
-                yield Candidate(example_id=f"snli_ve/{split}/{pair}", question=hypothesis,
-                                answers={label: 1.0}, images=((img_dir / f"{image_id}.jpg",),),
-                                source=f"{path}:{line}")
+                yield Candidate(
+                    example_id=f"snli_ve/{split}/{pair}",
+                    question=hypothesis,
+                    answers={label: 1.0},
+                    images=((img_dir / f"{image_id}.jpg",),),
+                    source=f"{path}:{line}",
+                )
             except MalformedRecordError as e:
                 log.handle(e)

@@ -23,18 +23,72 @@ from __future__ import annotations
 
 import re
 
-from ._common import (ReadLog, Candidate, MalformedRecordError, Reader, field, find_path,
-                      iter_jsonl, require_dir, text_field)
+from ._common import (
+    ReadLog,
+    Candidate,
+    MalformedRecordError,
+    Reader,
+    field,
+    find_path,
+    iter_jsonl,
+    require_dir,
+    text_field,
+)
 
 LETTERS = ("A", "B", "C", "D")
 # The list the VCR baselines (r2c, and the FedDAT code) use for person detections.
 GENDER_NEUTRAL_NAMES = (
-    "Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton", "Kerry", "Jody", "Kendall",
-    "Skyler", "Frankie", "Pat", "Quinn", "Morgan", "Finley", "Harley", "Robbie", "Sidney", "Tommie",
-    "Ashley", "Carter", "Adrian", "Clarke", "Logan", "Mickey", "Nicky", "Parker", "Tyler",
-    "Reese", "Charlie", "Austin", "Denver", "Emerson", "Tatum", "Dallas", "Haven", "Jordan",
-    "Robin", "Rory", "Bellamy", "Salem", "Sutton", "Gray", "Shae", "Kyle", "Alex", "Ryan",
-    "Cameron", "Dakota")
+    "Casey",
+    "Riley",
+    "Jessie",
+    "Jackie",
+    "Avery",
+    "Jaime",
+    "Peyton",
+    "Kerry",
+    "Jody",
+    "Kendall",
+    "Skyler",
+    "Frankie",
+    "Pat",
+    "Quinn",
+    "Morgan",
+    "Finley",
+    "Harley",
+    "Robbie",
+    "Sidney",
+    "Tommie",
+    "Ashley",
+    "Carter",
+    "Adrian",
+    "Clarke",
+    "Logan",
+    "Mickey",
+    "Nicky",
+    "Parker",
+    "Tyler",
+    "Reese",
+    "Charlie",
+    "Austin",
+    "Denver",
+    "Emerson",
+    "Tatum",
+    "Dallas",
+    "Haven",
+    "Jordan",
+    "Robin",
+    "Rory",
+    "Bellamy",
+    "Salem",
+    "Sutton",
+    "Gray",
+    "Shae",
+    "Kyle",
+    "Alex",
+    "Ryan",
+    "Cameron",
+    "Dakota",
+)
 
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,!?;:'])")
 
@@ -54,8 +108,9 @@ def render_tokens(tokens, objects, path, line) -> str:
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(objects):
                 raise MalformedRecordError(path, line, f"object reference {i!r} out of range")
             obj = str(objects[i])
-            names.append(GENDER_NEUTRAL_NAMES[i % len(GENDER_NEUTRAL_NAMES)]
-                         if obj == "person" else obj)
+            names.append(
+                GENDER_NEUTRAL_NAMES[i % len(GENDER_NEUTRAL_NAMES)] if obj == "person" else obj
+            )
         words.append(" and ".join(names))
     return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(words)).strip()
 
@@ -71,18 +126,24 @@ class VCRReader(Reader):
         log = log or ReadLog()
         root = require_dir(root, "vcr folder")
         fname = f"{split}.jsonl"
-        path = find_path("vcr annotations file",
-                         [root / fname, root / "annotation" / fname, root / "annotations" / fname,
-                          root / "vcr1annots" / fname])
-        img_dir = find_path("vcr image folder", [root / "vcr1images", root / "images"],
-                            is_dir=True)
+        path = find_path(
+            "vcr annotations file",
+            [
+                root / fname,
+                root / "annotation" / fname,
+                root / "annotations" / fname,
+                root / "vcr1annots" / fname,
+            ],
+        )
+        img_dir = find_path("vcr image folder", [root / "vcr1images", root / "images"], is_dir=True)
         for line, rec in iter_jsonl(path, log):
             try:
                 annot_id = text_field(rec, "annot_id", path, line)
                 img_fn = text_field(rec, "img_fn", path, line)
                 objects = field(rec, "objects", path, line, list)
-                question = render_tokens(field(rec, "question", path, line, list), objects,
-                                         path, line)
+                question = render_tokens(
+                    field(rec, "question", path, line, list), objects, path, line
+                )
                 choices = field(rec, "answer_choices", path, line, list)
                 if len(choices) != len(LETTERS):
                     raise MalformedRecordError(path, line, f"{len(choices)} answer_choices, not 4")
@@ -91,8 +152,12 @@ class VCRReader(Reader):
                 if not 0 <= label < len(LETTERS):
                     raise MalformedRecordError(path, line, f"answer_label {label} not in 0..3")
                 text = question + "".join(f" ({L}) {c}" for L, c in zip(LETTERS, rendered))
-                yield Candidate(example_id=f"vcr/{split}/{annot_id}", question=text,
-                                answers={LETTERS[label]: 1.0}, images=((img_dir / img_fn,),),
-                                source=f"{path}:{line}")
+                yield Candidate(
+                    example_id=f"vcr/{split}/{annot_id}",
+                    question=text,
+                    answers={LETTERS[label]: 1.0},
+                    images=((img_dir / img_fn,),),
+                    source=f"{path}:{line}",
+                )
             except MalformedRecordError as e:
                 log.handle(e)

@@ -15,8 +15,18 @@ There is one question per image, so the image name is the example id. Soft score
 
 from __future__ import annotations
 
-from ._common import (ReadLog, Candidate, MalformedRecordError, Reader, annotator_scores,
-                      answer_list, find_path, iter_json_items, require_dir, text_field)
+from ._common import (
+    ReadLog,
+    Candidate,
+    MalformedRecordError,
+    Reader,
+    annotator_scores,
+    answer_list,
+    find_path,
+    iter_json_items,
+    require_dir,
+    text_field,
+)
 
 
 class VizWizReader(Reader):
@@ -27,19 +37,29 @@ class VizWizReader(Reader):
         self._check_split(split)
         log = log or ReadLog()
         root = require_dir(root, "vizwiz folder")
-        path = find_path("vizwiz annotations file",
-                         [root / f"{split}.json", root / "Annotations" / f"{split}.json",
-                          root / "annotations" / f"{split}.json"])
-        img_dir = find_path("vizwiz image folder", [root / split, root / "images" / split],
-                            is_dir=True)
+        path = find_path(
+            "vizwiz annotations file",
+            [
+                root / f"{split}.json",
+                root / "Annotations" / f"{split}.json",
+                root / "annotations" / f"{split}.json",
+            ],
+        )
+        img_dir = find_path(
+            "vizwiz image folder", [root / split, root / "images" / split], is_dir=True
+        )
         for line, rec in iter_json_items(path, log=log):
             try:
                 image = text_field(rec, "image", path, line)
                 question = text_field(rec, "question", path, line)
                 answers = annotator_scores(answer_list(rec, path, line))
                 stem = image.rsplit(".", 1)[0]
-                yield Candidate(example_id=f"vizwiz/{split}/{stem}", question=question,
-                                answers=answers, images=((img_dir / image,),),
-                                source=f"{path}:{line}")
+                yield Candidate(
+                    example_id=f"vizwiz/{split}/{stem}",
+                    question=question,
+                    answers=answers,
+                    images=((img_dir / image,),),
+                    source=f"{path}:{line}",
+                )
             except MalformedRecordError as e:
                 log.handle(e)

@@ -25,9 +25,20 @@ VQA Abstract Scenes (``--raw_dir/vqa_abstract``; the v1 "abstract_v002" release)
 
 from __future__ import annotations
 
-from ._common import (ReadLog, Candidate, MalformedRecordError, Reader, annotator_scores,
-                      answer_list, find_path, id_field, iter_json_items, require_dir,
-                      text_field, vqa_min3_scores)
+from ._common import (
+    ReadLog,
+    Candidate,
+    MalformedRecordError,
+    Reader,
+    annotator_scores,
+    answer_list,
+    find_path,
+    id_field,
+    iter_json_items,
+    require_dir,
+    text_field,
+    vqa_min3_scores,
+)
 
 _JSON_DIRS = ("", "Questions", "Annotations", "questions", "annotations")
 
@@ -48,20 +59,30 @@ class _VQAFormatReader(Reader):
         log = log or ReadLog()
         root = require_dir(root, f"{self.name} folder")
         fmt = dict(split=split, year=self.year)
-        qpath = find_path(f"{self.name} questions file",
-                          [root / d / self.questions_name.format(**fmt) for d in _JSON_DIRS])
-        apath = find_path(f"{self.name} annotations file",
-                          [root / d / self.annotations_name.format(**fmt) for d in _JSON_DIRS])
-        img_dir = find_path(f"{self.name} image folder",
-                            [root / d.format(**fmt) for d in self.image_dirs], is_dir=True)
+        qpath = find_path(
+            f"{self.name} questions file",
+            [root / d / self.questions_name.format(**fmt) for d in _JSON_DIRS],
+        )
+        apath = find_path(
+            f"{self.name} annotations file",
+            [root / d / self.annotations_name.format(**fmt) for d in _JSON_DIRS],
+        )
+        img_dir = find_path(
+            f"{self.name} image folder",
+            [root / d.format(**fmt) for d in self.image_dirs],
+            is_dir=True,
+        )
 
         questions: dict[str, tuple[int, str, str] | None] = {}
         for line, rec in iter_json_items(qpath, key="questions", log=log):
             qid = None
             try:
                 qid = id_field(rec, "question_id", qpath, line)
-                questions[qid] = (line, text_field(rec, "question", qpath, line),
-                                  id_field(rec, "image_id", qpath, line))
+                questions[qid] = (
+                    line,
+                    text_field(rec, "question", qpath, line),
+                    id_field(rec, "image_id", qpath, line),
+                )
             except MalformedRecordError as e:
                 if qid is not None:
                     questions[qid] = None  # counted once here, its annotation is dropped quietly
@@ -71,21 +92,28 @@ class _VQAFormatReader(Reader):
             try:
                 qid = id_field(rec, "question_id", apath, line)
                 if qid not in questions:
-                    raise MalformedRecordError(apath, line,
-                                               f"question_id {qid} not in {qpath.name}")
+                    raise MalformedRecordError(
+                        apath, line, f"question_id {qid} not in {qpath.name}"
+                    )
                 if questions[qid] is None:
                     continue
                 _, question, image_id = questions[qid]
                 ann_image = id_field(rec, "image_id", apath, line)
                 if ann_image != image_id:
                     raise MalformedRecordError(
-                        apath, line, f"image_id {ann_image} != {image_id} of the question")
+                        apath, line, f"image_id {ann_image} != {image_id} of the question"
+                    )
                 if not image_id.isdigit():
                     raise MalformedRecordError(apath, line, f"image_id {image_id!r} not an integer")
                 answers = self._score(answer_list(rec, apath, line))
                 image = img_dir / self.image_name.format(image_id=int(image_id), **fmt)
-                yield Candidate(example_id=f"{self.name}/{split}/{qid}", question=question,
-                                answers=answers, images=((image,),), source=f"{apath}:{line}")
+                yield Candidate(
+                    example_id=f"{self.name}/{split}/{qid}",
+                    question=question,
+                    answers=answers,
+                    images=((image,),),
+                    source=f"{apath}:{line}",
+                )
             except MalformedRecordError as e:
                 log.handle(e)
 
@@ -107,9 +135,13 @@ class VQAAbstractReader(_VQAFormatReader):
     year = "2015"
     questions_name = "OpenEnded_abstract_v002_{split}{year}_questions.json"
     annotations_name = "abstract_v002_{split}{year}_annotations.json"
-    image_dirs = ("scene_img_abstract_v002_{split}{year}",
-                  "images/scene_img_abstract_v002_{split}{year}",
-                  "{split}{year}", "images/{split}{year}", "images")
+    image_dirs = (
+        "scene_img_abstract_v002_{split}{year}",
+        "images/scene_img_abstract_v002_{split}{year}",
+        "{split}{year}",
+        "images/{split}{year}",
+        "images",
+    )
     image_name = "abstract_v002_{split}{year}_{image_id:012d}.png"
 
     def _score(self, answers):
