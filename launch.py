@@ -11,12 +11,15 @@ land in ``<workdir>``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.loop import train
 from feddat_jax.train.pretrain import pretrain
@@ -33,7 +36,7 @@ def prepare_workdir(path: str) -> Path:
     workdir = Path(path).expanduser()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test.{os.getpid()}"  # one per process of a multi-host run
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
@@ -42,17 +45,31 @@ def prepare_workdir(path: str) -> Path:
 
 
 def run(config, workdir: Path) -> str:
-    """Train every method of the config, then write and return the comparison table."""
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    """Train every method of the config, then write and return the comparison table.
+
+    The mesh is built once, over every device of every process (``config.mesh``); in a
+    multi-process run every process runs this and only process 0 writes the config and report.
+    """
+    primary = jax.process_index() == 0
+    if primary:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    mesh = mesh_lib.mesh_from_config(config.mesh)
     methods = list(config.compare_methods) or [config.method]
     runs, clients = {}, []
     for method in methods:
         method_config = config.copy_and_resolve_references()
         method_config.method = method
-        experiment = build_experiment(method_config)
+        experiment = build_experiment(method_config, mesh)
         clients = experiment.client_names
-        print(f"== {method}: {len(clients)} clients, {config.rounds} rounds -> {workdir / method}")
+        if primary:
+            print(
+                f"== {method}: {len(clients)} clients, {config.rounds} rounds -> "
+                f"{workdir / method} (mesh {dict(mesh.shape)} over {jax.process_count()} "
+                f"process(es), strategy {experiment.strategy})"
+            )
         runs[method] = train(experiment, workdir / method)
+    if not primary:
+        return ""
     table = write_report(runs, clients, workdir)
     print(table)
     print(
@@ -65,7 +82,10 @@ def run(config, workdir: Path) -> str:
 def main(argv) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
-    config, workdir = _CONFIG.value, prepare_workdir(_WORKDIR.value)
+    config = _CONFIG.value
+    # before anything touches a JAX device: a multi-process run joins its peers here
+    mesh_lib.initialize_distributed(config.get("distributed"))
+    workdir = prepare_workdir(_WORKDIR.value)
     if config.get("kind") == "pretrain":
         print(json.dumps(pretrain(config, workdir)["final"]))
     else:

@@ -20,13 +20,17 @@ AGGREGATION_WEIGHTS = ("weighted", "uniform")
 
 
 def client_weights(num_examples_C: jax.Array, kind: str) -> jax.Array:
-    """``n_k / Σ n`` (FedAvg, our default) or ``1 / C`` (the official FedDAT code)."""
+    """``n_k / Σ n`` (FedAvg, our default) or ``1 / C`` (the official FedDAT code).
+
+    Padded cohort slots (``num_examples == 0``, e.g. a cohort padded to a multiple of the mesh's
+    ``clients`` devices) weigh 0 in both: ``uniform`` is ``1 / C_real`` over the real clients.
+    """
     if kind == "weighted":
         n = num_examples_C.astype(jnp.float32)
         return n / jnp.sum(n)
     if kind == "uniform":
-        c = num_examples_C.shape[0]
-        return jnp.full((c,), 1.0 / c, jnp.float32)
+        real = (num_examples_C > 0).astype(jnp.float32)
+        return real / jnp.maximum(jnp.sum(real), 1.0)
     raise ValueError(f"unknown aggregation {kind!r}; allowed: {', '.join(AGGREGATION_WEIGHTS)}")
 
 

@@ -20,7 +20,12 @@ cohort rows: :func:`put_cohort` builds the global arrays with
 the results back. :func:`sample_cohort` draws a cohort in which each process's slots are filled
 with its own clients (see its docstring for how that relates to single-process sampling).
 
-Checkpoints in a multi-process run (for the loop; not exercised by the tests here): orbax's
+``train.loop`` uses all of this: one launch command runs on one device, a mesh of several or
+several processes. Its checkpoints hold host copies of the server state and of every client's
+private state (a multi-process run gathers the processes' client blocks first, so every process
+saves the same numpy tree and the primary writes it): simple and mesh-independent, but the
+registry of every process passes through each host's memory. For registries too big for that,
+see the notes below (not implemented). Checkpoints in a multi-process run: orbax's
 ``CheckpointManager.save`` / ``restore`` are collective: EVERY process must call them, with the same
 step, in the same order. For ``jax.Array`` leaves each process writes the shards it owns and the
 primary process (0) writes the metadata and finalises the step. Host numpy leaves are treated as
@@ -378,6 +383,71 @@ def sample_cohort(
         rng = np.random.default_rng([seed, round_index, 0x5A3, p])
         parts.append(lo + np.sort(rng.choice(hi - lo, size=int(slots[p]), replace=False)))
     return np.concatenate(parts).astype(np.int64)
+
+
+def _balanced(total: int, parts: int) -> np.ndarray:
+    base, extra = divmod(total, parts)
+    return np.asarray([base + (p < extra) for p in range(parts)], np.int64)
+
+
+def plan_cohort(
+    seed: int,
+    round_index: int,
+    num_clients: int,
+    clients_per_round: float,
+    mesh: Mesh | None = None,
+    devices_per_process=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The round's cohort padded for the mesh: ``(ids_C, mask_C)``, identical in every process.
+
+    ``mask_C`` is True for real clients; the loop gives the padded slots ``num_examples = 0`` and an
+    all-zero ``example_mask``, so they change no number. ``devices_per_process``: the ``clients``
+    axis devices of each process (default: from ``mesh`` and the running processes).
+
+    One process: exactly ``sampling.sample_clients``, padded at the end (repeating its first id) to
+    the smallest multiple of the ``clients`` axis. P processes: process p's slots
+    (:func:`local_slots`) hold first its own clients, a balanced share of the cohort drawn like
+    :func:`sample_cohort` from its block (:func:`client_blocks`), then padding that repeats one of
+    its own clients; every process gets the same number of slots per device. With every client in
+    every round (the paper's setting) the real clients are the same as in one process.
+    """
+    if devices_per_process is None:
+        if jax.process_count() == 1:
+            devices_per_process = [clients_size(mesh)]
+        elif mesh is None:
+            raise ValueError("plan_cohort: a multi-process run needs its mesh")
+        else:
+            devices_per_process = np.diff(process_slots(mesh, clients_size(mesh)))
+    devices = np.asarray(devices_per_process, np.int64)
+    procs = len(devices)
+    c = sampling.cohort_size(num_clients, clients_per_round)
+    if procs == 1:
+        ids = sampling.sample_clients(seed, round_index, num_clients, clients_per_round)
+        size = -(-c // int(devices[0])) * int(devices[0])
+        out = np.full((size,), ids[0], np.int64)
+        out[:c] = ids
+        return out, np.arange(size) < c
+    blocks = client_blocks(num_clients, procs)
+    sizes = np.diff(blocks)
+    want = sizes if c == num_clients else _balanced(c, procs)
+    if np.any(want == 0) or np.any(want > sizes):
+        raise ValueError(
+            f"a cohort of {c} clients does not split over {procs} processes owning "
+            f"{sizes.tolist()} clients (each process needs at least one cohort client)"
+        )
+    per_device = int(max(-(-int(w) // int(d)) for w, d in zip(want, devices)))
+    ids, mask = [], []
+    for p in range(procs):
+        lo, hi = int(blocks[p]), int(blocks[p + 1])
+        if want[p] == hi - lo:
+            real = np.arange(lo, hi)
+        else:
+            rng = np.random.default_rng([seed, round_index, 0x5A3, p])
+            real = lo + np.sort(rng.choice(hi - lo, size=int(want[p]), replace=False))
+        slots = int(devices[p]) * per_device
+        ids.append(np.concatenate([real, np.full((slots - real.size,), real[0])]))
+        mask.append(np.arange(slots) < real.size)
+    return np.concatenate(ids).astype(np.int64), np.concatenate(mask)
 
 
 # ------------------------------------------------------------------------------ multi-process

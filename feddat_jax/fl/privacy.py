@@ -155,8 +155,9 @@ class DPGaussianAggregator:
         For Poisson sampling pass ``q·N``: the mean is divided by this fixed, data-independent
         denominator (McMahan et al.'s fixed-denominator estimator), and the cohort may be padded to
         a static size with masked slots (clients whose ``num_examples`` is 0 contribute nothing).
-        A fixed-size cohort padded for any other reason (e.g. to a multiple of the mesh's
-        ``clients`` devices) must also pass its real C here, or padded rows would count in C.
+        A fixed-size cohort padded to a multiple of the mesh's ``clients`` devices needs nothing:
+        with ``None`` the mean and the noise are divided by its real size (the rows whose
+        ``num_examples`` is not 0).
 
     Metrics (server): ``dp/mean_preclip_norm`` (mean ‖Δ_k‖ over real clients, before clipping),
     ``dp/fraction_clipped`` (share of real clients with ‖Δ_k‖ > S), ``dp/noise_std`` (std of the
@@ -216,22 +217,23 @@ class DPGaussianAggregator:
     ) -> tuple[PyTree, dict[str, jax.Array]]:
         real_C = (num_examples_C > 0).astype(jnp.float32)
         num_real = jnp.maximum(jnp.sum(real_C), 1.0)
-        if self.expected_cohort_size is not None:
-            # Padded slots are zeroed (not multiplied by 0: a padded row may hold inf/NaN).
-            delta_C = jax.tree.map(
-                lambda x: jnp.where(
-                    (num_examples_C > 0).reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x)
-                ),
-                delta_C,
-            )
+        # Padded slots (num_examples 0) are zeroed (not multiplied by 0: a padded row may hold
+        # inf/NaN); a real row passes through bit for bit.
+        delta_C = jax.tree.map(
+            lambda x: jnp.where(
+                (num_examples_C > 0).reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x)
+            ),
+            delta_C,
+        )
         norms_C = client_global_norms(delta_C)
         factors_C = clip_factors(norms_C, self.clip_norm)
         clipped_C = scale_clients(delta_C, factors_C)
 
         if self.expected_cohort_size is None:
-            # Fixed-size cohort: every row is a real client and the denominator is the static C. The
+            # Fixed-size cohort: the denominator is its real size C (the public cohort size; slots
+            # padded to a multiple of the mesh's devices have num_examples 0 and weigh nothing). The
             # reduction is the very one MeanAggregator("uniform") uses, so S=inf, σ=0 is bit-exact.
-            denominator = float(placement.num_clients(delta_C))
+            denominator = num_real
             mean = placement.reduce_weighted_mean(
                 clipped_C, client_weights(num_examples_C, "uniform")
             )

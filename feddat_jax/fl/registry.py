@@ -22,9 +22,10 @@ the global cohort arrays with ``jax.make_array_from_process_local_data`` and ``s
 this process's rows (``mesh.local_rows``).
 
 Cohorts that do not divide over the mesh's ``clients`` axis are padded (:func:`pad_ids`): padded
-slots carry ``num_examples = 0`` (they weigh nothing in the size-weighted mean; note that the
-``uniform`` aggregation would count them) and the loop gives them an all-zero ``example_mask``,
-so they train nothing; scatter drops them. When a cohort's activations do not fit on a device at
+slots carry ``num_examples = 0`` (they weigh nothing in the size-weighted mean, and the
+``uniform`` mean and DP aggregation leave them out) and the loop gives them an all-zero
+``example_mask``, so they train nothing; scatter drops them. ``train.loop`` runs every round
+this way (``fl.mesh.plan_cohort`` pads the cohort). When a cohort's activations do not fit on a device at
 once, run the round chunked (``make_round_fn(chunk_size=k)``, see :func:`chunk_size_for`).
 """
 

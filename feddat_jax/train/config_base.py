@@ -12,8 +12,26 @@ import json
 import ml_collections
 
 # Fields that do not change the numbers a run computes: excluded from the checkpoint fingerprint,
-# so a resumed run may, e.g., train for more rounds or log differently.
-NON_NUMERIC_FIELDS = ("rounds", "eval_every", "checkpoint_every", "tensorboard", "compare_methods")
+# so a resumed run may, e.g., train for more rounds or log differently. Where the run executes
+# (mesh, strategy, chunk_size, client_storage, distributed) is here too: it changes the numbers
+# only by float reduction order (a cross-device all-reduce, vmap vs lax.map batching; a 1-device
+# and an 8-device run agree to ~1e-6), so a run may resume on another mesh or number of processes
+# (checkpoints hold host copies of every client, independent of the mesh). A resume is bit for bit
+# equal to an uninterrupted run when these fields are unchanged.
+NON_NUMERIC_FIELDS = (
+    "rounds",
+    "eval_every",
+    "checkpoint_every",
+    "tensorboard",
+    "compare_methods",
+    "mesh",
+    "strategy",
+    "chunk_size",
+    "client_storage",
+    "distributed",
+)
+STRATEGIES = ("auto", "vmap", "scan")
+CLIENT_STORAGES = ("auto", "device", "host")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,6 +50,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.fedprox_mu = 0.01
     c.tensorboard = True
     c.comm_max_bytes = 0.0  # stop cleanly before a round that would pass it (0 = no cap)
+    # Scale-out (benchmarks/README.md): the same command runs on 1 device, 8 devices or several
+    # hosts. The cohort's clients are sharded over the mesh's "clients" axis (-1 = every device not
+    # on "model"), padded to a multiple of it with slots that weigh nothing.
+    c.mesh = ml_collections.ConfigDict(dict(clients=-1, model=1, shard_frozen=False))
+    c.strategy = "auto"  # "auto" (fl.mesh.default_strategy: backend, model size) | "vmap" | "scan"
+    c.chunk_size = 0  # with "vmap": at most this many clients at once per device (0 = all)
+    # every client's private state: "device" (on the accelerator), "host" (numpy) or "auto" (device
+    # when it fits in a quarter of a device's memory, 2 GiB where unknown; host with processes > 1)
+    c.client_storage = "auto"
+    # multi-process runs (fl.mesh.initialize_distributed); empty = one process, or the environment
+    # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); auto_detect: SLURM / MPI / TPU
+    c.distributed = ml_collections.ConfigDict(
+        dict(coordinator_address="", num_processes=0, process_id=-1, auto_detect=False)
+    )
     # central DP of the shared channel (docs/PRIVACY.md); needs aggregation="uniform"
     c.dp = ml_collections.ConfigDict(
         dict(enabled=False, clip_norm=1.0, noise_multiplier=1.0, delta=1e-5, accountant="rdp")

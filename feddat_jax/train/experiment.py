@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from feddat_jax import methods
 from feddat_jax.data import embedded, tfds_store
@@ -21,6 +22,7 @@ from feddat_jax.data.client_store import ClientDataStore
 from feddat_jax.data.pipeline import eval_batches, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
 from feddat_jax.fl import communication, local_optim
+from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.accounting import PrivacyAccountant
 from feddat_jax.fl.aggregation import Aggregator, MeanAggregator
 from feddat_jax.fl.privacy import make_dp_aggregator
@@ -30,9 +32,13 @@ from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
 from feddat_jax.models import registry
+from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES
 
 PyTree = Any
 DATA_SOURCES = ("embedded", "tfds")
+# A backbone with at least this many frozen parameters counts as "base" size for the "auto"
+# strategy (ViLT-B/32 and ALBEF have ~10^8; the demo's tiny ViLT 10^6).
+BASE_SIZE_PARAMS = 20_000_000
 
 
 @dataclasses.dataclass
@@ -46,15 +52,17 @@ class Experiment:
     tasks: ClientTasks  # [N]
     eval_data: dict[str, np.ndarray]  # [N, S_e, B_e, ...] every client's test split
     algorithm: LocalAlgorithm
-    frozen: PyTree
-    server: ServerState
-    private_N: PyTree
-    round_fn: Any
+    frozen: PyTree  # placed on the mesh (replicated, or split over "model")
+    server: ServerState  # the initial server state, replicated on the mesh
+    private_N: PyTree  # every client's initial private state, host numpy [N, ...]
+    round_fn: Any  # make_round_fn(..., mesh=mesh, chunk_size=...) of the strategy
     eval_fn: Any
     param_share: communication.ParameterShare
     accountant: PrivacyAccountant | None
     # ALBEF: every client's answer list [N, A, La] (registry.answer_lists); {} for ViLT
     answers_N: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    mesh: Mesh | None = None  # the ("clients", "model") mesh the run is placed on
+    strategy: str = "vmap"  # the resolved config.strategy
 
     @property
     def client_names(self) -> list[str]:
@@ -82,7 +90,21 @@ def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> Federate
     )
 
 
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+def resolve_strategy(config: ml_collections.ConfigDict, frozen: PyTree) -> str:
+    """``config.strategy``, with "auto" resolved by ``fl.mesh.default_strategy`` from the backend
+    and the backbone's size ("base" from :data:`BASE_SIZE_PARAMS` frozen parameters)."""
+    strategy = registry.choice(config.strategy, STRATEGIES, "strategy")
+    if strategy != "auto":
+        return strategy
+    size = "base" if communication.tree_num_params(frozen) >= BASE_SIZE_PARAMS else "tiny"
+    return mesh_lib.default_strategy(jax.default_backend(), size)
+
+
+def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experiment:
+    """Everything one run needs; ``mesh`` defaults to ``fl.mesh.mesh_from_config(config.mesh)``
+    (in a multi-process run, call ``fl.mesh.initialize_distributed`` first)."""
+    mesh = mesh if mesh is not None else mesh_lib.mesh_from_config(config.mesh)
+    registry.choice(config.client_storage, CLIENT_STORAGES, "client_storage")
     method = methods.get_method(config.method)
     benchmark = load_benchmark(config.data, registry.patch_size(config))
     encoder = registry.text_encoder(config, benchmark)
@@ -129,9 +151,12 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     server = init_server_state(shared, server_tx, jax.random.key(config.seed + 1))
     private_one = algorithm.init_private(shared, private)
     private_N = jax.tree.map(
-        lambda x: jnp.broadcast_to(x, (len(clients),) + x.shape).copy(), private_one
+        lambda x: np.repeat(np.asarray(x)[None], len(clients), axis=0), private_one
     )
     aggregator, accountant = build_aggregation(config, len(clients))
+    strategy = resolve_strategy(config, frozen)
+    placement = mesh_lib.round_fn_kwargs(strategy, config.chunk_size or None)
+    param_share = communication.parameter_share(frozen, shared, private)
     return Experiment(
         config=config,
         method=method,
@@ -140,14 +165,16 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         tasks=tasks,
         eval_data=eval_data,
         algorithm=algorithm,
-        frozen=frozen,
-        server=server,
+        frozen=mesh_lib.put_frozen(frozen, mesh, config.mesh.shard_frozen),
+        server=mesh_lib.put_replicated(server, mesh),
         private_N=private_N,
-        round_fn=make_round_fn(algorithm, server_tx, aggregator),
-        eval_fn=make_eval_fn(algorithm),
-        param_share=communication.parameter_share(frozen, shared, private),
+        round_fn=make_round_fn(algorithm, server_tx, aggregator, mesh=mesh, **placement),
+        eval_fn=make_eval_fn(algorithm, mesh=mesh, **placement),
+        param_share=param_share,
         accountant=accountant,
         answers_N=answers_N,
+        mesh=mesh,
+        strategy=strategy,
     )
 
 

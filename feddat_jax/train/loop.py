@@ -1,10 +1,19 @@
 """The training loop: the thin shell around the pure round.
 
-Per round: sample the cohort (seeded by round), assemble its batches (prefetched on a host
-thread), run the ONE jitted round, check for NaN, scatter the cohort's private state back, log,
-evaluate every ``eval_every`` rounds and after the last, checkpoint every ``checkpoint_every``
-rounds and after the last. Restarting with the same workdir resumes from the newest whole
-checkpoint and reproduces the uninterrupted run exactly.
+Per round: sample the cohort (seeded by round) and pad it to a multiple of the mesh's ``clients``
+axis, assemble its batches (prefetched and placed on the mesh on a host thread), run the ONE jitted
+round through the :class:`~feddat_jax.fl.registry.ClientRegistry` (gather the cohort's private
+state, round, scatter it back), check for NaN, log, evaluate every client every ``eval_every``
+rounds and after the last, checkpoint every ``checkpoint_every`` rounds and after the last.
+Restarting with the same workdir resumes from the newest whole checkpoint and reproduces the
+uninterrupted run exactly.
+
+The same code runs on one device, on a mesh of several, and in several processes (hosts): each
+process keeps the private state of the clients it owns (``fl.mesh.owned_clients``; all of them in
+one process), builds only its cohort slots' batches, and the results are gathered on every
+process. Padded slots have ``num_examples = 0`` and an all-zero ``example_mask``: they train
+nothing, weigh nothing in the aggregation, and are dropped from the metrics and the scatter.
+Only process 0 writes metrics files; every process takes part in the (collective) checkpoints.
 """
 
 from __future__ import annotations
@@ -16,18 +25,24 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from feddat_jax.data.pipeline import Prefetcher, cohort_batches
+from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.communication import CommunicationBudget, round_traffic
-from feddat_jax.fl.sampling import sample_clients
-from feddat_jax.fl.state import gather, scatter
+from feddat_jax.fl.registry import ClientRegistry, pad_batches
 from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
 from feddat_jax.train.config_base import fingerprint_json
 from feddat_jax.train.experiment import Experiment
 from feddat_jax.train.metrics import MetricsWriter, Record
 
 log = logging.getLogger(__name__)
+PyTree = Any
+# client_storage="auto" keeps the clients on the device when they take at most this share of its
+# memory (or DEVICE_STORAGE_FALLBACK_BYTES where the backend does not report it, e.g. CPU)
+DEVICE_STORAGE_SHARE = 0.25
+DEVICE_STORAGE_FALLBACK_BYTES = 2 << 30
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,9 +92,75 @@ def eval_record(exp: Experiment, scores: dict) -> Record:
     return record
 
 
+def client_storage(setting: str, nbytes: int, mesh) -> str:
+    """``config.client_storage`` resolved: "auto" is "device" when one process holds the clients
+    and they fit (:data:`DEVICE_STORAGE_SHARE` of a device's memory), else "host"."""
+    if setting != "auto":
+        return setting
+    if jax.process_count() > 1:
+        return "host"
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    try:
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+    except Exception:  # backends without memory stats
+        limit = None
+    budget = DEVICE_STORAGE_SHARE * limit if limit else DEVICE_STORAGE_FALLBACK_BYTES
+    return "device" if nbytes <= budget else "host"
+
+
+def host_rows(tree: PyTree) -> PyTree:
+    """Host numpy of (possibly sharded, possibly multi-process) arrays, every row on every process
+    (typed PRNG keys come back as their key data)."""
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(leaf, tree)
+
+
+def all_clients(registry: ClientRegistry, num_clients: int) -> PyTree:
+    """Every registered client's private state as host numpy ``[N, ...]``, on every process (a
+    multi-process run gathers the processes' blocks: fine for the small N of one host's memory)."""
+    local = registry.states().private
+    if jax.process_count() == 1:
+        return local
+    blocks = mesh_lib.client_blocks(num_clients)
+    sizes, most = np.diff(blocks), int(np.max(np.diff(blocks)))
+    padded = jax.tree.map(
+        lambda x: np.concatenate([x, np.zeros((most - x.shape[0],) + x.shape[1:], x.dtype)]), local
+    )
+    stacked = multihost_utils.process_allgather(padded)  # [P, most, ...]
+    return jax.tree.map(
+        lambda x: np.concatenate([np.asarray(x)[p, : sizes[p]] for p in range(len(sizes))]),
+        stacked,
+    )
+
+
+class _HistoryOnly:
+    """The metrics history without files: the writer of every process but the first."""
+
+    def __init__(self, history):
+        self.history = list(history)
+
+    def write(self, record: Record) -> None:
+        self.history.append(record)
+
+    def close(self) -> None:
+        pass
+
+
 def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -> list[Record]:
     """Run (or resume) ``exp`` in ``workdir``; returns the per-round metrics history."""
-    cfg = exp.config
+    cfg, mesh = exp.config, exp.mesh
+    if mesh is None:
+        mesh = mesh_lib.make_mesh(1, 1, jax.devices()[:1])
+    primary = jax.process_index() == 0
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = RoundCheckpointer(workdir / "checkpoints", config_fingerprint(fingerprint_json(cfg)))
@@ -87,30 +168,65 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
     restored = ckpt.restore_latest({"server": server, "private": private_N})
     if restored is not None:
         start, state, meta = restored
-        server, private_N, history = state["server"], state["private"], meta["history"]
+        server = mesh_lib.put_replicated(state["server"], mesh)
+        private_N, history = state["private"], meta["history"]
         log.info("resumed %s from round %d", workdir, start)
-    writer = MetricsWriter(workdir, history, tensorboard=cfg.tensorboard)
-    start = int(server.round)
+    writer = (
+        MetricsWriter(workdir, history, tensorboard=cfg.tensorboard)
+        if primary
+        else _HistoryOnly(history)
+    )
+    start = int(mesh_lib.fetch_replicated(server.round))
     n = len(exp.client_names)
     static_steps = exp.train_store.max_steps(cfg.batch_size)
 
-    def cohort_of(r: int) -> np.ndarray:
-        return sample_clients(cfg.seed, r, n, cfg.clients_per_round)
+    # This process's clients (all of them in one process), in a fresh registry per call: the
+    # host copy is the registry's own (it writes the cohort's rows in place).
+    owned = mesh_lib.owned_clients(n)
+    own = jax.tree.map(lambda x: np.array(np.asarray(x)[owned]), (private_N, exp.tasks))
+    storage = client_storage(cfg.client_storage, sum(x.nbytes for x in jax.tree.leaves(own)), mesh)
+    registry = ClientRegistry(own[0], own[1], client_ids=owned, storage=storage, mesh=mesh)
 
-    def build(r: int) -> dict:  # on the prefetch thread: answer lists (ALBEF) included
-        cohort = cohort_of(r)
-        return exp.with_answer_lists(
+    def plan(r: int, clients_per_round=cfg.clients_per_round):
+        """(global padded ids, mask, this process's slots) of round r's cohort."""
+        ids, mask = mesh_lib.plan_cohort(cfg.seed, r, n, clients_per_round, mesh)
+        return ids, mask, mesh_lib.local_slots(mesh, len(ids))
+
+    def build(r: int) -> dict:  # on the prefetch thread: answer lists (ALBEF) included, placed
+        ids, mask, mine = plan(r)
+        real = ids[mine][mask[mine]]  # this process's real clients come first in its slots
+        batch = exp.with_answer_lists(
             cohort_batches(
                 exp.train_store,
-                cohort,
+                real,
                 cfg.batch_size,
                 seed=cfg.seed,
                 round_index=r,
                 num_steps=static_steps,
                 same_order_each_round=cfg.faithful.same_order_each_round,
             ),
-            cohort,
+            real,
         )
+        return mesh_lib.put_cohort(pad_batches(batch, len(ids[mine])), mesh, len(ids))
+
+    # Evaluation covers every client, padded like a cohort; its data is placed once.
+    eval_ids, eval_mask, eval_mine = plan(0, n)
+    eval_real = eval_ids[eval_mine][eval_mask[eval_mine]]
+    eval_data = mesh_lib.put_cohort(
+        pad_batches(
+            {k: np.asarray(v)[eval_real] for k, v in exp.eval_data.items()},
+            len(eval_ids[eval_mine]),
+        ),
+        mesh,
+        len(eval_ids),
+    )
+
+    def evaluate(round_start_shared) -> Record:
+        private_E, tasks_E = registry.gather(eval_ids[eval_mine], eval_mask[eval_mine])
+        scores = exp.eval_fn(
+            exp.frozen, round_start_shared, server.shared, private_E, tasks_E, eval_data
+        )
+        return eval_record(exp, {k: v[eval_mask] for k, v in host_rows(scores).items()})
 
     comm_total = history[-1]["comm/bytes_cumulative"] if history else 0
     budget = CommunicationBudget(cfg.comm_max_bytes or None)
@@ -120,12 +236,13 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
         initial=start * steps_per_round,
         unit="step",
         desc=cfg.method,
-        disable=not show_progress,
+        disable=not (show_progress and primary),
         dynamic_ncols=True,
     )
     with Prefetcher(build, last_round=cfg.rounds - 1) as prefetch:
         for r in range(start, cfg.rounds):
-            cohort = cohort_of(r)
+            ids, mask, mine = plan(r)
+            cohort = ids[mask]
             traffic = round_traffic(server.shared, len(cohort))
             if budget.exhausted(comm_total, traffic.total_bytes):
                 log.warning(
@@ -139,38 +256,27 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
             batches = prefetch.get(r)
             t0 = time.perf_counter()
             round_start_shared = server.shared
-            server, private_C, metrics = exp.round_fn(
-                exp.frozen,
-                server,
-                gather(private_N, cohort),
-                gather(exp.tasks, cohort),
-                jax.numpy.asarray(cohort),
-                batches,
+            server, metrics = registry.run_round(
+                exp.round_fn, exp.frozen, server, ids[mine], batches, mask[mine]
             )
             jax.block_until_ready(server.shared)
-            check_finite(jax.device_get(metrics["clients"]), cohort, exp.client_names, r)
-            private_N = scatter(private_N, cohort, private_C)
+            metrics = {
+                "clients": {k: v[mask] for k, v in host_rows(metrics["clients"]).items()},
+                "server": host_rows(metrics["server"]),
+            }
+            check_finite(metrics["clients"], cohort, exp.client_names, r)
             comm_total += traffic.total_bytes
             record = round_record(exp, r, cohort, metrics, time.perf_counter() - t0)
             record.update(traffic.metrics(comm_total))
             if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
-                record.update(
-                    eval_record(
-                        exp,
-                        exp.eval_fn(
-                            exp.frozen,
-                            round_start_shared,
-                            server.shared,
-                            private_N,
-                            exp.tasks,
-                            exp.eval_data,
-                        ),
-                    )
-                )
+                record.update(evaluate(round_start_shared))
             writer.write(record)
             if (r + 1) % cfg.checkpoint_every == 0 or r + 1 == cfg.rounds:
                 ckpt.save(
-                    r + 1, {"server": server, "private": private_N}, {"history": writer.history}
+                    r + 1,
+                    # host copies: the checkpoint does not depend on the mesh or process count
+                    {"server": host_rows(server), "private": all_clients(registry, n)},
+                    {"history": writer.history},
                 )
             bar.update(steps_per_round)
             bar.set_postfix(round=r + 1, **_headline(record))
