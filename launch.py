@@ -20,6 +20,8 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from feddat_jax.fl import mesh as mesh_lib
+
+from feddat_jax.fl import distributed
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.loop import train
 from feddat_jax.train.pretrain import pretrain
@@ -84,7 +86,7 @@ def main(argv) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
     config = _CONFIG.value
     # before anything touches a JAX device: a multi-process run joins its peers here
-    mesh_lib.initialize_distributed(config.get("distributed"))
+    distributed.initialize_distributed(config.get("distributed"))
     workdir = prepare_workdir(_WORKDIR.value)
     if config.get("kind") == "pretrain":
         print(json.dumps(pretrain(config, workdir)["final"]))

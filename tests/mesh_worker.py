@@ -77,6 +77,7 @@ def sharding_checks(out_path: str) -> None:
     import numpy as np
 
     from feddat_jax.fl import mesh as mesh_lib
+
     from feddat_jax.fl.aggregation import MeanAggregator
     from feddat_jax.fl.registry import ClientRegistry, pad_batches, pad_ids
     from feddat_jax.fl.round import make_round_fn
@@ -233,9 +234,11 @@ def round_worker(
 
     from feddat_jax.fl import mesh as mesh_lib
 
+    from feddat_jax.fl import distributed
+
     gloo = "n/a"
     if num_processes > 1:
-        cfg = mesh_lib.DistributedConfig(
+        cfg = distributed.DistributedConfig(
             coordinator_address=f"127.0.0.1:{port}",
             num_processes=num_processes,
             process_id=process_id,
@@ -245,7 +248,7 @@ def round_worker(
             shutdown_timeout_seconds=30,
         )
         gloo = _loopback_gloo()  # registered before the CPU backend exists; used at its creation
-        assert mesh_lib.initialize_distributed(cfg)
+        assert distributed.initialize_distributed(cfg)
     import numpy as np
 
     from feddat_jax.fl.aggregation import MeanAggregator
@@ -257,7 +260,7 @@ def round_worker(
     N, C = 16, 8
     algorithm, frozen, shared, private, tasks, batches = _toy_setup(N)
     mesh = mesh_lib.make_mesh()
-    owned = mesh_lib.owned_clients(N)
+    owned = distributed.owned_clients(N)
     # Each process keeps only its own clients' state and data.
     reg = ClientRegistry.create(
         algorithm, shared, private, gather(tasks, owned), client_ids=owned, mesh=mesh
@@ -270,8 +273,8 @@ def round_worker(
     frozen = mesh_lib.put_frozen(frozen, mesh)
     cohorts = []
     for r in range(rounds):
-        cohort = mesh_lib.sample_cohort(7, r, N, C, mesh, num_processes=strata)
-        mine = cohort[mesh_lib.local_slots(mesh, C)]
+        cohort = distributed.sample_cohort(7, r, N, C, mesh, num_processes=strata)
+        mine = cohort[distributed.local_slots(mesh, C)]
         assert np.all(np.isin(mine, owned)), (mine, owned)
         server, _ = reg.run_round(fn, frozen, server, mine, gather(my_batches, reg.rows(mine)))
         cohorts.append(cohort)

@@ -1,6 +1,5 @@
 """Aggregation weights and every server optimizer against hand computations."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -25,6 +25,7 @@ import toy_model as toy
 
 from feddat_jax.fl import local_optim, sampling
 from feddat_jax.fl import mesh as mesh_lib
+from feddat_jax.fl import distributed
 from feddat_jax.fl.aggregation import MeanAggregator, client_weights
 from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
 from feddat_jax.fl.privacy import DPGaussianAggregator
@@ -228,7 +229,7 @@ def test_padded_cohort_round_equals_unpadded_round(weights):
     server_tx = make_server_optimizer("fedavg")
     server = init_server_state(shared, server_tx, jax.random.key(1))
     run = make_round_fn(algorithm, server_tx, MeanAggregator(weights))
-    ids, mask = mesh_lib.plan_cohort(0, 0, len(SIZES), 1.0, devices_per_process=[8])
+    ids, mask = distributed.plan_cohort(0, 0, len(SIZES), 1.0, devices_per_process=[8])
     assert ids.tolist() == [0, 1, 2, 3, 4, 0, 0, 0] and mask.sum() == len(SIZES)
     private_p, tasks_p, batches_p = _padded(ids, mask, private_C, tasks, batches)
     ref_server, ref_private, _ = run(  # donates private_C
@@ -279,30 +280,32 @@ def test_dp_fixed_cohort_divides_by_the_real_clients():
 # -------------------------------------------------------------------------------- cohort plans
 def test_plan_cohort_one_process_is_the_sampler_padded():
     for r in range(3):
-        ids, mask = mesh_lib.plan_cohort(4, r, 10, 3, devices_per_process=[4])
+        ids, mask = distributed.plan_cohort(4, r, 10, 3, devices_per_process=[4])
         real = sampling.sample_clients(4, r, 10, 3)
         assert ids.shape == (4,) and mask.tolist() == [True] * 3 + [False]
         np.testing.assert_array_equal(ids[mask], real)
         assert ids[3] == real[0]
-    ids, mask = mesh_lib.plan_cohort(0, 0, 5, 1.0)  # no mesh: one slot per client
+    ids, mask = distributed.plan_cohort(0, 0, 5, 1.0)  # no mesh: one slot per client
     assert ids.tolist() == list(range(5)) and mask.all()
 
 
 def test_plan_cohort_processes_fill_their_own_slots():
-    blocks = mesh_lib.client_blocks(5, 2)  # process 0 owns 0..2, process 1 owns 3..4
-    ids, mask = mesh_lib.plan_cohort(0, 0, 5, 1.0, devices_per_process=[2, 2])
+    blocks = distributed.client_blocks(5, 2)  # process 0 owns 0..2, process 1 owns 3..4
+    ids, mask = distributed.plan_cohort(0, 0, 5, 1.0, devices_per_process=[2, 2])
     assert ids.tolist() == [0, 1, 2, 0, 3, 4, 3, 3]  # 2 slots per device, 4 per process
     assert mask.tolist() == [True] * 3 + [False] + [True] * 2 + [False] * 2
     for p in range(2):
         part = ids[4 * p : 4 * (p + 1)]
         assert np.all((part >= blocks[p]) & (part < blocks[p + 1]))
     # a sampled cohort: a balanced share per process, seeded by (seed, round, process)
-    ids, mask = mesh_lib.plan_cohort(7, 1, 100, 10, devices_per_process=[4, 4])
+    ids, mask = distributed.plan_cohort(7, 1, 100, 10, devices_per_process=[4, 4])
     assert mask.sum() == 10 and ids.shape == (16,)
     assert ids[:8][mask[:8]].max() < 50 <= ids[8:][mask[8:]].min()
-    np.testing.assert_array_equal(ids[mask], mesh_lib.sample_cohort(7, 1, 100, 10, num_processes=2))
+    np.testing.assert_array_equal(
+        ids[mask], distributed.sample_cohort(7, 1, 100, 10, num_processes=2)
+    )
     with pytest.raises(ValueError, match="does not split"):
-        mesh_lib.plan_cohort(0, 0, 5, 1, devices_per_process=[1, 1])
+        distributed.plan_cohort(0, 0, 5, 1, devices_per_process=[1, 1])
 
 
 # ---------------------------------------------------------------------- client storage choice

@@ -1,7 +1,6 @@
 """Each loss term against a hand computation in numpy on fixed logits."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from feddat_jax.fl import losses

@@ -4,7 +4,7 @@ one process.
 Each worker (tests/mesh_worker.py) has 2 forced CPU devices, so the global mesh has 4 devices on
 the clients axis. Each process owns a contiguous block of the 16 clients, keeps only their private
 state and data (a ClientRegistry of 8 rows), fills its half of every 8-client cohort with its own
-clients (mesh.sample_cohort), and contributes only those rows to the global cohort arrays
+clients (distributed.sample_cohort), and contributes only those rows to the global cohort arrays
 (jax.make_array_from_process_local_data). The reference is one process on one device running the
 same cohorts. The coordinator and gloo listen on 127.0.0.1 only; every wait is bounded.
 """

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from feddat_jax.fl import mesh as mesh_lib
+
+from feddat_jax.fl import distributed
 from feddat_jax.fl import sampling
 from feddat_jax.fl.registry import pad_ids
 
@@ -111,8 +113,8 @@ def test_make_mesh_single_device():
 
 def test_single_process_slots_and_placement():
     mesh = mesh_lib.make_mesh()
-    np.testing.assert_array_equal(mesh_lib.process_slots(mesh, 4), [0, 4])
-    assert mesh_lib.local_slots(mesh, 4) == slice(0, 4)
+    np.testing.assert_array_equal(distributed.process_slots(mesh, 4), [0, 4])
+    assert distributed.local_slots(mesh, 4) == slice(0, 4)
     tree = {"a": np.arange(8.0).reshape(4, 2), "k": jax.random.split(jax.random.key(0), 4)}
     placed = mesh_lib.put_cohort(tree, mesh)
     assert str(placed["a"].sharding.spec) == "P('clients',)"
@@ -124,41 +126,43 @@ def test_single_process_slots_and_placement():
 
 
 def test_client_ownership_blocks():
-    np.testing.assert_array_equal(mesh_lib.client_blocks(10, 3), [0, 4, 7, 10])
-    np.testing.assert_array_equal(mesh_lib.owned_clients(10, 1, 3), [4, 5, 6])
-    assert sum(len(mesh_lib.owned_clients(10_000, p, 7)) for p in range(7)) == 10_000
+    np.testing.assert_array_equal(distributed.client_blocks(10, 3), [0, 4, 7, 10])
+    np.testing.assert_array_equal(distributed.owned_clients(10, 1, 3), [4, 5, 6])
+    assert sum(len(distributed.owned_clients(10_000, p, 7)) for p in range(7)) == 10_000
     with pytest.raises(ValueError):
-        mesh_lib.client_blocks(2, 3)
+        distributed.client_blocks(2, 3)
 
 
 def test_sample_cohort():
     # One process: exactly the library's sampler.
     for r in range(3):
         np.testing.assert_array_equal(
-            mesh_lib.sample_cohort(5, r, 1000, 40), sampling.sample_clients(5, r, 1000, 40)
+            distributed.sample_cohort(5, r, 1000, 40), sampling.sample_clients(5, r, 1000, 40)
         )
     # Stratified by owner: every process's slots hold its own clients; deterministic.
-    cohort = mesh_lib.sample_cohort(5, 2, 1000, 40, num_processes=4)
+    cohort = distributed.sample_cohort(5, 2, 1000, 40, num_processes=4)
     assert cohort.shape == (40,) and np.all(np.diff(cohort) > 0)
-    blocks = mesh_lib.client_blocks(1000, 4)
+    blocks = distributed.client_blocks(1000, 4)
     for p in range(4):
         part = cohort[10 * p : 10 * (p + 1)]
         assert np.all((part >= blocks[p]) & (part < blocks[p + 1]))
-    np.testing.assert_array_equal(cohort, mesh_lib.sample_cohort(5, 2, 1000, 40, num_processes=4))
-    assert not np.array_equal(cohort, mesh_lib.sample_cohort(5, 3, 1000, 40, num_processes=4))
+    np.testing.assert_array_equal(
+        cohort, distributed.sample_cohort(5, 2, 1000, 40, num_processes=4)
+    )
+    assert not np.array_equal(cohort, distributed.sample_cohort(5, 3, 1000, 40, num_processes=4))
     # All clients every round: the same cohort however many processes.
     np.testing.assert_array_equal(
-        mesh_lib.sample_cohort(0, 0, 12, 1.0, num_processes=3), np.arange(12)
+        distributed.sample_cohort(0, 0, 12, 1.0, num_processes=3), np.arange(12)
     )
     with pytest.raises(ValueError, match="split evenly"):
-        mesh_lib.sample_cohort(0, 0, 100, 10, num_processes=3)
+        distributed.sample_cohort(0, 0, 100, 10, num_processes=3)
 
 
 def test_distributed_config_from_env():
-    assert mesh_lib.initialize_distributed(None, env={}) is False
+    assert distributed.initialize_distributed(None, env={}) is False
     with pytest.raises(ValueError, match="needs coordinator_address"):
-        mesh_lib.initialize_distributed(None, env={"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"})
-    c = mesh_lib.DistributedConfig.from_config({"num_processes": 2, "local_device_ids": [0]})
+        distributed.initialize_distributed(None, env={"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"})
+    c = distributed.DistributedConfig.from_config({"num_processes": 2, "local_device_ids": [0]})
     assert c.num_processes == 2 and c.local_device_ids == (0,) and c.cpu_collectives == "gloo"
 
 

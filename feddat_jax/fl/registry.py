@@ -10,14 +10,14 @@ cheap and moves just the cohort:
 
 ``storage="host"`` (default) keeps the rows in host numpy (a FedDAT client of ViLT-B/32 is 8.5 M
 floats = 34 MB of private state: A_c, its head and their AdamW moments, so 10,000 clients are
-~340 GB: split them over processes, ``mesh.owned_clients``, or pass np.memmap arrays); gather
+~340 GB: split them over processes, ``distributed.owned_clients``, or pass np.memmap arrays); gather
 is one fancy-index per leaf and one transfer, scatter one device->host copy and one in-place
 assignment per leaf. ``storage="device"`` keeps them on the
 (single) device when they fit: gather and scatter are then two small jitted programs (compiled
 once; scatter donates the stacked buffers, so it updates in place).
 
 In a multi-process run each process builds a registry of the clients it owns
-(``mesh.owned_clients``) and gathers only its own slots of the cohort; ``gather`` then assembles
+(``distributed.owned_clients``) and gathers only its own slots of the cohort; ``gather`` then assembles
 the global cohort arrays with ``jax.make_array_from_process_local_data`` and ``scatter`` reads back
 this process's rows (``mesh.local_rows``).
 
@@ -25,7 +25,7 @@ Cohorts that do not divide over the mesh's ``clients`` axis are padded (:func:`p
 slots carry ``num_examples = 0`` (they weigh nothing in the size-weighted mean, and the
 ``uniform`` mean and DP aggregation leave them out) and the loop gives them an all-zero
 ``example_mask``, so they train nothing; scatter drops them. ``train.loop`` runs every round
-this way (``fl.mesh.plan_cohort`` pads the cohort). When a cohort's activations do not fit on a device at
+this way (``fl.distributed.plan_cohort`` pads the cohort). When a cohort's activations do not fit on a device at
 once, run the round chunked (``make_round_fn(chunk_size=k)``, see :func:`chunk_size_for`).
 """
 

@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     # every client's private state: "device" (on the accelerator), "host" (numpy) or "auto" (device
     # when it fits in a quarter of a device's memory, 2 GiB where unknown; host with processes > 1)
     c.client_storage = "auto"
-    # multi-process runs (fl.mesh.initialize_distributed); empty = one process, or the environment
+    # multi-process runs (fl.distributed.initialize_distributed); empty = one process, or the environment
     # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); auto_detect: SLURM / MPI / TPU
     c.distributed = ml_collections.ConfigDict(
         dict(coordinator_address="", num_processes=0, process_id=-1, auto_detect=False)

@@ -102,7 +102,7 @@ def resolve_strategy(config: ml_collections.ConfigDict, frozen: PyTree) -> str:
 
 def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Experiment:
     """Everything one run needs; ``mesh`` defaults to ``fl.mesh.mesh_from_config(config.mesh)``
-    (in a multi-process run, call ``fl.mesh.initialize_distributed`` first)."""
+    (in a multi-process run, call ``fl.distributed.initialize_distributed`` first)."""
     mesh = mesh if mesh is not None else mesh_lib.mesh_from_config(config.mesh)
     registry.choice(config.client_storage, CLIENT_STORAGES, "client_storage")
     method = methods.get_method(config.method)

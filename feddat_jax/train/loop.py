@@ -9,7 +9,7 @@ Restarting with the same workdir resumes from the newest whole checkpoint and re
 uninterrupted run exactly.
 
 The same code runs on one device, on a mesh of several, and in several processes (hosts): each
-process keeps the private state of the clients it owns (``fl.mesh.owned_clients``; all of them in
+process keeps the private state of the clients it owns (``fl.distributed.owned_clients``; all of them in
 one process), builds only its cohort slots' batches, and the results are gathered on every
 process. Padded slots have ``num_examples = 0`` and an all-zero ``example_mask``: they train
 nothing, weigh nothing in the aggregation, and are dropped from the metrics and the scatter.
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from feddat_jax.data.pipeline import Prefetcher, cohort_batches
 from feddat_jax.fl import mesh as mesh_lib
+from feddat_jax.fl import distributed
 from feddat_jax.fl.communication import CommunicationBudget, round_traffic
 from feddat_jax.fl.registry import ClientRegistry, pad_batches
 from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
@@ -130,7 +131,7 @@ def all_clients(registry: ClientRegistry, num_clients: int) -> PyTree:
     local = registry.states().private
     if jax.process_count() == 1:
         return local
-    blocks = mesh_lib.client_blocks(num_clients)
+    blocks = distributed.client_blocks(num_clients)
     sizes, most = np.diff(blocks), int(np.max(np.diff(blocks)))
     padded = jax.tree.map(
         lambda x: np.concatenate([x, np.zeros((most - x.shape[0],) + x.shape[1:], x.dtype)]), local
@@ -182,15 +183,15 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
 
     # This process's clients (all of them in one process), in a fresh registry per call: the
     # host copy is the registry's own (it writes the cohort's rows in place).
-    owned = mesh_lib.owned_clients(n)
+    owned = distributed.owned_clients(n)
     own = jax.tree.map(lambda x: np.array(np.asarray(x)[owned]), (private_N, exp.tasks))
     storage = client_storage(cfg.client_storage, sum(x.nbytes for x in jax.tree.leaves(own)), mesh)
     registry = ClientRegistry(own[0], own[1], client_ids=owned, storage=storage, mesh=mesh)
 
     def plan(r: int, clients_per_round=cfg.clients_per_round):
         """(global padded ids, mask, this process's slots) of round r's cohort."""
-        ids, mask = mesh_lib.plan_cohort(cfg.seed, r, n, clients_per_round, mesh)
-        return ids, mask, mesh_lib.local_slots(mesh, len(ids))
+        ids, mask = distributed.plan_cohort(cfg.seed, r, n, clients_per_round, mesh)
+        return ids, mask, distributed.local_slots(mesh, len(ids))
 
     def build(r: int) -> dict:  # on the prefetch thread: answer lists (ALBEF) included, placed
         ids, mask, mine = plan(r)

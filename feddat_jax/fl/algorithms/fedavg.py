@@ -12,7 +12,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from feddat_jax.fl import local_optim, losses
 from feddat_jax.fl.algorithms.base import Batch, ClientContext, Forward, LocalAlgorithm, PyTree

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from feddat_jax.fl import local_optim, losses
-from feddat_jax.fl.algorithms.base import Batch, ClientContext, Forward, LocalAlgorithm, PyTree
+from feddat_jax.fl.algorithms.base import Forward, LocalAlgorithm, PyTree
 from feddat_jax.peft.partition import merge
 
 TEACHER_MODES = ("dat", "client")
