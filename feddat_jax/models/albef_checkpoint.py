@@ -35,6 +35,7 @@ import numpy as np
 from feddat_jax.models.albef import AlbefConfig
 from feddat_jax.models.vilt_checkpoint import CheckpointError
 from feddat_jax.peft.partition import PEFT_PATTERN, flatten, unflatten
+from feddat_jax.models.torch_layout import from_torch, to_torch
 
 __all__ = [
     "CheckpointError",
@@ -86,19 +87,6 @@ def albef_name(path: str) -> str:
             name = re.sub(r"\b(blocks|layer)_(\d+)\b", r"\1.\2", ".".join(parts))
             return f"{theirs}.{re.sub(r'^patch_embed[.]', 'patch_embed.proj.', name)}"
     raise ValueError(f"{path!r} is not an ALBEF parameter path")
-
-
-def to_torch_layout(path: str, value: np.ndarray) -> np.ndarray:
-    """Our layout -> torch layout: Dense [in, out] -> Linear [out, in], conv HWIO -> OIHW."""
-    if path.endswith("/kernel"):
-        value = value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1)
-    return np.ascontiguousarray(value, dtype=np.float32)
-
-
-def from_torch_layout(path: str, value: np.ndarray) -> np.ndarray:
-    if path.endswith("/kernel"):
-        value = value.T if value.ndim == 2 else value.transpose(2, 3, 1, 0)
-    return np.asarray(value, dtype=np.float32)
 
 
 def _bicubic_matrix(out_size: int, in_size: int, a: float = -0.75) -> np.ndarray:
@@ -268,7 +256,7 @@ def load_albef_params(
         if name not in state:
             missing.append(name)
             continue
-        value = from_torch_layout(path_, state[name])
+        value = from_torch(path_, state[name])
         if path_.endswith("visual_encoder/pos_embed"):
             value = interpolate_pos_embed(value, config.grid)
         if value.shape != np.shape(init):
@@ -309,7 +297,7 @@ def save_albef_checkpoint(path: str | Path, params: Mapping[str, Any]) -> None:
     a `.safetensors` file, or a torch file {"model": state_dict} for any other suffix. PEFT
     parameters are not part of that layout and are skipped."""
     flat = {p: np.asarray(v) for p, v in flatten(params).items() if not re.search(PEFT_PATTERN, p)}
-    tensors = {albef_name(p): to_torch_layout(p, v) for p, v in flat.items()}
+    tensors = {albef_name(p): to_torch(p, v) for p, v in flat.items()}
     if "text_decoder.cls.predictions.bias" in tensors:
         for alias, target in _TIED.items():
             tensors[alias] = tensors[target]

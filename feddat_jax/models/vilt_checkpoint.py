@@ -21,6 +21,7 @@ import numpy as np
 
 from feddat_jax.models.vilt import ViltConfig
 from feddat_jax.peft.partition import PEFT_PATTERN, flatten, unflatten
+from feddat_jax.models.torch_layout import from_torch, to_torch
 
 IGNORED_PREFIXES = ("mlm_score.", "itm_score.")
 _HEAD_MODULES = {
@@ -53,20 +54,6 @@ def hf_name(path: str) -> str:
     for pattern, replacement in _RENAMES:
         name = re.sub(pattern, replacement, name)
     return f"vilt.{name}"
-
-
-def to_hf(path: str, value: np.ndarray) -> np.ndarray:
-    """Our layout -> torch layout: Dense [in, out] -> Linear [out, in], conv HWIO -> OIHW."""
-    if path.endswith("/kernel"):
-        value = value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1)
-    return np.ascontiguousarray(value, dtype=np.float32)
-
-
-def from_hf(path: str, value: np.ndarray) -> np.ndarray:
-    """Inverse of `to_hf`."""
-    if path.endswith("/kernel"):
-        value = value.T if value.ndim == 2 else value.transpose(2, 3, 1, 0)
-    return np.asarray(value, dtype=np.float32)
 
 
 def read_vilt_config(folder: str | Path) -> ViltConfig:
@@ -150,7 +137,7 @@ def load_vilt_params(
         if name not in state:
             missing.append(name)
             continue
-        value = from_hf(path, state[name])
+        value = from_torch(path, state[name])
         if value.shape != np.shape(init):
             bad_shapes.append(f"{name}: checkpoint {value.shape} vs model {np.shape(init)}")
         flat[path] = value.astype(init.dtype)
@@ -183,7 +170,7 @@ def save_vilt_checkpoint(folder: str | Path, params: Mapping[str, Any], config: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     flat = {p: np.asarray(v) for p, v in flatten(params).items() if not re.search(PEFT_PATTERN, p)}
-    tensors = {hf_name(p): to_hf(p, v) for p, v in flat.items()}
+    tensors = {hf_name(p): to_torch(p, v) for p, v in flat.items()}
     hf_config = config.to_hf_dict()
     if "head/dense_out/kernel" in flat:
         num_answers = flat["head/dense_out/kernel"].shape[1]
