@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import sys
 import time
 import zlib
@@ -66,6 +65,7 @@ from feddat_jax.data.readers import (
     load_example,
 )
 from feddat_jax.data.records import ClientSplit, FederatedBenchmark, answer_vocabulary
+from feddat_jax.data.tfds_store import sha256_file
 
 RECIPE_VERSION = 1
 
@@ -77,14 +77,6 @@ class BuildError(ValueError):
 def client_rng(seed: int, client: str, part: int) -> np.random.Generator:
     """The seeded stream of one client's train (part 0) or test (part 1) sampling."""
     return np.random.default_rng([int(seed), zlib.crc32(client.encode("utf-8")), int(part)])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _take(cands: list[Candidate], n: int, rng: np.random.Generator, log: ReadLog) -> list:
@@ -161,7 +153,7 @@ def build_client(
         "source": {
             **src.describe(),
             "files": {
-                str(p.relative_to(root)) if p.is_relative_to(root) else str(p): _sha256(p)
+                str(p.relative_to(root)) if p.is_relative_to(root) else str(p): sha256_file(p)
                 for p in log.files
             },
         },

@@ -61,7 +61,8 @@ def record_filename(benchmark_name: str, client: str, part: str) -> str:
     return f"{benchmark_name}-{split_name(client, part)}.array_record-00000-of-00001"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (manifest checksums)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -134,7 +135,7 @@ def write_benchmark(
                 )
             fname = record_filename(benchmark.name, c.name, part)
             _write_split(out / fname, features, c.name, examples)
-            files[fname] = _sha256(out / fname)
+            files[fname] = sha256_file(out / fname)
             split_infos.append(
                 tfds.core.SplitInfo(
                     name=split_name(c.name, part),
@@ -202,7 +203,7 @@ def verify_checksums(out_dir: str | os.PathLike) -> dict:
         path = out / fname
         if not path.is_file():
             raise StoreError(f"missing record file {path}")
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != expected:
             raise StoreError(
                 f"corrupt record file {path}: sha256 {got[:16]}... != manifest's {expected[:16]}..."

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from feddat_jax.fl import sampling
-from feddat_jax.fl.mesh import clients_size
+from feddat_jax.fl.mesh import clients_size, config_fields
 from feddat_jax.fl.placement import CLIENTS_AXIS
 
 
@@ -204,16 +204,9 @@ class DistributedConfig:
 
     @classmethod
     def from_config(cls, cfg: Any) -> DistributedConfig:
-        if cfg is None:
-            return cls()
         if isinstance(cfg, cls):
             return cfg
-        get = (
-            cfg.get
-            if isinstance(cfg, Mapping) or hasattr(cfg, "get")
-            else (lambda k, d: getattr(cfg, k, d))
-        )
-        values = {f.name: get(f.name, f.default) for f in dataclasses.fields(cls)}
+        values = config_fields(cls, cfg)
         values["local_device_ids"] = tuple(values["local_device_ids"] or ())
         return cls(**values)
 

@@ -97,6 +97,18 @@ def round_fn_kwargs(strategy: str, chunk_size: int | None = None) -> dict[str, A
 
 
 # ------------------------------------------------------------------------------------- the mesh
+def config_fields(cls: type, cfg: Any) -> dict[str, Any]:
+    """The dataclass ``cls``'s fields read from a mapping, a ConfigDict or any object (defaults
+    for the missing ones; all defaults for ``None``)."""
+    if cfg is None:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        get = cfg.get
+    else:
+        get = lambda k, d: getattr(cfg, k, d)  # noqa: E731
+    return {f.name: get(f.name, f.default) for f in dataclasses.fields(cls)}
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """The ``config.mesh`` block.
@@ -115,16 +127,9 @@ class MeshConfig:
     @classmethod
     def from_config(cls, cfg: Any) -> MeshConfig:
         """From a mapping, an ml_collections ConfigDict or any object with these attributes."""
-        if cfg is None:
-            return cls()
         if isinstance(cfg, cls):
             return cfg
-        get = (
-            cfg.get
-            if isinstance(cfg, Mapping) or hasattr(cfg, "get")
-            else (lambda k, d: getattr(cfg, k, d))
-        )
-        return cls(**{f.name: get(f.name, f.default) for f in dataclasses.fields(cls)})
+        return cls(**config_fields(cls, cfg))
 
 
 def make_mesh(clients: int = -1, model: int = 1, devices=None) -> Mesh:
