@@ -254,6 +254,7 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
                     comm_total,
                 )
                 break
+            built, waited = prefetch.build_seconds, prefetch.wait_seconds
             batches = prefetch.get(r)
             t0 = time.perf_counter()
             round_start_shared = server.shared
@@ -269,6 +270,9 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
             comm_total += traffic.total_bytes
             record = round_record(exp, r, cohort, metrics, time.perf_counter() - t0)
             record.update(traffic.metrics(comm_total))
+            # host input time (built on the prefetch thread) vs what the device loop waited for it
+            record["time/input_build_s"] = prefetch.build_seconds - built
+            record["time/input_wait_s"] = prefetch.wait_seconds - waited
             if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
                 record.update(evaluate(round_start_shared))
             writer.write(record)
