@@ -64,9 +64,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = ml_collections.ConfigDict(
         dict(coordinator_address="", num_processes=0, process_id=-1, auto_detect=False)
     )
-    # central DP of the shared channel (docs/PRIVACY.md); needs aggregation="uniform"
+    # central DP of the shared channel (docs/PRIVACY.md); needs aggregation="uniform". sampling:
+    # "fixed" (clients_per_round clients each round) or "poisson" (each client independently with
+    # probability q = clients_per_round as a fraction; an int count is count / N; one process only)
     c.dp = ml_collections.ConfigDict(
-        dict(enabled=False, clip_norm=1.0, noise_multiplier=1.0, delta=1e-5, accountant="rdp")
+        dict(
+            enabled=False,
+            clip_norm=1.0,
+            noise_multiplier=1.0,
+            delta=1e-5,
+            accountant="rdp",
+            sampling="fixed",
+        )
     )
 
     c.optim = ml_collections.ConfigDict(

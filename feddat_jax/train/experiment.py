@@ -23,11 +23,12 @@ from feddat_jax.data.pipeline import eval_batches, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
 from feddat_jax.fl import communication, local_optim
 from feddat_jax.fl import mesh as mesh_lib
+from feddat_jax.fl import sampling as sampling_lib
 from feddat_jax.fl.accounting import PrivacyAccountant
 from feddat_jax.fl.aggregation import Aggregator, MeanAggregator
-from feddat_jax.fl.privacy import make_dp_aggregator
 from feddat_jax.fl.algorithms import LocalAlgorithm
 from feddat_jax.fl.evaluation import make_eval_fn
+from feddat_jax.fl.privacy import make_dp_aggregator
 from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
@@ -36,6 +37,7 @@ from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES
 
 PyTree = Any
 DATA_SOURCES = ("embedded", "tfds")
+DP_SAMPLINGS = ("fixed", "poisson")
 # A backbone with at least this many frozen parameters counts as "base" size for the "auto"
 # strategy (ViLT-B/32 and ALBEF have ~10^8; the demo's tiny ViLT 10^6).
 BASE_SIZE_PARAMS = 20_000_000
@@ -182,9 +184,29 @@ def build_aggregation(
     config: ml_collections.ConfigDict, num_clients: int
 ) -> tuple[Aggregator, PrivacyAccountant | None]:
     """The plain mean, or (``dp.enabled``) the DP-FedAvg aggregator and its privacy accountant."""
+    sampling = registry.choice(config.dp.get("sampling", "fixed"), DP_SAMPLINGS, "dp.sampling")
     if not config.dp.enabled:
         return MeanAggregator(config.aggregation), None
     dp = config.dp
+    if sampling == "poisson":
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"config.dp.sampling='poisson' supports one process only; this run has "
+                f"{jax.process_count()} processes (use dp.sampling='fixed')"
+            )
+        q = poisson_sample_rate(config, num_clients)
+        aggregator = make_dp_aggregator(
+            dp.clip_norm,
+            dp.noise_multiplier,
+            aggregation=config.aggregation,
+            sampling="poisson",
+            num_clients=num_clients,
+            sample_rate=q,
+        )
+        accountant = PrivacyAccountant(
+            dp.noise_multiplier, "poisson", q, dp.delta, dp.accountant, num_clients
+        )
+        return aggregator, accountant
     aggregator = make_dp_aggregator(
         dp.clip_norm, dp.noise_multiplier, aggregation=config.aggregation
     )
@@ -192,6 +214,23 @@ def build_aggregation(
         dp.noise_multiplier, num_clients, config.clients_per_round, dp.delta, dp.accountant
     )
     return aggregator, accountant
+
+
+def poisson_sampling(config: ml_collections.ConfigDict) -> bool:
+    """Whether the loop draws Poisson cohorts (``dp.enabled`` and ``dp.sampling="poisson"``)."""
+    return bool(config.dp.enabled) and config.dp.get("sampling", "fixed") == "poisson"
+
+
+def poisson_sample_rate(config: ml_collections.ConfigDict, num_clients: int) -> float:
+    """q of Poisson sampling: ``clients_per_round`` as a fraction (an int count is count / N;
+    so is a whole float > 1, which is what ConfigDict makes of a count set on the float field)."""
+    cpr = config.clients_per_round
+    if isinstance(cpr, float) and cpr > 1.0 and cpr.is_integer():
+        cpr = int(cpr)
+    if isinstance(cpr, (int, np.integer)) and not isinstance(cpr, bool):
+        return sampling_lib.cohort_size(num_clients, int(cpr)) / num_clients
+    sampling_lib.cohort_size(num_clients, cpr)  # the same checks as fixed-size cohorts
+    return float(cpr)
 
 
 def algorithm_options(config: ml_collections.ConfigDict, method: methods.Method) -> dict:

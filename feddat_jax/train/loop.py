@@ -1,6 +1,7 @@
 """The training loop: the thin shell around the pure round.
 
-Per round: sample the cohort (seeded by round) and pad it to a multiple of the mesh's ``clients``
+Per round: sample the cohort (seeded by round; with ``dp.sampling="poisson"`` a Poisson cohort,
+padded to one static size for the whole run) and pad it to a multiple of the mesh's ``clients``
 axis, assemble its batches (prefetched and placed on the mesh on a host thread), run the ONE jitted
 round through the :class:`~feddat_jax.fl.registry.ClientRegistry` (gather the cohort's private
 state, round, scatter it back), check for NaN, log, evaluate every client every ``eval_every``
@@ -29,13 +30,14 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from feddat_jax.data.pipeline import Prefetcher, cohort_batches
-from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl import distributed
+from feddat_jax.fl import mesh as mesh_lib
+from feddat_jax.fl.accounting import max_poisson_cohort, pad_cohort, poisson_sample
 from feddat_jax.fl.communication import CommunicationBudget, round_traffic
 from feddat_jax.fl.registry import ClientRegistry, pad_batches
 from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
 from feddat_jax.train.config_base import fingerprint_json
-from feddat_jax.train.experiment import Experiment
+from feddat_jax.train.experiment import Experiment, poisson_sample_rate, poisson_sampling
 from feddat_jax.train.metrics import MetricsWriter, Record
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,11 @@ def round_record(
         "time/round_s": seconds,
         "cohort": ",".join(names[k] for k in cohort),
     }
+    if len(cohort) == 0:  # an empty Poisson cohort: the round released noise only
+        log.info("round %d: empty Poisson cohort (the server update is DP noise only)", round_index)
     for key, values in metrics_C.items():
-        record[f"train/{key}"] = float(np.mean(values))
+        if len(values):
+            record[f"train/{key}"] = float(np.mean(values))
         for k, v in zip(cohort, values):
             record[f"train/{names[k]}/{key}"] = float(v)
     for key, value in jax.device_get(metrics["server"]).items():
@@ -188,9 +193,28 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
     storage = client_storage(cfg.client_storage, sum(x.nbytes for x in jax.tree.leaves(own)), mesh)
     registry = ClientRegistry(own[0], own[1], client_ids=owned, storage=storage, mesh=mesh)
 
-    def plan(r: int, clients_per_round=cfg.clients_per_round):
-        """(global padded ids, mask, this process's slots) of round r's cohort."""
-        ids, mask = distributed.plan_cohort(cfg.seed, r, n, clients_per_round, mesh)
+    # DP with Poisson sampling: each round's cohort is poisson_sample(seed, r, N, q), padded to
+    # ONE static size for the whole run (the largest cohort of every round, rounded up to the
+    # mesh's clients axis) so the round compiles once. An empty cohort runs with every slot
+    # padded: the server update is then the noise alone (DP-FedAvg releases it, and it is
+    # accounted like every other round).
+    poisson_q = poisson_size = None
+    if poisson_sampling(cfg):
+        if jax.process_count() > 1:
+            raise ValueError("config.dp.sampling='poisson' supports one process only")
+        poisson_q = poisson_sample_rate(cfg, n)
+        devices = mesh_lib.clients_size(mesh)
+        largest = max_poisson_cohort(cfg.seed, cfg.rounds, n, poisson_q)
+        poisson_size = -(-largest // devices) * devices
+
+    def plan(r: int, clients_per_round=None):
+        """(global padded ids, mask, this process's slots) of round r's cohort (default: the
+        training cohort; ``clients_per_round`` given: that fixed-size cohort)."""
+        if clients_per_round is None and poisson_size is not None:
+            ids, mask = pad_cohort(poisson_sample(cfg.seed, r, n, poisson_q), poisson_size)
+        else:
+            cpr = cfg.clients_per_round if clients_per_round is None else clients_per_round
+            ids, mask = distributed.plan_cohort(cfg.seed, r, n, cpr, mesh)
         return ids, mask, distributed.local_slots(mesh, len(ids))
 
     def build(r: int) -> dict:  # on the prefetch thread: answer lists (ALBEF) included, placed
