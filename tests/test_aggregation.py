@@ -89,5 +89,8 @@ def test_sampling_is_seeded_and_validated():
     np.testing.assert_array_equal(sample_clients(0, 0, 5, 5), np.arange(5))
     with pytest.raises(ValueError, match="only 5 clients"):
         sample_clients(0, 0, 5, 6)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="neither a fraction"):
         cohort_size(5, 1.5)
+    assert cohort_size(5, 3.0) == 3  # a config's float field given a count
+    with pytest.raises(ValueError, match="outside"):
+        cohort_size(5, 0.0)

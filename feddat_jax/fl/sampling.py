@@ -6,11 +6,22 @@ import numpy as np
 
 
 def cohort_size(num_registered: int, clients_per_round: int | float) -> int:
-    """Resolve a count (int) or a fraction in (0, 1] (float) into a cohort size C."""
+    """Resolve a count (int) or a fraction in (0, 1] (float) into a cohort size C.
+
+    A whole-number float above 1 is a count: ml_collections keeps a float field a float, so
+    ``--config.clients_per_round=3`` arrives as 3.0.
+    """
     if isinstance(clients_per_round, bool) or not isinstance(clients_per_round, (int, float)):
         raise TypeError(
             f"clients_per_round must be an int count or a float fraction, got {clients_per_round!r}"
         )
+    if isinstance(clients_per_round, float) and clients_per_round > 1.0:
+        if not clients_per_round.is_integer():
+            raise ValueError(
+                f"clients_per_round={clients_per_round} is neither a fraction in (0, 1] nor a "
+                "whole number of clients"
+            )
+        clients_per_round = int(clients_per_round)
     if isinstance(clients_per_round, float):
         if not 0.0 < clients_per_round <= 1.0:
             raise ValueError(f"clients_per_round fraction {clients_per_round} is outside (0, 1]")
