@@ -32,7 +32,7 @@ from feddat_jax.fl.privacy import DPGaussianAggregator
 from feddat_jax.fl.registry import pad_batches
 from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
-from feddat_jax.fl.state import init_server_state, stack_clients
+from feddat_jax.fl.state import init_server_state
 from feddat_jax.train import loop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,13 +202,9 @@ def _toy_round_inputs():
         toy.forward,
         FedDATConfig(optim=local_optim.LocalOptimConfig(learning_rate=3e-2, schedule_epochs=2.0)),
     )
-    rng = np.random.default_rng(0)
-    examples = [toy.client_examples(rng, n, A, k, r) for n, k, r in zip(SIZES, KINDS, REAL)]
-    steps = max(-(-n // B) for n in SIZES)
-    batches = stack_clients([toy.batch_epoch(e, B, steps) for e in examples])
-    frozen, shared, private = toy.split(toy.init_params(jax.random.key(0), A))
-    private_C = stack_clients([algorithm.init_private(shared, private)] * len(SIZES))
-    tasks = toy.make_tasks(SIZES, KINDS, REAL, A)
+    _, batches, frozen, shared, _, private_C, tasks = toy.cohort(
+        algorithm, SIZES, KINDS, REAL, A, B
+    )
     return algorithm, frozen, shared, private_C, tasks, batches
 
 

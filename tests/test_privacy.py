@@ -22,7 +22,7 @@ from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
 from feddat_jax.fl.privacy import DPGaussianAggregator, make_dp_aggregator
 from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
-from feddat_jax.fl.state import init_server_state, stack_clients
+from feddat_jax.fl.state import init_server_state
 
 SIZES = (3, 7, 5)
 KINDS = (0, 1, 0)
@@ -55,13 +55,9 @@ def random_deltas(key, num_clients, scale=1.0):
 @pytest.fixture(scope="module")
 def feddat_setup():
     algorithm = FedDAT(toy.forward, FedDATConfig(optim=OPTIM))
-    rng = np.random.default_rng(0)
-    examples = [toy.client_examples(rng, n, A, k, r) for n, k, r in zip(SIZES, KINDS, REAL)]
-    steps = max(-(-n // B) for n in SIZES)
-    batches = stack_clients([toy.batch_epoch(e, B, steps) for e in examples])
-    frozen, shared, private = toy.split(toy.init_params(jax.random.key(0), A))
-    private_C = stack_clients([algorithm.init_private(shared, private)] * len(SIZES))
-    tasks = toy.make_tasks(SIZES, KINDS, REAL, A)
+    _, batches, frozen, shared, _, private_C, tasks = toy.cohort(
+        algorithm, SIZES, KINDS, REAL, A, B
+    )
     return algorithm, frozen, shared, private_C, tasks, batches
 
 

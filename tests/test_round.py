@@ -21,14 +21,7 @@ OPTIM = local_optim.LocalOptimConfig(learning_rate=3e-2, schedule_epochs=2.0)
 
 
 def setup(algorithm):
-    rng = np.random.default_rng(0)
-    examples = [toy.client_examples(rng, n, A, k, r) for n, k, r in zip(SIZES, KINDS, REAL)]
-    steps = max(-(-n // B) for n in SIZES)
-    batches = stack_clients([toy.batch_epoch(e, B, steps) for e in examples])
-    frozen, shared, private = toy.split(toy.init_params(jax.random.key(0), A))
-    private_C = stack_clients([algorithm.init_private(shared, private)] * len(SIZES))
-    tasks = toy.make_tasks(SIZES, KINDS, REAL, A)
-    return examples, batches, frozen, shared, private, private_C, tasks
+    return toy.cohort(algorithm, SIZES, KINDS, REAL, A, B)
 
 
 def loop_reference(algorithm, frozen, server, private, examples, tasks, weights_kind):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from feddat_jax.fl.state import ClientTasks
+from feddat_jax.fl.state import ClientTasks, stack_clients
 
 H, W, FEAT, HID = 4, 4, 48, 8
 
@@ -102,3 +102,16 @@ def make_tasks(sizes, kinds, real_answers, num_answers) -> ClientTasks:
         task_kind=jnp.asarray(kinds, jnp.int32),
         num_examples=jnp.asarray(sizes, jnp.int32),
     )
+
+
+def cohort(algorithm, sizes, kinds, real, num_answers: int = 5, batch_size: int = 4):
+    """A toy cohort ready for ``run_round``: per-client examples, their padded [C,S,B,...] epoch,
+    the split params, every client's fresh private state and the task metadata."""
+    rng = np.random.default_rng(0)
+    examples = [client_examples(rng, n, num_answers, k, r) for n, k, r in zip(sizes, kinds, real)]
+    steps = max(-(-n // batch_size) for n in sizes)
+    batches = stack_clients([batch_epoch(e, batch_size, steps) for e in examples])
+    frozen, shared, private = split(init_params(jax.random.key(0), num_answers))
+    private_C = stack_clients([algorithm.init_private(shared, private)] * len(sizes))
+    tasks = make_tasks(sizes, kinds, real, num_answers)
+    return examples, batches, frozen, shared, private, private_C, tasks
