@@ -1,4 +1,5 @@
-"""The embedded benchmark: determinism, the four kinds of heterogeneity, caching, bad input."""
+"""The embedded benchmark: determinism, the four kinds of heterogeneity, the shared/shifted tags and
+the concept shift, caching, bad input."""
 
 import io
 import itertools
@@ -8,18 +9,17 @@ import pytest
 from PIL import Image
 
 from feddat_jax.data import embedded
-from feddat_jax.data.embedded import FAMILIES, load_or_build, make_benchmark
+from feddat_jax.data.embedded import GENERATORS, load_or_build, make_benchmark
+from feddat_jax.data.embedded_families import FAMILIES, KINDS, family_clients
+from feddat_jax.data.embedded_lexicon import CONVENTIONS, HUE, SIDE, Lexicon, WordUseError
+from feddat_jax.data.embedded_world import SHAPES, sample_scene
 
-SMALL = dict(train_per_client=16, test_per_client=4)
+SMALL = dict(train_per_client=16, test_per_client=6, image_size=32)
 
 
 @pytest.fixture(scope="module")
 def families():
-    return {f: make_benchmark(f, **SMALL) for f in FAMILIES}
-
-
-def qtype(example):
-    return example.example_id.rsplit("/", 1)[1]
+    return {f: make_benchmark(f, num_clients=8, **SMALL) for f in FAMILIES}
 
 
 def test_same_seed_is_byte_identical_and_seed_matters():
@@ -27,74 +27,121 @@ def test_same_seed_is_byte_identical_and_seed_matters():
     b = make_benchmark("scene", num_clients=2, **SMALL, seed=3)
     c = make_benchmark("scene", num_clients=2, **SMALL, seed=4)
     assert a == b
-    assert [e.image for e in a.clients[0].train] == [e.image for e in b.clients[0].train]
     assert [e.image for e in a.clients[0].train] != [e.image for e in c.clients[0].train]
 
 
 def test_client_data_do_not_depend_on_num_clients():
     two = make_benchmark("function", num_clients=2, **SMALL)
-    five = make_benchmark("function", **SMALL)
+    five = make_benchmark("function", num_clients=5, **SMALL)
     assert two.clients == five.clients[:2]
 
 
-def test_every_family_is_well_formed(families):
+def test_every_family_is_well_formed_and_tagged(families):
     for family, bench in families.items():
-        assert [c.name for c in bench.clients] == [d.name for d in FAMILIES[family]]
+        info = bench.manifest["clients"]
+        assert [c.name for c in bench.clients] == [d.name for d in family_clients(family, 8)]
         for c in bench.clients:
             assert c.train and c.test and 1 <= len(c.answers) <= 100
             for ex in c.train + c.test:
                 assert set(ex.answers) <= set(c.answers)
-                assert ex.image.startswith(b"\x89PNG")
                 assert Image.open(io.BytesIO(ex.image)).size == (32, 32)
-                scores = set(ex.answers.values())
+                assert ex.question_type in info[c.name]["question_types"]
+                assert ex.group == ("shifted" if GENERATORS[ex.question_type].axes else "shared")
                 if c.task_kind == "classification":
                     assert list(ex.answers.values()) == [1.0]
                 else:
-                    assert scores <= {0.3, 0.6, 0.9, 1.0} and max(scores) == 1.0
+                    assert set(ex.answers.values()) <= {0.3, 0.6, 0.9, 1.0}
+        # every family asks both shared and shifted questions
+        groups = {ex.group for c in bench.clients for ex in c.train + c.test}
+        assert groups == {"shared", "shifted"}, family
 
 
-def test_domain_clients_differ_in_pixels_and_size(families):
-    clients = families["domain"].clients
+def test_conventions_are_balanced_and_cross_client_kinds():
+    for family in FAMILIES:
+        clients = family_clients(family, 12)
+        conventions = [c.convention.name for c in clients]
+        assert all(conventions.count(c.name) == 3 for c in CONVENTIONS)
+        for axis in ("hue_swap", "mirror"):
+            kinds = {c.kind.name for c in clients if getattr(c.convention, axis)}
+            assert len(kinds) >= min(3, len(KINDS[family])), (family, axis, kinds)
+
+
+def test_training_sizes_span_16_to_64_by_default():
+    sizes = [embedded.train_size(40, 0.6, 0, k) for k in range(12)]
+    assert min(sizes) >= 16 and max(sizes) <= 64 and max(sizes) - min(sizes) >= 24
+
+
+def _generate(qtype, convention, seed):
+    """One question of ``qtype`` at a client of ``convention``, from a fixed scene and draw."""
+    gen = GENERATORS[qtype]
+    for attempt in range(200):
+        rng = np.random.default_rng([seed, attempt])
+        scene = sample_scene(rng, SHAPES, ("red", "orange", "blue", "green"), "train")
+        q = gen.generate(scene, rng, Lexicon(convention).for_type(gen.axes))
+        if q is not None:
+            return q
+    raise AssertionError(qtype)
+
+
+def test_shared_types_are_worded_the_same_under_every_convention():
+    for qtype, gen in GENERATORS.items():
+        for seed in range(20):
+            qs = {(q.text, q.answer) for q in (_generate(qtype, c, seed) for c in CONVENTIONS)}
+            if not gen.axes:
+                assert len(qs) == 1, (qtype, qs)
+
+
+def test_shifted_types_disagree_between_conventions():
+    """The same image and question text get another answer at a client of another convention:
+    the concept shift. Checked by asking, for each convention, the question another convention
+    would word for the same scene."""
+    standard, hue, mirror, _ = CONVENTIONS
+    for qtype, other in (("count_colour", hue), ("exists_colour", hue), ("cell", mirror)):
+        differ = 0
+        for seed in range(40):
+            a, b = _generate(qtype, standard, seed), _generate(qtype, other, seed)
+            differ += (
+                a.text != b.text
+            )  # same scene and answer, other words: the words' meaning moved
+            assert a.answer == b.answer
+        assert differ > 10, qtype
+
+
+def test_a_type_cannot_use_words_it_does_not_declare():
+    with pytest.raises(WordUseError, match="hue"):
+        Lexicon(axes=frozenset({SIDE})).colour("red")
+    with pytest.raises(WordUseError, match="side"):
+        Lexicon(axes=frozenset({HUE})).cell(0)
+    assert Lexicon(CONVENTIONS[1], axes=frozenset({HUE})).colour("red") == "orange"
+    assert Lexicon(CONVENTIONS[2], axes=frozenset({SIDE})).cell(0) == "top right"
+
+
+def test_domain_clients_differ_in_pixels_and_phrasing(families):
+    clients = families["domain"].clients[:5]  # one client per style
     stats = {}
     for c in clients:
         ims = np.stack([np.asarray(Image.open(io.BytesIO(e.image))) for e in c.train]) / 1.0
         stats[c.name] = np.array([ims.mean(), ims.std(), np.abs(np.diff(ims, axis=2)).mean()])
     for a, b in itertools.combinations(stats, 2):
         assert np.abs(stats[a] - stats[b]).max() > 5.0, (a, b, stats[a], stats[b])
-    assert len({len(c.train) for c in clients}) == len(clients)  # +-40% sizes by default
-    assert len({ex.question.split()[0] for c in clients for ex in c.train[:8]}) > 3  # phrasing
-    info = families["domain"].manifest["clients"]
-    assert len({tuple(v["question_types"]) for v in info.values()}) == 1  # same question types
-    for c in clients:
-        assert {qtype(e) for e in c.train} <= set(info[c.name]["question_types"])
+    first_words = {ex.question.split()[0] for c in clients for ex in c.train + c.test}
+    assert len(first_words) > 3  # phrasing
 
 
-def test_function_clients_have_disjoint_question_types(families):
-    types = {c.name: {qtype(e) for e in c.train + c.test} for c in families["function"].clients}
+def test_function_kinds_have_disjoint_question_types():
+    types = {k.name: set(k.question_types) for k in KINDS["function"]}
     for a, b in itertools.combinations(types, 2):
         assert not types[a] & types[b], (a, b)
 
 
-def test_scene_clients_differ_in_objects(families):
-    seen = {}
-    for c in families["scene"].clients:
-        seen[c.name] = {
-            max(e.answers, key=e.answers.get) for e in c.train if qtype(e) in ("shape", "colour")
-        }
-    for a, b in itertools.combinations(seen, 2):
-        assert seen[a] != seen[b], (a, b)
-    info = families["scene"].manifest["clients"]
-    assert len({tuple(v["shapes"] + v["colours"]) for v in info.values()}) == len(info)
+def test_scene_kinds_differ_in_objects():
+    kinds = KINDS["scene"]
+    assert len({tuple(k.shapes + k.colours) for k in kinds}) == len(kinds)
 
 
 def test_task_clients_differ_in_task(families):
-    clients = families["task"].clients
-    assert [c.task_kind for c in clients] == [
-        "vqa",
-        "classification",
-        "classification",
-        "classification",
-    ]
+    clients = families["task"].clients[:4]
+    assert [c.task_kind for c in clients] == ["vqa"] + ["classification"] * 3
     assert sorted(clients[1].answers) == ["false", "true"]
     assert sorted(clients[2].answers) == ["false", "true", "unknown"]
     assert sorted(clients[3].answers) == ["a", "b", "c", "d"]
@@ -102,15 +149,13 @@ def test_task_clients_differ_in_task(families):
 
 
 def test_load_or_build_reuses_the_cache(tmp_path, monkeypatch):
-    first = load_or_build("task", tmp_path, num_clients=2, train_per_client=4, test_per_client=2)
+    kw = dict(num_clients=2, train_per_client=4, test_per_client=2, image_size=32)
+    first = load_or_build("task", tmp_path, **kw)
     monkeypatch.setattr(embedded, "make_benchmark", lambda *a, **k: pytest.fail("rebuilt"))
-    again = load_or_build("task", tmp_path, num_clients=2, train_per_client=4, test_per_client=2)
+    again = load_or_build("task", tmp_path, **kw)
     assert again == first
-    other = embedded.cache_path(
-        "task", tmp_path, num_clients=2, train_per_client=5, test_per_client=2
-    )
-    assert other != embedded.cache_path(
-        "task", tmp_path, num_clients=2, train_per_client=4, test_per_client=2
+    assert embedded.cache_path("task", tmp_path, **{**kw, "train_per_client": 5}) != (
+        embedded.cache_path("task", tmp_path, **kw)
     )
 
 
@@ -118,10 +163,10 @@ def test_load_or_build_reuses_the_cache(tmp_path, monkeypatch):
     "kwargs, match",
     [
         (dict(family="nope"), r"'nope'.*\['domain', 'function', 'scene', 'task'\]"),
-        (dict(family="task", num_clients=9), r"num_clients=9 is not in 1\.\.4"),
-        (dict(family="task", num_clients=0), r"num_clients=0"),
+        (dict(family="task", num_clients=21), r"num_clients=21 is not in 1\.\.20"),
         (dict(family="task", image_size=40, patch_size=16), r"image_size=40.*patch_size=16"),
         (dict(family="task", top_k=101), r"top_k=101"),
+        (dict(family="task", size_spread=1.0), r"size_spread=1.0"),
     ],
 )
 def test_bad_input_names_value_and_choices(kwargs, match):

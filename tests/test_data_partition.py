@@ -60,19 +60,23 @@ def test_empty_client_is_refused_by_name():
 
 
 def test_repartition_and_summary():
-    bench = make_benchmark("function", num_clients=2, train_per_client=30, test_per_client=10)
+    bench = make_benchmark(
+        "function", num_clients=2, train_per_client=30, test_per_client=10, image_size=32
+    )
     pooled = sum(len(c.train) + len(c.test) for c in bench.clients)
     skewed = partition.repartition(bench, "dirichlet", 3, alpha=1.0, seed=0)
     assert len(skewed.clients) == 3
     ids = [e.example_id for c in skewed.clients for e in c.train + c.test]
     assert len(ids) == len(set(ids)) and len(ids) <= pooled
     natural = partition.repartition(bench, "natural")
-    assert [c.name for c in natural.clients] == ["attribute", "knowledge"]
+    assert [c.name for c in natural.clients] == ["attribute_00", "knowledge_01"]
     text, table = partition.summary_table(skewed)
     assert "client_0" in text and "total" in text
     assert table["total"]["train"] == sum(len(c.train) for c in skewed.clients)
     with pytest.raises(ValueError, match=r"'zipf'.*natural"):
         partition.repartition(bench, "zipf", 3)
     with pytest.raises(ValueError, match="task kinds"):
-        mixed = make_benchmark("task", train_per_client=4, test_per_client=2)
+        mixed = make_benchmark(
+            "task", num_clients=4, train_per_client=4, test_per_client=2, image_size=32
+        )
         partition.repartition(mixed, "iid", 2)

@@ -13,7 +13,9 @@ from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark
 
 @pytest.fixture(scope="module")
 def bench():
-    return make_benchmark("task", train_per_client=6, test_per_client=3, seed=1)
+    return make_benchmark(
+        "task", num_clients=4, train_per_client=6, test_per_client=3, seed=1, image_size=32
+    )
 
 
 def test_round_trip_without_tensorflow(bench, tmp_path):
@@ -37,14 +39,18 @@ def test_readable_with_plain_tfds_data_source(bench, tmp_path):
 
     out = tfds_store.write_benchmark(bench, tmp_path / "b")
     source = tfds.builder_from_directory(out).as_data_source()
-    first = source["vqa_train"][0]
+    first = source["vqa_00_train"][0]
     assert first["image"].shape == (32, 32, 3)  # decoded by TFDS's NumPy path
     assert first["question"].decode() == bench.clients[0].train[0].question
 
 
 def test_same_seed_gives_identical_record_files(tmp_path):
-    a = make_benchmark("function", num_clients=2, train_per_client=4, test_per_client=2)
-    b = make_benchmark("function", num_clients=2, train_per_client=4, test_per_client=2)
+    a = make_benchmark(
+        "function", num_clients=2, train_per_client=4, test_per_client=2, image_size=32
+    )
+    b = make_benchmark(
+        "function", num_clients=2, train_per_client=4, test_per_client=2, image_size=32
+    )
     ma = json.loads((tfds_store.write_benchmark(a, tmp_path / "a") / "manifest.json").read_text())
     mb = json.loads((tfds_store.write_benchmark(b, tmp_path / "b") / "manifest.json").read_text())
     assert ma["sha256"] == mb["sha256"]
@@ -52,7 +58,7 @@ def test_same_seed_gives_identical_record_files(tmp_path):
 
 def test_corrupt_record_file_is_refused_by_name(bench, tmp_path):
     out = tfds_store.write_benchmark(bench, tmp_path / "b")
-    victim = out / tfds_store.record_filename(bench.name, "entailment", "train")
+    victim = out / tfds_store.record_filename(bench.name, "entailment_02", "train")
     data = bytearray(victim.read_bytes())
     data[len(data) // 3] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -62,7 +68,7 @@ def test_corrupt_record_file_is_refused_by_name(bench, tmp_path):
 
 def test_missing_record_file_is_refused_by_name(bench, tmp_path):
     out = tfds_store.write_benchmark(bench, tmp_path / "b")
-    victim = out / tfds_store.record_filename(bench.name, "vqa", "test")
+    victim = out / tfds_store.record_filename(bench.name, "vqa_00", "test")
     victim.unlink()
     with pytest.raises(tfds_store.StoreError, match="missing record file.*" + victim.name):
         tfds_store.read_benchmark(out)

@@ -60,12 +60,15 @@ class ClientDataStore:
     """Encoded rows of one split (``train`` or ``test``) of N clients.
 
     ``arrays[key][offsets[k]:offsets[k + 1]]`` are client k's rows, in the client's stored order.
+    ``tags`` holds per-row host metadata that never goes to the device: the question type and the
+    group ("shared"/"shifted", "" where the source does not say) by which scores are broken down.
     """
 
     names: tuple[str, ...]
     part: str
     offsets: np.ndarray
     arrays: dict[str, np.ndarray]
+    tags: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def build(
@@ -110,6 +113,10 @@ class ClientDataStore:
                 "image": image,
                 "pixel_mask": pixel_mask,
                 "targets": targets,
+            },
+            tags={
+                "question_type": np.array([ex.question_type for ex in examples], dtype=object),
+                "group": np.array([ex.group for ex in examples], dtype=object),
             },
         )
 

@@ -1,23 +1,21 @@
-"""The embedded federated benchmark: four families of clients mirroring the paper's four kinds of
-heterogeneity, generated offline from a seed.
+"""The embedded federated benchmark: four families of clients, generated offline from a seed.
 
-* ``domain``   -- same question types, different image style (palette, texture, noise, outline)
-                  and question phrasing per client; client sizes differ (+-40% by default);
-* ``function`` -- one question family per client (CLOVE-function names), disjoint across clients;
-* ``scene``    -- one object/background world per client (CLOVE-scene names), same questions;
-* ``task``     -- one task per client: VQA (soft scores), true/false, 3-way entailment, multiple
-                  choice (the last three single-label classification).
+Which clients a family has, and what each kind of client asks and sees, is in
+``embedded_families``; how a client words things (its naming convention, the concept shift) in
+``embedded_lexicon``; the questions in ``embedded_questions`` / ``embedded_statements``. This module
+draws the examples and builds the clients' splits. docs/BENCHMARK.md says what each property stands
+for and how it is measured.
 
 Every example is a pure function of (seed, family, client, split, index): its own
 ``np.random.default_rng`` draws the question type, the scene, the wording, the rendering noise and
 the simulated annotators, so the same seed gives byte-identical benchmarks, and a client's data do
-not depend on how many clients were asked for.
+not depend on how many clients were asked for. Each example records its question type and its
+group ("shared" or "shifted").
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -28,110 +26,18 @@ from pathlib import Path
 import numpy as np
 
 from feddat_jax.data import embedded_world as world
+from feddat_jax.data.embedded_families import DEFAULT_CLIENTS, FAMILIES, ClientDef, family_clients
+from feddat_jax.data.embedded_lexicon import Lexicon, group_of
 from feddat_jax.data.embedded_questions import QUESTIONS, Question
 from feddat_jax.data.embedded_statements import STATEMENTS
 from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, answer_vocabulary
 from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _SCORE = {1: 0.3, 2: 0.6, 3: 0.9}  # SPEC section 5: 1/2/3/>=4 annotators -> 0.3/0.6/0.9/1.0
 _ANNOTATORS = 10
 _PARTS = ("train", "test")
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientDef:
-    name: str
-    question_types: tuple[str, ...]
-    task_kind: str = "vqa"
-    style: world.Style = world.Style("clean")
-    phrasing: int = 0
-    shapes: tuple[str, ...] = world.SHAPES
-    colours: tuple[str, ...] = world.COLOURS
-
-
-def _style(name: str, background: str, bg: tuple, tint: float = 0.0, **kw) -> world.Style:
-    return world.Style(name, tint=tint, background=background, bg_colours=bg, **kw)
-
-
-_VQA_MIX = ("colour", "shape", "count_colour", "exists")
-_DOMAIN_STYLES = (
-    _style("clean", "plain", ((245, 245, 245), (245, 245, 245))),
-    _style("sketch", "plain", ((250, 245, 230), (250, 245, 230)), -0.3, outline=True, noise=4.0),
-    _style("night", "gradient", ((15, 15, 40), (45, 45, 80)), 0.15, noise=3.0),
-    _style("noisy", "speckle", ((128, 128, 128), (90, 90, 90)), noise=25.0),
-    _style("art", "stripes", ((200, 180, 150), (230, 215, 190)), 0.45, noise=6.0),
-)
-_SCENE_QUESTIONS = ("colour", "shape", "count_shape", "exists", "cell")
-_SCENES = (  # name, shapes, colours, background style
-    (
-        "shop",
-        ("square", "circle", "digit"),
-        ("red", "yellow", "orange"),
-        _style("shop", "gradient", ((250, 235, 210), (235, 205, 170))),
-    ),
-    (
-        "workplace",
-        ("square", "digit", "triangle"),
-        ("blue", "purple", "green"),
-        _style("workplace", "plain", ((200, 200, 205), (200, 200, 205))),
-    ),
-    (
-        "home",
-        ("circle", "diamond", "square"),
-        ("orange", "purple", "red"),
-        _style("home", "checker", ((235, 225, 200), (215, 200, 170))),
-    ),
-    (
-        "transport",
-        ("triangle", "diamond", "circle"),
-        ("blue", "yellow", "red"),
-        _style("transport", "stripes", ((150, 150, 150), (120, 120, 120))),
-    ),
-    (
-        "sport",
-        ("circle", "star", "triangle"),
-        ("green", "orange", "blue"),
-        _style("sport", "plain", ((190, 225, 190), (190, 225, 190))),
-    ),
-    (
-        "outdoors",
-        ("star", "triangle", "digit"),
-        ("green", "blue", "yellow"),
-        _style("outdoors", "gradient", ((170, 205, 245), (235, 245, 255))),
-    ),
-)
-
-FAMILIES: dict[str, tuple[ClientDef, ...]] = {
-    "domain": tuple(
-        ClientDef(s.name, _VQA_MIX, style=s, phrasing=i) for i, s in enumerate(_DOMAIN_STYLES)
-    ),
-    "function": (
-        ClientDef("attribute", ("colour", "size")),
-        ClientDef("knowledge", ("corners", "parity", "kind")),
-        ClientDef("logical", ("count_colour", "count_shape", "logic")),
-        ClientDef("object", ("shape", "cell")),
-        ClientDef("relation", ("relation", "relation_yesno")),
-    ),
-    "scene": tuple(
-        ClientDef(name, _SCENE_QUESTIONS, style=style, shapes=shapes, colours=colours)
-        for name, shapes, colours, style in _SCENES
-    ),
-    "task": (
-        ClientDef("vqa", _VQA_MIX + ("cell",)),
-        ClientDef("true_false", ("true_false",), task_kind="classification"),
-        ClientDef("entailment", ("entailment",), task_kind="classification"),
-        ClientDef("multiple_choice", ("multiple_choice",), task_kind="classification"),
-    ),
-}
-_DEFAULT_SIZE_SPREAD = {"domain": 0.4}
 GENERATORS = {**QUESTIONS, **STATEMENTS}
-
-
-def family_clients(family: str) -> tuple[ClientDef, ...]:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown benchmark family {family!r}; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[family]
 
 
 def _annotate(q: Question, rng: np.random.Generator, noise: float) -> dict[str, float]:
@@ -156,20 +62,30 @@ def _example(
     noise: float,
 ) -> tuple[Example, tuple[str, ...]]:
     """One example and the answer set of its question type."""
-    key = [seed, list(FAMILIES).index(family), client_index, _PARTS.index(part), i]
+    key = [seed, FAMILIES.index(family), client_index, _PARTS.index(part), i]
     rng = np.random.default_rng(key)
-    qtype = cd.question_types[int(rng.integers(len(cd.question_types)))]
+    kind = cd.kind
+    qtype = kind.question_types[int(rng.integers(len(kind.question_types)))]
+    generator = GENERATORS[qtype]
+    lexicon = Lexicon(cd.convention, kind.phrasing).for_type(generator.axes)
     for _ in range(1000):
-        scene = world.sample_scene(rng, cd.shapes, cd.colours, part)
-        question = GENERATORS[qtype](scene, rng, cd.phrasing)
+        scene = world.sample_scene(rng, kind.shapes, kind.colours, part)
+        question = generator.generate(scene, rng, lexicon)
         if question is not None:
             break
     else:
         raise RuntimeError(f"{family}/{cd.name}: no scene supports question type {qtype!r}")
-    image = world.encode_png(world.render(scene, cd.style, image_size, rng))
-    answers = _annotate(question, rng, noise) if cd.task_kind == "vqa" else {question.answer: 1.0}
-    example_id = f"{family}/{cd.name}/{part}/{i:05d}/{qtype}"
-    return Example(question.text, image, answers, example_id), question.alternatives
+    image = world.encode_png(world.render(scene, kind.style, image_size, rng))
+    answers = _annotate(question, rng, noise) if kind.task_kind == "vqa" else {question.answer: 1.0}
+    example = Example(
+        question.text,
+        image,
+        answers,
+        example_id=f"{family}/{cd.name}/{part}/{i:05d}",
+        question_type=qtype,
+        group=group_of(generator.axes),
+    )
+    return example, question.alternatives
 
 
 def _vocabulary(train: list[Example], label_space: set[str], top_k: int) -> list[str]:
@@ -179,28 +95,21 @@ def _vocabulary(train: list[Example], label_space: set[str], top_k: int) -> list
     return (seen + sorted(label_space - set(seen)))[:top_k]
 
 
-def _size_factors(num_clients: int, spread: float, seed: int) -> np.ndarray:
-    factors = 1.0 + spread * np.linspace(-1.0, 1.0, num_clients) if num_clients > 1 else np.ones(1)
-    return np.random.default_rng([seed, 7919]).permutation(factors)
+def train_size(train_per_client: int, spread: float, seed: int, client_index: int) -> int:
+    """Client k's number of training examples: ``train_per_client * (1 + spread * u_k)`` with
+    u_k uniform in [-1, 1], drawn per client (so it does not depend on the number of clients)."""
+    u = np.random.default_rng([seed, 7919, client_index]).uniform(-1.0, 1.0)
+    return max(1, round(train_per_client * (1.0 + spread * u)))
 
 
 def _check(
-    family: str,
-    num_clients: int | None,
     image_size: int,
     patch_size: int,
     train_per_client: int,
     test_per_client: int,
+    size_spread: float,
     top_k: int,
-) -> int:
-    defs = family_clients(family)
-    n = len(defs) if num_clients is None else num_clients
-    if not 1 <= n <= len(defs):
-        raise ValueError(
-            f"family {family!r} has {len(defs)} clients "
-            f"{[d.name for d in defs]}; num_clients={num_clients} is not in "
-            f"1..{len(defs)}"
-        )
+) -> None:
     if patch_size < 1 or image_size < 16 or image_size % patch_size:
         raise ValueError(
             f"image_size={image_size} must be >= 16 and a multiple of "
@@ -211,43 +120,39 @@ def _check(
             f"train_per_client={train_per_client} and test_per_client="
             f"{test_per_client} must both be >= 1"
         )
+    if not 0.0 <= size_spread < 1.0:
+        raise ValueError(f"size_spread={size_spread} is not in [0, 1)")
     if not 1 <= top_k <= 100:
         raise ValueError(f"top_k={top_k} is not in 1..100")
-    return n
 
 
 def make_benchmark(
     family: str,
     num_clients: int | None = None,
-    image_size: int = 32,
-    train_per_client: int = 300,
-    test_per_client: int = 100,
+    image_size: int = 48,
+    train_per_client: int = 40,
+    test_per_client: int = 1000,
     seed: int = 0,
     *,
-    patch_size: int = 16,
-    size_spread: float | None = None,
+    patch_size: int = 8,
+    size_spread: float = 0.6,
     top_k: int = 100,
     annotator_noise: float = 0.05,
 ) -> FederatedBenchmark:
-    """Generate the first ``num_clients`` (default: all) clients of ``family``.
+    """Generate the first ``num_clients`` (default 12) clients of ``family``.
 
-    Client k gets ``round(train_per_client * f_k)`` train and ``round(test_per_client * f_k)``
-    test examples, f_k spread evenly over ``1 +- size_spread`` in a seeded order (default spread:
-    0.4 for ``domain``, 0 otherwise). Its answer vocabulary is its top-``top_k`` train answers
-    followed by the unseen rest of its label space; examples with an answer outside the
-    vocabulary are dropped (the SPEC recipe; only happens for small ``top_k``).
+    Client k gets :func:`train_size` training examples (16 to 64 with the defaults: too few to
+    learn the visual concepts alone) and ``test_per_client`` test examples. Its answer vocabulary
+    is its top-``top_k`` train answers followed by the unseen rest of its label space; examples
+    with an answer outside the vocabulary are dropped (the SPEC recipe; only for small ``top_k``).
     """
-    n = _check(
-        family, num_clients, image_size, patch_size, train_per_client, test_per_client, top_k
-    )
-    defs = family_clients(family)[:n]
-    spread = _DEFAULT_SIZE_SPREAD.get(family, 0.0) if size_spread is None else size_spread
-    factors = _size_factors(n, spread, seed)
+    _check(image_size, patch_size, train_per_client, test_per_client, size_spread, top_k)
+    defs = family_clients(family, num_clients or DEFAULT_CLIENTS)
     clients, info = [], {}
     for k, cd in enumerate(defs):
         sizes = {
-            "train": max(1, round(train_per_client * factors[k])),
-            "test": max(1, round(test_per_client * factors[k])),
+            "train": train_size(train_per_client, size_spread, seed, k),
+            "test": test_per_client,
         }
         made = {
             p: [
@@ -260,23 +165,29 @@ def make_benchmark(
         label_space = {a for p in _PARTS for _, answers in made[p] for a in answers}
         vocab = _vocabulary(parts["train"], label_space, top_k)
         kept = {p: [ex for ex in parts[p] if set(ex.answers) <= set(vocab)] for p in _PARTS}
-        clients.append(ClientSplit(cd.name, cd.task_kind, vocab, kept["train"], kept["test"]))
+        clients.append(ClientSplit(cd.name, cd.kind.task_kind, vocab, kept["train"], kept["test"]))
         info[cd.name] = {
-            "question_types": list(cd.question_types),
-            "style": cd.style.name,
-            "background": cd.style.background,
-            "phrasing": cd.phrasing,
-            "shapes": list(cd.shapes),
-            "colours": list(cd.colours),
+            "kind": cd.kind.name,
+            "convention": cd.convention.name,
+            "question_types": list(cd.kind.question_types),
+            "style": cd.kind.style.name,
+            "background": cd.kind.style.background,
+            "phrasing": cd.kind.phrasing,
+            "shapes": list(cd.kind.shapes),
+            "colours": list(cd.kind.colours),
+            "shifted_share": {
+                p: round(float(np.mean([ex.group == "shifted" for ex in kept[p]] or [0])), 3)
+                for p in _PARTS
+            },
             "dropped_outside_vocabulary": {p: sizes[p] - len(kept[p]) for p in _PARTS},
         }
     params = {
-        "num_clients": n,
+        "num_clients": len(defs),
         "image_size": image_size,
         "patch_size": patch_size,
         "train_per_client": train_per_client,
         "test_per_client": test_per_client,
-        "size_spread": spread,
+        "size_spread": size_spread,
         "top_k": top_k,
         "annotator_noise": annotator_noise,
     }

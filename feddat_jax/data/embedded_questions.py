@@ -1,10 +1,15 @@
 """Templated questions about an embedded scene, each answerable from the pixels alone.
 
-Every generator takes ``(scene, rng, phrasing)`` and returns a :class:`Question` or ``None`` when
-the scene cannot support it (the caller then draws another scene). Referring expressions are
-built to be unique in the scene and never to contain the attribute being asked about, so a model
-must look at the image. ``phrasing`` picks one of several wordings (the domain clients' phrasing
-shift); the meaning, and the answer, do not change with it.
+A :class:`QuestionType` pairs a generator with the convention-dependent word kinds (``axes``, see
+``embedded_lexicon``) it may use. Types without axes are "shared": every client agrees on their
+answers. Types with the ``hue`` axis mention or answer a colour; types with the ``side`` axis use
+"left"/"right": clients of different conventions disagree on those (the "shifted" group).
+
+Every generator takes ``(scene, rng, lexicon)`` and returns a :class:`Question` or ``None`` when the
+scene cannot support it (the caller then draws another scene). Referring expressions are unique in
+the scene and never contain the asked-about attribute, so a model must look at the image; they use
+only the word kinds the type declares. The lexicon's ``phrasing`` picks one of several wordings
+(the domain clients' phrasing shift); the meaning, and the answer, do not change with it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from feddat_jax.data.embedded_world import CELLS, COLOURS, SHAPES, SIZES, Obj
+from feddat_jax.data.embedded_lexicon import HUE, SIDE, Lexicon
+from feddat_jax.data.embedded_world import COLOURS, SHAPES, SIZES, Obj
 
 Scene = tuple[Obj, ...]
 
@@ -28,7 +34,16 @@ class Question:
     alternatives: tuple[str, ...]
 
 
-Generator = Callable[[Scene, np.random.Generator, int], "Question | None"]
+Generator = Callable[[Scene, np.random.Generator, Lexicon], "Question | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuestionType:
+    """A generator and the convention-dependent word kinds it may use."""
+
+    generate: Generator
+    axes: frozenset[str] = frozenset()
+
 
 _CORNERS = {"circle": "0", "square": "4", "triangle": "3", "diamond": "4", "star": "10"}
 _KIND = {
@@ -40,9 +55,22 @@ _KIND = {
     "digit": "number",
 }
 _COUNTS = tuple(str(n) for n in range(5))
-_YESNO = ("yes", "no")
-# (row offset, column offset) of the asked-about object relative to the reference one.
-_RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (-1, 0), "below": (1, 0)}
+YESNO = ("yes", "no")
+_ROW_WORDS = ("top", "bottom")
+# Referring attributes, shortest first; "colour" needs the hue axis, "cell" the side axis.
+_REFERENCES = (
+    ("shape",),
+    ("size", "shape"),
+    ("colour", "shape"),
+    ("shape", "row"),
+    ("shape", "cell"),
+    ("size",),
+    ("colour",),
+    ("size", "row"),
+    ("row",),
+    ("cell",),
+)
+_NEEDS = {"colour": HUE, "cell": SIDE}
 
 
 def pick(rng: np.random.Generator, items):
@@ -58,35 +86,143 @@ def _matches(o: Obj, target: Obj, use: tuple[str, ...]) -> bool:
     return all(getattr(o, a) == getattr(target, a) for a in use)
 
 
-def refer(obj: Obj, scene: Scene, avoid: str) -> str | None:
-    """The shortest unique description of ``obj`` that does not mention attribute ``avoid``."""
-    options = [
-        ("shape",),
-        ("colour", "shape"),
-        ("size", "shape"),
-        ("shape", "cell"),
-        ("colour",),
-        ("size", "colour"),
-        ("cell",),
-    ]
-    for use in options:
-        if avoid in use or ("size" in use and obj.shape == "digit"):
+def refer(obj: Obj, scene: Scene, lex: Lexicon, avoid: tuple[str, ...] = ()) -> str | None:
+    """The shortest unique description of ``obj`` that uses none of ``avoid`` and only the word
+    kinds the lexicon's question type allows (colour: hue axis; cell: side axis)."""
+    for use in _REFERENCES:
+        if any(a in avoid or _NEEDS.get(a, "") not in lex.axes | {""} for a in use):
             continue
-        if sum(_matches(o, obj, use) for o in scene) == 1:
-            words = [getattr(obj, a) for a in ("size", "colour") if a in use]
-            words.append(obj.shape if "shape" in use else "object")
-            text = " ".join(words)
-            return f"{text} in the {CELLS[obj.cell]}" if "cell" in use else text
+        if "size" in use and obj.shape == "digit":
+            continue
+        if sum(_matches(o, obj, use) for o in scene) != 1:
+            continue
+        words = [getattr(obj, "size")] if "size" in use else []
+        words += [lex.colour(obj.colour)] if "colour" in use else []
+        words.append(obj.shape if "shape" in use else "object")
+        text = " ".join(words)
+        if "row" in use:
+            text += f" in the {_ROW_WORDS[obj.row]} row"
+        if "cell" in use:
+            text += f" in the {lex.cell(obj.cell)}"
+        return text
     return None
 
 
-def _ask(templates: tuple[str, ...], phrasing: int, **kw) -> str:
-    return templates[phrasing % len(templates)].format(**kw)
+def _neighbours(scene: Scene, rng: np.random.Generator, vertical: bool) -> tuple[Obj, Obj] | None:
+    """(asked, reference): two objects in one column (``vertical``) or one row, or None."""
+    pairs = [
+        (a, b)
+        for a in scene
+        for b in scene
+        if a is not b and ((a.col == b.col) if vertical else (a.row == b.row))
+    ]
+    return pick(rng, pairs) if pairs else None
 
 
-def colour_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
+# ---- shared types: shapes, sizes, counts, rows, knowledge ----------------------------------------
+def shape_q(scene, rng, lex):
     obj = pick(rng, scene)
-    ref = refer(obj, scene, avoid="colour")
+    ref = refer(obj, scene, lex, avoid=("shape",))
+    templates = (
+        "what shape is the {ref}?",
+        "which shape does the {ref} have?",
+        "tell me the shape of the {ref}.",
+        "the {ref} is drawn as which shape?",
+        "shape of {ref}?",
+    )
+    return None if ref is None else Question(lex.pick(templates).format(ref=ref), obj.shape, SHAPES)
+
+
+def size_q(scene, rng, lex):
+    obj = pick(rng, scene)
+    ref = refer(obj, scene, lex, avoid=("size",)) if obj.shape != "digit" else None
+    templates = (
+        "what size is the {ref}?",
+        "is the {ref} small or large?",
+        "how big is the {ref}?",
+        "the {ref} has which size?",
+        "size of {ref}?",
+    )
+    return None if ref is None else Question(lex.pick(templates).format(ref=ref), obj.size, SIZES)
+
+
+def count_shape_q(scene, rng, lex):
+    shape = pick(rng, [o.shape for o in scene]) if rng.random() < 0.7 else pick(rng, SHAPES)
+    n = sum(o.shape == shape for o in scene)
+    templates = (
+        "how many {s}s are there?",
+        "what is the number of {s}s?",
+        "count the {s}s.",
+        "how many {s}s can you see?",
+        "number of {s}s?",
+    )
+    return Question(lex.pick(templates).format(s=shape), str(n), _COUNTS)
+
+
+def exists_shape_q(scene, rng, lex):
+    present = bool(rng.random() < 0.5)
+    inside = {o.shape for o in scene}
+    options = sorted(inside) if present else [s for s in SHAPES if s not in inside]
+    if not options:
+        return None
+    templates = (
+        "is there {a}?",
+        "does the picture contain {a}?",
+        "can you see {a}?",
+        "is {a} shown?",
+        "{s} present?",
+    )
+    shape = pick(rng, options)
+    text = lex.pick(templates).format(a=article(shape), s=shape)
+    return Question(text, YESNO[not present], YESNO)
+
+
+def count_all_q(scene, rng, lex):
+    return Question("how many objects are there?", str(len(scene)), _COUNTS)
+
+
+def vertical_q(scene, rng, lex):
+    found = _neighbours(scene, rng, vertical=True)
+    if found is None:
+        return None
+    a, b = found
+    ref = refer(b, scene, lex, avoid=("row",))
+    word = "above" if a.row < b.row else "below"
+    return None if ref is None else Question(f"what shape is {word} the {ref}?", a.shape, SHAPES)
+
+
+def corners_q(scene, rng, lex):
+    obj = pick(rng, scene)
+    ref = refer(obj, scene, lex, avoid=("shape",)) if obj.shape != "digit" else None
+    answers = tuple(sorted(set(_CORNERS.values())))
+    if ref is None:
+        return None
+    return Question(f"how many corners does the {ref} have?", _CORNERS[obj.shape], answers)
+
+
+def kind_q(scene, rng, lex):
+    obj = pick(rng, scene)
+    ref = refer(obj, scene, lex, avoid=("shape",))
+    answers = tuple(sorted(set(_KIND.values())))
+    if ref is None:
+        return None
+    return Question(f"what kind of thing is the {ref}?", _KIND[obj.shape], answers)
+
+
+def parity_q(scene, rng, lex):
+    digits = [o for o in scene if o.shape == "digit"]
+    if not digits:
+        return None
+    obj = pick(rng, digits)
+    ref = refer(obj, scene, lex)
+    answer = "even" if obj.digit % 2 == 0 else "odd"
+    return None if ref is None else Question(f"is the {ref} even or odd?", answer, ("even", "odd"))
+
+
+# ---- hue types: a colour word in the question or the answer --------------------------------------
+def colour_q(scene, rng, lex):
+    obj = pick(rng, scene)
+    ref = refer(obj, scene, lex, avoid=("colour",))
     templates = (
         "what color is the {ref}?",
         "which colour does the {ref} have?",
@@ -96,45 +232,12 @@ def colour_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question 
     )
     if ref is None:
         return None
-    return Question(_ask(templates, phrasing, ref=ref), obj.colour, COLOURS)
+    names = tuple(lex.colour(c) for c in COLOURS)
+    return Question(lex.pick(templates).format(ref=ref), lex.colour(obj.colour), names)
 
 
-def size_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    obj = pick(rng, scene)
-    ref = refer(obj, scene, avoid="size") if obj.shape != "digit" else None
-    if ref is None:
-        return None
-    return Question(f"what size is the {ref}?", obj.size, SIZES)
-
-
-def shape_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    obj = pick(rng, scene)
-    ref = refer(obj, scene, avoid="shape")
-    templates = (
-        "what shape is the {ref}?",
-        "which shape does the {ref} have?",
-        "tell me the shape of the {ref}.",
-        "the {ref} is drawn as which shape?",
-        "shape of {ref}?",
-    )
-    if ref is None:
-        return None
-    return Question(_ask(templates, phrasing, ref=ref), obj.shape, SHAPES)
-
-
-def cell_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question:
-    cell = int(rng.integers(4))
-    found = [o.shape for o in scene if o.cell == cell]
-    answer = found[0] if found else "nothing"
-    return Question(f"what is in the {CELLS[cell]}?", answer, SHAPES + ("nothing",))
-
-
-def colour_to_count(scene: Scene, rng: np.random.Generator) -> str:
-    return pick(rng, [o.colour for o in scene]) if rng.random() < 0.7 else pick(rng, COLOURS)
-
-
-def count_colour_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question:
-    colour = colour_to_count(scene, rng)
+def count_colour_q(scene, rng, lex):
+    colour = pick(rng, [o.colour for o in scene]) if rng.random() < 0.7 else pick(rng, COLOURS)
     n = sum(o.colour == colour for o in scene)
     templates = (
         "how many {c} objects are there?",
@@ -143,28 +246,16 @@ def count_colour_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Que
         "how many things are {c}?",
         "number of {c} objects?",
     )
-    return Question(_ask(templates, phrasing, c=colour), str(n), _COUNTS)
+    return Question(lex.pick(templates).format(c=lex.colour(colour)), str(n), _COUNTS)
 
 
-def count_shape_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question:
-    shape = pick(rng, [o.shape for o in scene]) if rng.random() < 0.7 else pick(rng, SHAPES)
-    n = sum(o.shape == shape for o in scene)
-    return Question(f"how many {shape}s are there?", str(n), _COUNTS)
-
-
-def thing(scene: Scene, rng: np.random.Generator, present: bool) -> tuple[str, str]:
-    """A (colour, shape) pair that is (or is not) in the scene."""
-    if present:
-        o = pick(rng, scene)
-        return o.colour, o.shape
-    inside = {(o.colour, o.shape) for o in scene}
-    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in inside]
-    return pick(rng, absent)
-
-
-def exists_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question:
+def exists_colour_q(scene, rng, lex):
     present = bool(rng.random() < 0.5)
-    colour, shape = thing(scene, rng, present)
+    inside = {(o.colour, o.shape) for o in scene}
+    if present:
+        colour, shape = pick(rng, sorted(inside))
+    else:
+        colour, shape = pick(rng, [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in inside])
     templates = (
         "is there {ac} {s}?",
         "does the picture contain {ac} {s}?",
@@ -172,106 +263,91 @@ def exists_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question:
         "is {ac} {s} shown?",
         "{c} {s} present?",
     )
-    text = _ask(templates, phrasing, ac=article(colour), c=colour, s=shape)
-    return Question(text, _YESNO[not present], _YESNO)
+    word = lex.colour(colour)
+    text = lex.pick(templates).format(ac=article(word), c=word, s=shape)
+    return Question(text, YESNO[not present], YESNO)
 
 
-def logic_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    op = "and" if rng.random() < 0.5 else "or"
-    p1, p2 = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
-    (c1, s1), (c2, s2) = thing(scene, rng, p1), thing(scene, rng, p2)
-    if (c1, s1) == (c2, s2):
+def colour_shape_q(scene, rng, lex):
+    obj = pick(rng, scene)
+    if sum(o.colour == obj.colour for o in scene) != 1:
         return None
-    truth = (p1 and p2) if op == "and" else (p1 or p2)
-    text = f"is there {article(c1)} {s1} {op} {article(c2)} {s2}?"
-    return Question(text, _YESNO[not truth], _YESNO)
+    return Question(f"what shape is the {lex.colour(obj.colour)} object?", obj.shape, SHAPES)
 
 
-def _neighbours(scene: Scene, rng: np.random.Generator) -> tuple[Obj, Obj, str] | None:
-    """(asked, reference, relation) for two objects sharing a row or column, or None."""
-    pairs = [
-        (a, b, rel)
-        for a in scene
-        for b in scene
-        for rel, (dr, dc) in _RELATIONS.items()
-        if a.row == b.row + dr and a.col == b.col + dc
-    ]
-    return pick(rng, pairs) if pairs else None
+# ---- side types: "left" / "right" in the question -------------------------------------------------
+def cell_q(scene, rng, lex):
+    cell = int(rng.integers(4))
+    found = [o.shape for o in scene if o.cell == cell]
+    templates = (
+        "what is in the {cell}?",
+        "which shape sits in the {cell}?",
+        "tell me what is in the {cell}.",
+        "the {cell} holds which shape?",
+        "{cell} contents?",
+    )
+    answer = found[0] if found else "nothing"
+    return Question(lex.pick(templates).format(cell=lex.cell(cell)), answer, SHAPES + ("nothing",))
 
 
-def relation_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    found = _neighbours(scene, rng)
+def horizontal_q(scene, rng, lex):
+    found = _neighbours(scene, rng, vertical=False)
     if found is None:
         return None
-    a, b, rel = found
-    ref = refer(b, scene, avoid="cell")
+    a, b = found
+    ref = refer(b, scene, lex, avoid=("cell",))
+    templates = (
+        "what shape is {side} of the {ref}?",
+        "which shape is on the {side} of the {ref}?",
+        "name the shape {side} of the {ref}.",
+        "the shape {side} of the {ref} is which?",
+        "shape {side} of {ref}?",
+    )
     if ref is None:
         return None
-    return Question(f"what shape is {rel} the {ref}?", a.shape, SHAPES)
+    return Question(lex.pick(templates).format(side=lex.side(a.col), ref=ref), a.shape, SHAPES)
 
 
-def relation_yesno_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    found = _neighbours(scene, rng)
+def horizontal_yesno_q(scene, rng, lex):
+    found = _neighbours(scene, rng, vertical=False)
     if found is None:
         return None
-    a, b, rel = found
+    a, b = found
     truth = bool(rng.random() < 0.5)
-    if not truth:
-        rel = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[
-            rel
-        ]
-    ra, rb = refer(a, scene, avoid="cell"), refer(b, scene, avoid="cell")
+    stated = a.col if truth else 1 - a.col
+    ra, rb = refer(a, scene, lex, avoid=("cell",)), refer(b, scene, lex, avoid=("cell",))
     if ra is None or rb is None:
         return None
-    return Question(f"is the {ra} {rel} the {rb}?", _YESNO[not truth], _YESNO)
+    return Question(f"is the {ra} {lex.side(stated)} of the {rb}?", YESNO[not truth], YESNO)
 
 
-def corners_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    obj = pick(rng, scene)
-    ref = refer(obj, scene, avoid="shape") if obj.shape != "digit" else None
-    if ref is None:
+def corners_cell_q(scene, rng, lex):
+    objs = [o for o in scene if o.shape != "digit"]
+    if not objs:
         return None
-    return Question(
-        f"how many corners does the {ref} have?",
-        _CORNERS[obj.shape],
-        tuple(sorted(set(_CORNERS.values()))),
-    )
+    obj = pick(rng, objs)
+    answers = tuple(sorted(set(_CORNERS.values())))
+    text = f"how many corners does the object in the {lex.cell(obj.cell)} have?"
+    return Question(text, _CORNERS[obj.shape], answers)
 
 
-def parity_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    digits = [o for o in scene if o.shape == "digit"]
-    if not digits:
-        return None
-    obj = pick(rng, digits)
-    ref = refer(obj, scene, avoid="digit")
-    answer = "even" if obj.digit % 2 == 0 else "odd"
-    if ref is None:
-        return None
-    return Question(f"is the {ref} even or odd?", answer, ("even", "odd"))
-
-
-def kind_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    obj = pick(rng, scene)
-    ref = refer(obj, scene, avoid="shape")
-    if ref is None:
-        return None
-    return Question(
-        f"what kind of thing is the {ref}?", _KIND[obj.shape], tuple(sorted(set(_KIND.values())))
-    )
-
-
-QUESTIONS: dict[str, Generator] = {
-    "colour": colour_q,
-    "size": size_q,
-    "shape": shape_q,
-    "cell": cell_q,
-    "count_colour": count_colour_q,
-    "count_shape": count_shape_q,
-    "exists": exists_q,
-    "logic": logic_q,
-    "relation": relation_q,
-    "relation_yesno": relation_yesno_q,
-    "corners": corners_q,
-    "parity": parity_q,
-    "kind": kind_q,
+_H, _S = frozenset({HUE}), frozenset({SIDE})
+QUESTIONS: dict[str, QuestionType] = {
+    "shape": QuestionType(shape_q),
+    "size": QuestionType(size_q),
+    "count_shape": QuestionType(count_shape_q),
+    "exists_shape": QuestionType(exists_shape_q),
+    "count_all": QuestionType(count_all_q),
+    "vertical": QuestionType(vertical_q),
+    "corners": QuestionType(corners_q),
+    "kind": QuestionType(kind_q),
+    "parity": QuestionType(parity_q),
+    "colour": QuestionType(colour_q, _H),
+    "count_colour": QuestionType(count_colour_q, _H),
+    "exists_colour": QuestionType(exists_colour_q, _H),
+    "colour_shape": QuestionType(colour_shape_q, _H),
+    "cell": QuestionType(cell_q, _S),
+    "horizontal": QuestionType(horizontal_q, _S),
+    "horizontal_yesno": QuestionType(horizontal_yesno_q, _S),
+    "corners_cell": QuestionType(corners_cell_q, _S),
 }

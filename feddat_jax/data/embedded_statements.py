@@ -1,91 +1,140 @@
-"""Statements for the embedded benchmark's classification tasks (the ``task`` family's
-NLVR2-, SNLI-VE- and VCR-like clients): a fixed label set per task, balanced labels, and the same
-rule as every question: the label follows from the pixels.
+"""Statements for the embedded benchmark's classification tasks (the ``task`` family's NLVR2-,
+SNLI-VE- and VCR-like clients): a fixed label set per task, balanced labels, and the same rule as
+every question: the label follows from the pixels. Like the questions, each statement type is
+"shared" (shapes, sizes, counts) or "shifted" (it names a colour or a side, see
+``embedded_lexicon``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from feddat_jax.data.embedded_lexicon import HUE, SIDE, Lexicon
 from feddat_jax.data.embedded_questions import (
-    Generator,
     Question,
+    QuestionType,
     Scene,
     article,
-    colour_to_count,
     pick,
     refer,
-    thing,
 )
-from feddat_jax.data.embedded_world import COLOURS, SHAPES
+from feddat_jax.data.embedded_world import COLOURS, SHAPES, SIZES
 
 _LETTERS = ("a", "b", "c", "d")
+TRUE_FALSE = ("true", "false")
+ENTAILMENT = ("true", "false", "unknown")
 
 
-def true_false_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    """A statement about counts, colours or existence; 'true' and 'false' equally likely."""
+def _true_false(text: str | None, truth: bool) -> Question | None:
+    return None if text is None else Question(text, TRUE_FALSE[not truth], TRUE_FALSE)
+
+
+def tf_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
+    """A count or a size of shapes, true or false with equal odds."""
     truth = bool(rng.random() < 0.5)
-    kind = pick(rng, ("count", "colour", "exists"))
-    if kind == "count":
-        colour = colour_to_count(scene, rng)
+    if rng.random() < 0.5:
+        shape = pick(rng, [o.shape for o in scene]) if rng.random() < 0.7 else pick(rng, SHAPES)
+        n = sum(o.shape == shape for o in scene)
+        stated = n if truth else pick(rng, [k for k in range(5) if k != n])
+        return _true_false(f"there are exactly {stated} {shape}s.", truth)
+    obj = pick(rng, [o for o in scene if o.shape != "digit"] or [None])
+    if obj is None:
+        return None
+    ref = refer(obj, scene, lex, avoid=("size",))
+    stated = obj.size if truth else SIZES[1 - SIZES.index(obj.size)]
+    return _true_false(None if ref is None else f"the {ref} is {stated}.", truth)
+
+
+def tf_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
+    """A colour count or an object's colour, true or false with equal odds."""
+    truth = bool(rng.random() < 0.5)
+    if rng.random() < 0.5:
+        colour = pick(rng, [o.colour for o in scene]) if rng.random() < 0.7 else pick(rng, COLOURS)
         n = sum(o.colour == colour for o in scene)
         stated = n if truth else pick(rng, [k for k in range(5) if k != n])
-        text = f"there are exactly {stated} {colour} objects."
-    elif kind == "colour":
-        obj = pick(rng, scene)
-        ref = refer(obj, scene, avoid="colour")
-        if ref is None:
-            return None
-        stated = obj.colour if truth else pick(rng, [c for c in COLOURS if c != obj.colour])
-        text = f"the {ref} is {stated}."
-    else:
-        colour, shape = thing(scene, rng, truth)
-        text = f"there is {article(colour)} {shape}."
-    return Question(text, "true" if truth else "false", ("true", "false"))
+        return _true_false(f"there are exactly {stated} {lex.colour(colour)} objects.", truth)
+    obj = pick(rng, scene)
+    ref = refer(obj, scene, lex, avoid=("colour",))
+    stated = obj.colour if truth else pick(rng, [c for c in COLOURS if c != obj.colour])
+    return _true_false(None if ref is None else f"the {ref} is {lex.colour(stated)}.", truth)
 
 
-def entailment_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    """'true'/'false' about an object the image shows, 'unknown' about one it does not."""
-    label = pick(rng, ("true", "false", "unknown"))
-    by_colour = bool(rng.random() < 0.5)
-    key, other = ("colour", "shape") if by_colour else ("shape", "colour")
-    values = COLOURS if by_colour else SHAPES
-    stated_values = SHAPES if by_colour else COLOURS
+def tf_side_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
+    """What a cell holds, true or false with equal odds."""
+    truth = bool(rng.random() < 0.5)
+    cell = int(rng.integers(4))
+    found = [o.shape for o in scene if o.cell == cell]
+    actual = found[0] if found else "nothing"
+    stated = actual if truth else pick(rng, [s for s in SHAPES + ("nothing",) if s != actual])
+    thing = "nothing" if stated == "nothing" else article(stated)
+    return _true_false(f"there is {thing} in the {lex.cell(cell)}.", truth)
+
+
+def entail_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
+    """'true'/'false' about the size of a shape the image shows once, 'unknown' about an absent one."""
+    label = pick(rng, ENTAILMENT)
     if label == "unknown":
-        absent = [v for v in values if all(getattr(o, key) != v for o in scene)]
-        subject, stated = pick(rng, absent), pick(rng, stated_values)
+        absent = [s for s in SHAPES[:-1] if all(o.shape != s for o in scene)]
+        return Question(f"the {pick(rng, absent)} is {pick(rng, SIZES)}.", label, ENTAILMENT)
+    unique = [
+        o for o in scene if o.shape != "digit" and sum(p.shape == o.shape for p in scene) == 1
+    ]
+    if not unique:
+        return None
+    obj = pick(rng, unique)
+    stated = obj.size if label == "true" else SIZES[1 - SIZES.index(obj.size)]
+    return Question(f"the {obj.shape} is {stated}.", label, ENTAILMENT)
+
+
+def entail_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
+    """'true'/'false' about the object of a colour the image shows once, 'unknown' otherwise."""
+    label = pick(rng, ENTAILMENT)
+    if label == "unknown":
+        absent = [c for c in COLOURS if all(o.colour != c for o in scene)]
+        subject, stated = pick(rng, absent), pick(rng, SHAPES)
     else:
-        unique = [o for o in scene if sum(getattr(p, key) == getattr(o, key) for p in scene) == 1]
+        unique = [o for o in scene if sum(p.colour == o.colour for p in scene) == 1]
         if not unique:
             return None
         obj = pick(rng, unique)
-        subject, actual = getattr(obj, key), getattr(obj, other)
-        stated = actual if label == "true" else pick(rng, [v for v in stated_values if v != actual])
-    text = (
-        f"the {subject} object is {article(stated)}."
-        if by_colour
-        else f"the {subject} is {stated}."
-    )
-    return Question(text, label, ("true", "false", "unknown"))
+        subject = obj.colour
+        stated = obj.shape if label == "true" else pick(rng, [s for s in SHAPES if s != obj.shape])
+    return Question(f"the {lex.colour(subject)} object is {article(stated)}.", label, ENTAILMENT)
 
 
-def multiple_choice_q(scene: Scene, rng: np.random.Generator, phrasing: int) -> Question | None:
-    """Four options listed in the question; the answer is the letter of the right one."""
-    attr = pick(rng, ("shape", "colour"))
-    obj = pick(rng, scene)
-    ref = refer(obj, scene, avoid=attr)
-    if ref is None:
-        return None
-    right = getattr(obj, attr)
-    wrong = [v for v in (SHAPES if attr == "shape" else COLOURS) if v != right]
+def _multiple_choice(ref: str | None, attr: str, right: str, wrong: list[str], rng) -> Question:
     options = [right] + [str(v) for v in rng.permutation(wrong)[:3]]
     options = [options[i] for i in rng.permutation(4)]
     listed = " ".join(f"{letter}) {o}" for letter, o in zip(_LETTERS, options))
     return Question(f"what {attr} is the {ref}? {listed}", _LETTERS[options.index(right)], _LETTERS)
 
 
-STATEMENTS: dict[str, Generator] = {
-    "true_false": true_false_q,
-    "entailment": entailment_q,
-    "multiple_choice": multiple_choice_q,
+def mc_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
+    """Four shapes listed in the question; the answer is the letter of the right one."""
+    obj = pick(rng, scene)
+    ref = refer(obj, scene, lex, avoid=("shape",))
+    if ref is None:
+        return None
+    return _multiple_choice(ref, "shape", obj.shape, [s for s in SHAPES if s != obj.shape], rng)
+
+
+def mc_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
+    """Four colours (in the client's words) listed; the answer is the letter of the right one."""
+    obj = pick(rng, scene)
+    ref = refer(obj, scene, lex, avoid=("colour",))
+    if ref is None:
+        return None
+    wrong = [lex.colour(c) for c in COLOURS if c != obj.colour]
+    return _multiple_choice(ref, "colour", lex.colour(obj.colour), wrong, rng)
+
+
+_H, _S = frozenset({HUE}), frozenset({SIDE})
+STATEMENTS: dict[str, QuestionType] = {
+    "tf_shape": QuestionType(tf_shape_q),
+    "tf_colour": QuestionType(tf_colour_q, _H),
+    "tf_side": QuestionType(tf_side_q, _S),
+    "entail_shape": QuestionType(entail_shape_q),
+    "entail_colour": QuestionType(entail_colour_q, _H),
+    "mc_shape": QuestionType(mc_shape_q),
+    "mc_colour": QuestionType(mc_colour_q, _H),
 }

@@ -24,13 +24,18 @@ class Example:
     ``image`` holds the encoded file bytes (PNG or JPEG), never pixels, so that a record is cheap
     to keep and to store; the pipeline decodes it once. ``answers`` maps each answer to its soft
     score in [0, 1] (a single answer with 1.0 for classification). Scores are stored as float32,
-    the precision the training targets have anyway.
+    the precision the training targets have anyway. ``question_type`` names the question's
+    template or type where the source says it (the blind baseline answers per type) and
+    ``group`` tags it "shared" or "shifted" where the source knows whether clients agree on its
+    answer (the embedded benchmark does; real sources leave both empty).
     """
 
     question: str
     image: bytes
     answers: dict[str, float]
     example_id: str
+    question_type: str = ""
+    group: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _PARTS = ("train", "test")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
@@ -49,6 +49,8 @@ def _features():
             "scores": tfds.features.Sequence(np.float32),
             "client": tfds.features.Text(),
             "example_id": tfds.features.Text(),
+            "question_type": tfds.features.Text(),
+            "group": tfds.features.Text(),
         }
     )
 
@@ -99,6 +101,8 @@ def _write_split(path: Path, features, client: str, examples: list[Example]) -> 
                         "scores": [ex.answers[a] for a in answers],
                         "client": client,
                         "example_id": ex.example_id,
+                        "question_type": ex.question_type,
+                        "group": ex.group,
                     }
                 )
             )
@@ -222,6 +226,8 @@ def _decode(rec: dict) -> Example:
         image=bytes(rec["image"]),
         answers=answers,
         example_id=text(rec["example_id"]),
+        question_type=text(rec["question_type"]),
+        group=text(rec["group"]),
     )
 
 

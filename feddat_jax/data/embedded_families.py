@@ -1,0 +1,153 @@
+"""Who the embedded benchmark's clients are: four families, each a list of client kinds.
+
+A family keeps the paper benchmark's meaning (which heterogeneity its clients show) and gets the
+two properties that make federated finetuning a real problem (docs/BENCHMARK.md):
+
+* ``domain``   -- every client asks the same question types; image style (palette, texture,
+                  noise, outline) and question phrasing differ per client kind;
+* ``function`` -- one question function per client kind (CLOVE-function names); the kinds' question
+                  types are disjoint, the visual concepts behind them are common;
+* ``scene``    -- one object/background world per client kind (CLOVE-scene names), same questions;
+* ``task``     -- one task per client kind: VQA (soft scores), true/false, 3-way entailment,
+                  multiple choice (the last three single-label classification).
+
+Client k of a family is kind ``k % len(kinds)`` with the naming convention
+``embedded_lexicon.convention_for(k)``, so conventions cross kinds, and a client's definition does
+not depend on how many clients are asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from feddat_jax.data import embedded_world as world
+from feddat_jax.data.embedded_lexicon import Convention, convention_for
+
+DEFAULT_CLIENTS = 12
+MAX_CLIENTS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientKind:
+    """What the clients of one kind share: question types, task, look and wording."""
+
+    name: str
+    question_types: tuple[str, ...]
+    task_kind: str = "vqa"
+    style: world.Style = world.Style("clean")
+    phrasing: int = 0
+    shapes: tuple[str, ...] = world.SHAPES
+    colours: tuple[str, ...] = world.COLOURS
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientDef:
+    """One client: its kind and its naming convention."""
+
+    name: str
+    kind: ClientKind
+    convention: Convention
+
+
+def _style(name: str, background: str, bg: tuple, tint: float = 0.0, **kw) -> world.Style:
+    return world.Style(name, tint=tint, background=background, bg_colours=bg, **kw)
+
+
+# Half of every mix is "shared" (shapes, sizes, counts) and half "shifted" (colours, sides).
+VQA_MIX = (
+    "shape",
+    "size",
+    "count_shape",
+    "exists_shape",
+    "colour",
+    "count_colour",
+    "cell",
+    "horizontal",
+)
+DOMAIN_STYLES = (
+    _style("clean", "plain", ((245, 245, 245), (245, 245, 245))),
+    _style("sketch", "plain", ((250, 245, 230), (250, 245, 230)), -0.3, outline=True, noise=4.0),
+    _style("night", "gradient", ((15, 15, 40), (45, 45, 80)), 0.15, noise=3.0),
+    _style("noisy", "speckle", ((128, 128, 128), (90, 90, 90)), noise=25.0),
+    _style("art", "stripes", ((200, 180, 150), (230, 215, 190)), 0.45, noise=6.0),
+)
+_SCENE_QUESTIONS = ("shape", "count_shape", "exists_shape", "colour", "exists_colour", "cell")
+SCENES = (  # name, shapes, colours, background style
+    (
+        "shop",
+        ("square", "circle", "digit"),
+        ("red", "yellow", "orange"),
+        _style("shop", "gradient", ((250, 235, 210), (235, 205, 170))),
+    ),
+    (
+        "workplace",
+        ("square", "digit", "triangle"),
+        ("blue", "purple", "green"),
+        _style("workplace", "plain", ((200, 200, 205), (200, 200, 205))),
+    ),
+    (
+        "home",
+        ("circle", "diamond", "square"),
+        ("orange", "purple", "red"),
+        _style("home", "checker", ((235, 225, 200), (215, 200, 170))),
+    ),
+    (
+        "transport",
+        ("triangle", "diamond", "circle"),
+        ("blue", "yellow", "red"),
+        _style("transport", "stripes", ((150, 150, 150), (120, 120, 120))),
+    ),
+    (
+        "sport",
+        ("circle", "star", "triangle"),
+        ("green", "orange", "blue"),
+        _style("sport", "plain", ((190, 225, 190), (190, 225, 190))),
+    ),
+    (
+        "outdoors",
+        ("star", "triangle", "digit"),
+        ("green", "blue", "yellow"),
+        _style("outdoors", "gradient", ((170, 205, 245), (235, 245, 255))),
+    ),
+)
+
+KINDS: dict[str, tuple[ClientKind, ...]] = {
+    "domain": tuple(
+        ClientKind(s.name, VQA_MIX, style=s, phrasing=i) for i, s in enumerate(DOMAIN_STYLES)
+    ),
+    "function": (
+        ClientKind("attribute", ("size", "colour")),
+        ClientKind("knowledge", ("corners", "kind", "parity", "corners_cell")),
+        ClientKind("logical", ("count_shape", "count_all", "count_colour", "exists_colour")),
+        ClientKind("object", ("shape", "exists_shape", "colour_shape", "cell")),
+        ClientKind("relation", ("vertical", "horizontal", "horizontal_yesno")),
+    ),
+    "scene": tuple(
+        ClientKind(name, _SCENE_QUESTIONS, style=style, shapes=shapes, colours=colours)
+        for name, shapes, colours, style in SCENES
+    ),
+    "task": (
+        ClientKind("vqa", VQA_MIX),
+        ClientKind("true_false", ("tf_shape", "tf_colour", "tf_side"), "classification"),
+        ClientKind("entailment", ("entail_shape", "entail_colour"), "classification"),
+        ClientKind("multiple_choice", ("mc_shape", "mc_colour"), "classification"),
+    ),
+}
+FAMILIES = tuple(KINDS)
+ALL_STYLES = DOMAIN_STYLES + tuple(style for *_, style in SCENES)
+
+
+def family_clients(family: str, num_clients: int = DEFAULT_CLIENTS) -> tuple[ClientDef, ...]:
+    """The first ``num_clients`` clients of ``family``."""
+    if family not in KINDS:
+        raise ValueError(f"unknown benchmark family {family!r}; choose one of {sorted(KINDS)}")
+    if not 1 <= num_clients <= MAX_CLIENTS:
+        raise ValueError(
+            f"num_clients={num_clients} is not in 1..{MAX_CLIENTS} (the embedded families define "
+            f"up to {MAX_CLIENTS} clients; 0 in a config means {DEFAULT_CLIENTS})"
+        )
+    kinds = KINDS[family]
+    return tuple(
+        ClientDef(f"{kinds[k % len(kinds)].name}_{k:02d}", kinds[k % len(kinds)], convention_for(k))
+        for k in range(num_clients)
+    )

@@ -1,0 +1,105 @@
+"""How a client words the embedded world: its naming convention and its phrasing.
+
+The concept shift of the embedded benchmark lives here. Every client sees the same world, but a
+client may use a different *convention* for two kinds of words:
+
+* ``hue``: the client names neighbouring hues the other way round: what the world (and the
+  pretrained backbone) calls red it calls "orange" and vice versa, and likewise blue and purple.
+  Real counterpart: languages and labelling guides cut the colour space differently.
+* ``mirror``: the client's "left" is the world's right (and "right" its left). Real counterpart:
+  radiology, where "left" can mean the patient's left (the image's right) or the viewer's left,
+  depending on the site's convention.
+
+A question whose words (or answer) involve such a word has, for the same image and the same
+question text, a different right answer at clients of different conventions. A private answer
+head cannot absorb this when the convention-dependent word is in the QUESTION ("how many red
+objects?" asks another count; "what is in the top left?" asks about another cell): the pooled
+representation has to change, which is what a client-specific adapter can do and one shared
+adapter cannot do for both conventions at once.
+
+A question type declares the word kinds (``axes``) it may use; a :class:`Lexicon` is the only way
+a generator produces those words, and it checks the declaration, so every example's
+"shared"/"shifted" tag is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from feddat_jax.data.embedded_world import COLOURS
+
+HUE, SIDE = "hue", "side"
+_HUE_SWAP = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue"}
+_SIDES = ("left", "right")
+_ROWS = ("top", "bottom")
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+    """A client's naming convention (see the module docstring)."""
+
+    name: str
+    hue_swap: bool = False
+    mirror: bool = False
+
+
+CONVENTIONS = (
+    Convention("standard"),
+    Convention("hue", hue_swap=True),
+    Convention("mirror", mirror=True),
+    Convention("hue_mirror", hue_swap=True, mirror=True),
+)
+STANDARD = CONVENTIONS[0]
+
+
+def convention_for(client_index: int) -> Convention:
+    """Client k's convention: each block of 4 consecutive clients holds every convention once,
+    rotated by one per block, so conventions cross the family's client kinds (styles, functions,
+    scenes, tasks) instead of following them."""
+    return CONVENTIONS[(client_index + client_index // 4) % len(CONVENTIONS)]
+
+
+class WordUseError(AssertionError):
+    """A generator used a convention-dependent word its question type did not declare."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Lexicon:
+    """The words of one client: its convention, its phrasing index, and the axes the current
+    question type is allowed to touch."""
+
+    convention: Convention = STANDARD
+    phrasing: int = 0
+    axes: frozenset[str] = frozenset()
+
+    def for_type(self, axes: frozenset[str]) -> Lexicon:
+        return dataclasses.replace(self, axes=frozenset(axes))
+
+    def _need(self, axis: str) -> None:
+        if axis not in self.axes:
+            raise WordUseError(f"a question type without the {axis!r} axis used a {axis} word")
+
+    def colour(self, colour: str) -> str:
+        """The client's word for the world colour ``colour``."""
+        self._need(HUE)
+        if colour not in COLOURS:
+            raise ValueError(f"unknown colour {colour!r}")
+        return _HUE_SWAP.get(colour, colour) if self.convention.hue_swap else colour
+
+    def side(self, column: int) -> str:
+        """The client's word for the world column ``column`` (0 = the image's left)."""
+        self._need(SIDE)
+        return _SIDES[1 - column] if self.convention.mirror else _SIDES[column]
+
+    def cell(self, cell: int) -> str:
+        """The client's name of a 2x2 grid cell (cell = 2 * row + column), e.g. "top left"."""
+        return f"{_ROWS[cell // 2]} {self.side(cell % 2)}"
+
+    def pick(self, templates: tuple[str, ...]) -> str:
+        """The client's phrasing among a question type's templates."""
+        return templates[self.phrasing % len(templates)]
+
+
+def group_of(axes: frozenset[str]) -> str:
+    """An example's group: "shifted" when its type may use convention-dependent words."""
+    return "shifted" if axes else "shared"
