@@ -123,9 +123,10 @@ def test_eval_fn_scores_every_client_for_every_feddat_variant(experiment):
         )
     )
     assert set(scores) == {"dat", "client", "shared"}
-    for variant, per_client in scores.items():
-        assert per_client.shape == (len(exp.client_names),), variant
-        assert np.all(np.isfinite(per_client)) and np.all((per_client >= 0) & (per_client <= 100))
+    for variant, per_example in scores.items():
+        assert per_example.shape == exp.eval_rows.shape, variant
+        assert np.all((per_example >= 0) & (per_example <= 1))
+        assert np.all(per_example[exp.eval_rows < 0] == 0)  # padding scores nothing
 
 
 @pytest.mark.slow  # one round + eval compile per method (10-30 s each on 2 CPU cores)

@@ -59,7 +59,7 @@ def _steps(
     return num_steps
 
 
-def _gather(store: ClientDataStore, rows_CxSxB: np.ndarray) -> Batch:
+def gather_rows(store: ClientDataStore, rows_CxSxB: np.ndarray) -> Batch:
     """Fancy-index every array by global row (-1 = padding, zero-filled and masked)."""
     valid = rows_CxSxB >= 0
     safe = np.where(valid, rows_CxSxB, 0)
@@ -118,7 +118,20 @@ def cohort_batches(
         steps,
         lambda k, n: epoch_order(n, seed, round_index, k, same_order_each_round),
     )
-    return _gather(store, rows)
+    return gather_rows(store, rows)
+
+
+def eval_rows(
+    store: ClientDataStore,
+    client_ids: Sequence[int],
+    batch_size: int,
+    *,
+    num_steps: int | None = None,
+) -> np.ndarray:
+    """int64 [C,S,B]: the store row of every evaluation slot (-1 = padding), stored order."""
+    ids = _check_ids(store, client_ids)
+    steps = _steps(store, ids, batch_size, num_steps)
+    return _rows(store, ids, batch_size, steps, lambda k, n: np.arange(n))
 
 
 def eval_batches(
@@ -129,9 +142,7 @@ def eval_batches(
     num_steps: int | None = None,
 ) -> Batch:
     """Every example of the given clients in stored order (no shuffle), same layout."""
-    ids = _check_ids(store, client_ids)
-    steps = _steps(store, ids, batch_size, num_steps)
-    return _gather(store, _rows(store, ids, batch_size, steps, lambda k, n: np.arange(n)))
+    return gather_rows(store, eval_rows(store, client_ids, batch_size, num_steps=num_steps))
 
 
 def task_metadata(

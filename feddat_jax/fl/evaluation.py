@@ -1,8 +1,10 @@
 """Per-client evaluation of every variant an algorithm reports, as one jitted function.
 
 For FedDAT the variants are the DAT (A_c with Â_s: the headline number), A_c alone and A_s alone;
-for single-model methods one "global" variant. Scores are the VQA soft score in % (accuracy for
-one-hot targets), computed over each client's real test examples only.
+for single-model methods one "global" variant. The function returns every test example's score
+(the VQA soft score in [0, 1]; accuracy for one-hot targets; 0 for padding), so the host can break
+the scores down by client, by question group and by question type (``train.scores``) without a
+recompile for each breakdown.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def make_eval_fn(
     jit: bool = True,
 ) -> Callable[..., dict[str, jax.Array]]:
     """``eval_fn(frozen, round_start_shared, shared, private_C, tasks_C, batches_CxS)`` →
-    ``{variant: score_C}`` in %."""
+    ``{variant: score_CxSxB}``, each example's score in [0, 1] (0 for padded examples)."""
 
     def client_scores(frozen, round_start_shared, shared, private, tasks: ClientTasks, batches_S):
         batch_size = batches_S["example_mask"].shape[1]
@@ -37,18 +39,18 @@ def make_eval_fn(
             frozen, round_start_shared, tasks, batch_size, jnp.zeros((), jnp.int32)
         )
 
-        def step(sums, batch):
+        def step(carry, batch):
             logits = algorithm.eval_logits(ctx, private, shared, batch)
-            hits = {
-                name: losses.score_sum(z, batch["targets"], ctx.answer_mask, batch["example_mask"])
+            scores = {
+                name: losses.example_scores(
+                    z, batch["targets"], ctx.answer_mask, batch["example_mask"]
+                )
                 for name, z in logits.items()
             }
-            return jax.tree.map(jnp.add, sums, hits), None
+            return carry, scores
 
-        zeros = {name: jnp.zeros((), jnp.float32) for name in algorithm.eval_variants}
-        sums, _ = jax.lax.scan(step, zeros, batches_S)
-        count = jnp.maximum(jnp.sum(batches_S["example_mask"]), 1.0)
-        return {name: 100.0 * s / count for name, s in sums.items()}
+        _, scores_S = jax.lax.scan(step, None, batches_S)
+        return scores_S
 
     def eval_fn(frozen, round_start_shared, shared, private_C, tasks_C, batches_CxS):
         def one(private, tasks, batches_S):

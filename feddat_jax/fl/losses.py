@@ -62,9 +62,15 @@ def kd_loss(z_student_BxA, z_teacher_BxA, answer_mask_A, example_mask_B, tempera
     return temperature**2 * masked_mean(kl_B, example_mask_B)
 
 
-def score_sum(z_BxA, targets_BxA, answer_mask_A, example_mask_B):
-    """``Σ target[argmax z]`` over real examples: the VQA soft score (accuracy for one-hot targets)."""
+def example_scores(z_BxA, targets_BxA, answer_mask_A, example_mask_B):
+    """``target[argmax z]`` per example, 0 for padding: the VQA soft score in [0, 1] (accuracy
+    for one-hot targets)."""
     z = jnp.where(answer_mask_A > 0, z_BxA.astype(jnp.float32), _NEG)
     pred_B = jnp.argmax(z, axis=-1)
     hit_B = jnp.take_along_axis(targets_BxA, pred_B[:, None], axis=-1)[:, 0]
-    return jnp.sum(hit_B * example_mask_B)
+    return hit_B * example_mask_B
+
+
+def score_sum(z_BxA, targets_BxA, answer_mask_A, example_mask_B):
+    """``Σ target[argmax z]`` over real examples."""
+    return jnp.sum(example_scores(z_BxA, targets_BxA, answer_mask_A, example_mask_B))

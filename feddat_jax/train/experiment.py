@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from feddat_jax import methods
 from feddat_jax.data import embedded, tfds_store
 from feddat_jax.data.client_store import ClientDataStore
-from feddat_jax.data.pipeline import eval_batches, task_metadata
+from feddat_jax.data.pipeline import eval_batches, eval_rows, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
 from feddat_jax.fl import communication, local_optim
 from feddat_jax.fl import mesh as mesh_lib
@@ -33,6 +33,7 @@ from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
 from feddat_jax.models import registry
+from feddat_jax.train import scores
 from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES
 
 PyTree = Any
@@ -53,6 +54,8 @@ class Experiment:
     train_store: ClientDataStore
     tasks: ClientTasks  # [N]
     eval_data: dict[str, np.ndarray]  # [N, S_e, B_e, ...] every client's test split
+    eval_rows: np.ndarray  # [N, S_e, B_e] the test-store row of each eval slot (-1 = padding)
+    eval_tags: list[dict[str, np.ndarray]]  # per client: its test rows' question type and group
     algorithm: LocalAlgorithm
     frozen: PyTree  # placed on the mesh (replicated, or split over "model")
     server: ServerState  # the initial server state, replicated on the mesh
@@ -166,6 +169,8 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         train_store=train_store,
         tasks=tasks,
         eval_data=eval_data,
+        eval_rows=eval_rows(test_store, all_ids, config.eval_batch_size),
+        eval_tags=scores.client_tags(test_store),
         algorithm=algorithm,
         frozen=mesh_lib.put_frozen(frozen, mesh, config.mesh.shard_frozen),
         server=mesh_lib.put_replicated(server, mesh),

@@ -35,6 +35,7 @@ from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.accounting import max_poisson_cohort, pad_cohort, poisson_sample
 from feddat_jax.fl.communication import CommunicationBudget, round_traffic
 from feddat_jax.fl.registry import ClientRegistry, pad_batches
+from feddat_jax.train import scores as scores_lib
 from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
 from feddat_jax.train.config_base import fingerprint_json
 from feddat_jax.train.experiment import Experiment, poisson_sample_rate, poisson_sampling
@@ -88,13 +89,15 @@ def round_record(
     return record
 
 
-def eval_record(exp: Experiment, scores: dict) -> Record:
-    scores = jax.device_get(scores)
+def eval_record(exp: Experiment, scores_NxSxB: dict, client_ids: np.ndarray) -> Record:
+    """Per-client, per-group and per-question-type means (``train.scores``) of the per-example
+    scores of clients ``client_ids`` (rows of ``scores_NxSxB``, in that order)."""
     record: Record = {}
-    for variant, per_client in scores.items():
-        for name, value in zip(exp.client_names, per_client):
-            record[f"score/{name}/{variant}"] = float(value)
-        record[f"score/mean/{variant}"] = float(np.mean(per_client))
+    names = [exp.client_names[k] for k in client_ids]
+    tags = [exp.eval_tags[k] for k in client_ids]
+    for variant, values in jax.device_get(scores_NxSxB).items():
+        per_client = scores_lib.per_client(values, exp.eval_rows[client_ids])
+        record.update(scores_lib.summarize(variant, per_client, names, tags))
     return record
 
 
@@ -251,7 +254,9 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
         scores = exp.eval_fn(
             exp.frozen, round_start_shared, server.shared, private_E, tasks_E, eval_data
         )
-        return eval_record(exp, {k: v[eval_mask] for k, v in host_rows(scores).items()})
+        return eval_record(
+            exp, {k: v[eval_mask] for k, v in host_rows(scores).items()}, eval_ids[eval_mask]
+        )
 
     comm_total = history[-1]["comm/bytes_cumulative"] if history else 0
     budget = CommunicationBudget(cfg.comm_max_bytes or None)

@@ -1,0 +1,68 @@
+"""Per-example test scores -> the numbers a person compares: per client, per question group, per
+question type, each the mean over clients.
+
+Evaluation returns every test example's score (``fl.evaluation``); the breakdowns happen here, on
+the host, from the tags the data carry (``ClientDataStore.tags``). A group or type mean is the mean
+over the clients that have test examples of it, so every client weighs the same, as in the
+per-client mean of the headline number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from feddat_jax.data.client_store import ClientDataStore
+
+Record = dict[str, float]
+GROUPS = ("shared", "shifted")
+
+
+def per_client(scores_NxSxB: np.ndarray, rows_NxSxB: np.ndarray) -> list[np.ndarray]:
+    """Each client's example scores in its stored order (padding, row -1, dropped): [n_k] each."""
+    out = []
+    for k in range(len(rows_NxSxB)):
+        rows, scores = rows_NxSxB[k].reshape(-1), np.asarray(scores_NxSxB[k]).reshape(-1)
+        real = rows >= 0
+        order = np.argsort(rows[real], kind="stable")
+        out.append(scores[real][order].astype(np.float64))
+    return out
+
+
+def client_tags(store: ClientDataStore) -> list[dict[str, np.ndarray]]:
+    """Each client's row tags (question type, group), sliced from the store."""
+    return [
+        {
+            name: values[store.offsets[k] : store.offsets[k + 1]]
+            for name, values in store.tags.items()
+        }
+        for k in range(store.num_clients)
+    ]
+
+
+def summarize(
+    variant: str,
+    scores: Sequence[np.ndarray],
+    names: Sequence[str],
+    tags: Sequence[Mapping[str, np.ndarray]],
+) -> Record:
+    """``score/<client>/<variant>`` and ``score/mean/<variant>`` (in %), plus
+    ``group/<group>/<variant>`` and ``qtype/<type>/<variant>`` where the data carry those tags."""
+    record: Record = {}
+    for name, s in zip(names, scores):
+        record[f"score/{name}/{variant}"] = 100.0 * float(np.mean(s)) if len(s) else float("nan")
+    record[f"score/mean/{variant}"] = float(
+        np.nanmean([record[f"score/{n}/{variant}"] for n in names])
+    )
+    for tag, prefix in (("group", "group"), ("question_type", "qtype")):
+        means: dict[str, list[float]] = {}
+        for s, t in zip(scores, tags):
+            values = t.get(tag)
+            if values is None:
+                continue
+            for value in sorted(set(values) - {""}):
+                means.setdefault(value, []).append(100.0 * float(np.mean(s[values == value])))
+        for value, per_client_means in sorted(means.items()):
+            record[f"{prefix}/{value}/{variant}"] = float(np.mean(per_client_means))
+    return record
