@@ -1,8 +1,17 @@
-"""The clients' local optimizer: AdamW with the official warmup + linear-decay schedule.
+"""The clients' local optimizer: AdamW with a warmup + linear-decay schedule.
 
 The learning rate is applied outside the optax chain because its horizon differs per client:
 ``S = schedule_epochs × batches per epoch`` of *that* client (SPEC §2), a traced value under vmap.
-The schedule restarts every round. Parameters named ``bias`` or ``scale`` (biases and LayerNorm
+The schedule restarts every round. Two schedules (``LocalOptimConfig.schedule``):
+
+* ``"official"`` (the paper configs): the official code's. Warmup lasts ``warmup_fraction × S``
+  ticks, 1.5 epochs with the defaults, and a method's counter ticks once per optimizer step. A
+  one-step method therefore never leaves warmup within a round, while FedDAT, two steps per batch,
+  passes the peak three quarters into it: a difference between methods that is the schedule's.
+* ``"fair"`` (for comparisons): the counter counts batches, so every parameter group of every
+  method gets the same learning rate at the same batch (FedDAT's two sub-steps share it), and the
+  warmup lasts ``warmup_fraction`` of ONE epoch, so it completes inside every round.
+ Parameters named ``bias`` or ``scale`` (biases and LayerNorm
 scales) get no weight decay, as in the official code.
 """
 
@@ -17,6 +26,7 @@ import optax
 
 PyTree = Any
 _NO_DECAY_LEAVES = ("bias", "scale")
+SCHEDULES = ("official", "fair")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +38,11 @@ class LocalOptimConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     schedule_epochs: float = 15.0  # S = schedule_epochs × batches per epoch
+    schedule: str = "official"  # "official" | "fair" (module docstring)
 
     def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; allowed: {SCHEDULES}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.warmup_fraction < 1.0:
@@ -54,21 +67,38 @@ def adamw_direction(cfg: LocalOptimConfig) -> optax.GradientTransformation:
 
 
 def total_schedule_steps(cfg: LocalOptimConfig, num_batches: jax.Array) -> jax.Array:
-    """The schedule horizon S in ticks: ``schedule_epochs × batches per epoch``.
+    """The schedule horizon S: ``schedule_epochs × batches per epoch``.
 
-    As in the official code the horizon counts batches, while FedDAT's counter ticks twice per
-    batch (once per sub-step), so FedDAT walks its schedule twice as fast as a one-step method.
+    As in the official code the horizon counts batches, while under the official schedule
+    FedDAT's counter ticks twice per batch (once per sub-step), so FedDAT walks its schedule
+    twice as fast as a one-step method.
     """
     return jnp.maximum(1.0, jnp.floor(cfg.schedule_epochs * num_batches))
 
 
-def learning_rate(cfg: LocalOptimConfig, tick: jax.Array, total: jax.Array) -> jax.Array:
-    """transformers' ``get_linear_schedule_with_warmup`` at ``tick`` of ``total``."""
-    warmup = jnp.floor(cfg.warmup_fraction * total)
+def warmup_decay(peak: float, tick: jax.Array, warmup: jax.Array, total: jax.Array) -> jax.Array:
+    """transformers' ``get_linear_schedule_with_warmup``: 0 → ``peak`` over ``warmup`` ticks,
+    then linearly to 0 at ``total``."""
     tick = tick.astype(jnp.float32)
     up = tick / jnp.maximum(1.0, warmup)
     down = jnp.maximum(0.0, (total - tick) / jnp.maximum(1.0, total - warmup))
-    return cfg.learning_rate * jnp.where(tick < warmup, up, down)
+    return peak * jnp.where(tick < warmup, up, down)
+
+
+def learning_rate(
+    cfg: LocalOptimConfig, tick: jax.Array, num_batches: jax.Array, ticks_per_batch: int = 1
+) -> jax.Array:
+    """The learning rate of local optimizer step ``tick`` of a round (``ticks_per_batch`` steps
+    per batch: 2 for FedDAT), for a client with ``num_batches`` batches per epoch."""
+    total = total_schedule_steps(cfg, num_batches)
+    if cfg.schedule == "fair":
+        return warmup_decay(
+            cfg.learning_rate,
+            tick // ticks_per_batch,
+            jnp.floor(cfg.warmup_fraction * num_batches),
+            total,
+        )
+    return warmup_decay(cfg.learning_rate, tick, jnp.floor(cfg.warmup_fraction * total), total)
 
 
 def apply_adamw(

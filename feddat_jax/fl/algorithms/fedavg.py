@@ -77,8 +77,7 @@ class FedAvg(LocalAlgorithm):
         (loss, metrics), grads = jax.value_and_grad(self.loss, argnums=1, has_aux=True)(
             ctx, local["trainable"], batch
         )
-        total = local_optim.total_schedule_steps(self.config.optim, ctx.num_batches)
-        lr = local_optim.learning_rate(self.config.optim, local["tick"], total)
+        lr = local_optim.learning_rate(self.config.optim, local["tick"], ctx.num_batches)
         trainable, opt = local_optim.apply_adamw(
             self.tx, grads, local["opt"], local["trainable"], lr
         )

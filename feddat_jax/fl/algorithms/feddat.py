@@ -164,8 +164,7 @@ class FedDAT(LocalAlgorithm):
         (loss, (z_shared, task, kd)), (g_shared, g_head) = jax.value_and_grad(
             self.shared_step_loss, has_aux=True
         )((local["shared"], local["head"]), ctx, local, batch, z_teacher_BxA)
-        total = local_optim.total_schedule_steps(cfg.optim, ctx.num_batches)
-        lr = local_optim.learning_rate(cfg.optim, local["tick"], total)
+        lr = local_optim.learning_rate(cfg.optim, local["tick"], ctx.num_batches, ticks_per_batch=2)
         shared, opt_shared = local_optim.apply_adamw(
             self.tx, g_shared, opt["shared"], local["shared"], lr
         )
@@ -186,8 +185,7 @@ class FedDAT(LocalAlgorithm):
         (loss, (task, kd)), (g_client, g_head) = jax.value_and_grad(
             self.dat_step_loss, has_aux=True
         )((local["client"], local["head"]), ctx, batch, z_shared_BxA)
-        total = local_optim.total_schedule_steps(cfg.optim, ctx.num_batches)
-        lr = local_optim.learning_rate(cfg.optim, local["tick"], total)
+        lr = local_optim.learning_rate(cfg.optim, local["tick"], ctx.num_batches, ticks_per_batch=2)
         client, opt_client = local_optim.apply_adamw(
             self.tx, g_client, opt["client"], local["client"], lr
         )
@@ -203,7 +201,7 @@ class FedDAT(LocalAlgorithm):
             "tick": local["tick"] + 1,
             "opt": {**opt, "client": opt_client, "head": opt_head},
         }
-        return local, {"loss_dat": loss, "task_dat": task, "kd_dat": kd}
+        return local, {"loss_dat": loss, "task_dat": task, "kd_dat": kd, "lr_dat": lr}
 
     def local_step(self, ctx, local, batch, rng):
         del rng  # the frozen backbone runs without dropout
