@@ -25,6 +25,7 @@ from feddat_jax.fl import distributed
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.loop import train
 from feddat_jax.train.pretrain import pretrain
+from feddat_jax.train.references import check_references, run_reference
 from feddat_jax.train.report import write_report
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -72,6 +73,9 @@ def run(config, workdir: Path) -> str:
         runs[method] = train(experiment, workdir / method)
     if not primary:
         return ""
+    for name in check_references(config.get("references", ())):
+        print(f"== reference {name} -> {workdir / name}")
+        runs[name] = run_reference(name, config, workdir / name)
     table = write_report(runs, clients, workdir)
     print(table)
     print(

@@ -104,7 +104,7 @@ def test_nan_loss_stops_naming_round_and_client_and_keeps_last_checkpoint(experi
     broken = dataclasses.replace(
         with_rounds(experiment, 2), train_store=dataclasses.replace(store, arrays=arrays)
     )
-    with pytest.raises(loop.NonFiniteLossError, match=r"round 1: .*\['clean'\]"):
+    with pytest.raises(loop.NonFiniteLossError, match=r"round 1: .*\['clean_00'\]"):
         loop.train(broken, tmp_path, show_progress=False)
     round_restored, _, meta = final_state(experiment, tmp_path)
     assert round_restored == 1 and len(meta["history"]) == 1

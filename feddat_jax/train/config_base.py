@@ -8,8 +8,12 @@ misspelt key is an error, and ml_collections refuses a value of the wrong type.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import ml_collections
+
+# the project's pretrained tiny ViLT (configs/pretrain_tiny_vilt.py), shipped in the package
+TINY_VILT = str(Path(__file__).resolve().parent.parent / "assets" / "tiny_vilt")
 
 # Fields that do not change the numbers a run computes: excluded from the checkpoint fingerprint,
 # so a resumed run may, e.g., train for more rounds or log differently. Where the run executes
@@ -24,6 +28,7 @@ NON_NUMERIC_FIELDS = (
     "checkpoint_every",
     "tensorboard",
     "compare_methods",
+    "references",
     "mesh",
     "strategy",
     "chunk_size",
@@ -39,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.method = "feddat"  # a key of feddat_jax.methods.METHODS
     c.compare_methods = ()  # if set, launch.py runs each of these methods in turn
+    # reference rows of every comparison (train/references.py): "blind" (no image: the most
+    # common training answer per question type) and "centralized" (one adapter, pooled data)
+    c.references = ("blind", "centralized")
     c.rounds = 30
     c.clients_per_round = 1.0  # a float fraction of the registered clients, or an int count
     c.batch_size = 2
@@ -87,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
             weight_decay=0.01,
             warmup_fraction=0.1,
             schedule_epochs=15.0,
+            schedule="official",  # "fair" for comparisons (fl/local_optim.py)
         )
     )
     c.server = ml_collections.ConfigDict()
@@ -123,6 +132,44 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def embedded_config(family: str, arg: str = "") -> ml_collections.ConfigDict:
+    """FedDAT, its main baselines and the reference rows on one family of the embedded benchmark
+    (docs/BENCHMARK.md), with the project's pretrained tiny ViLT: the settings the demo and
+    ``benchmarks/accuracy.py`` share.
+
+    The comparison uses the fair schedule (fl/local_optim.py): every method's parameter groups get
+    the same learning rate at the same batch and warmup ends inside each round. ``arg`` "smoke":
+    4 clients, one round, few examples (the tests).
+    """
+    c = base_config()
+    c.method = "feddat"
+    c.compare_methods = ("feddat", "fedavg_adapter", "local_adapter")
+    c.rounds = 20
+    c.eval_every = 5
+    c.batch_size = 8
+    c.eval_batch_size = 100
+    c.optim.learning_rate = 1e-3  # SPEC's 1e-4 is for ViLT-B; everything else is SPEC §2
+    c.optim.schedule = "fair"
+    c.peft.adapter_reduction = 8  # width 128 -> bottleneck 16
+    c.model.checkpoint = TINY_VILT if Path(TINY_VILT).is_dir() else ""
+    c.model.size = "tiny"
+    c.model.image_hw = (48, 48)
+    c.model.max_text_len = 24
+    c.data.source = "embedded"
+    c.data.family = family
+    c.data.image_size = 48
+    c.data.train_per_client = 40  # 16-64 per client (size_spread 0.6)
+    c.data.test_per_client = 1000  # a client's score to about +-3 points (95% CI)
+    if arg == "smoke":
+        c.rounds, c.eval_every = 1, 1
+        c.compare_methods = ("feddat", "fedavg_adapter")
+        c.data.num_clients, c.data.train_per_client, c.data.test_per_client = 4, 16, 8
+        c.tensorboard = False
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")
+    return c
+
+
 def fingerprint_json(config: ml_collections.ConfigDict) -> str:
     """The config as canonical JSON without the fields that do not change the numbers."""
     d = json.loads(config.to_json())
@@ -136,7 +183,9 @@ def _smoke(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
     same name, so a paper config is exercised without the real data and checkpoint."""
     if arg == "smoke":
         c.data.source = "embedded"
+        c.data.num_clients = 4
         c.data.train_per_client, c.data.test_per_client, c.data.image_size = 12, 6, 32
+        c.references = ("blind",)  # the centralized reference has its own tests
         c.model.size, c.model.image_hw, c.model.max_text_len = "tiny", (32, 32), 16
         c.rounds, c.eval_every, c.batch_size, c.tensorboard = 1, 1, 4, False
     elif arg:

@@ -23,23 +23,34 @@ def plot_scores(
     out_png: str | Path,
     variant_of: dict[str, str],
 ) -> Path:
-    """One panel per client plus the mean: headline score per evaluated round, a line per method.
+    """A panel for the mean, one per question group the data tag ("shared", "shifted") and one
+    per client: headline score per evaluated round, a line per method (a dashed level for a
+    reference evaluated once, such as ``blind``).
 
     ``variant_of[method]`` names the method's headline variant ("dat" for FedDAT, "global" else).
     """
-    panels = ["mean"] + list(clients)
+    groups = sorted(
+        {k.split("/")[1] for h in runs.values() for r in h for k in r if k.startswith("group/")}
+    )
+    panels = ["mean"] + [f"group/{g}" for g in groups] + list(clients)
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
         for method, history in runs.items():
-            key = (
-                f"score/mean/{variant_of[method]}"
-                if panel == "mean"
-                else f"score/{panel}/{variant_of[method]}"
-            )
+            variant = variant_of[method]
+            if panel == "mean":
+                key = f"score/mean/{variant}"
+            elif panel.startswith("group/"):
+                key = f"{panel}/{variant}"
+            else:
+                key = f"score/{panel}/{variant}"
             x, y = _series(history, key)
-            if x:
+            if len(x) == 1:
+                ax.axhline(
+                    y[0], ls="--", lw=1, color="gray" if method == "blind" else None, label=method
+                )
+            elif x:
                 ax.plot(x, y, marker="o", ms=3, label=method)
         ax.set_title(panel)
         ax.set_xlabel("round")

@@ -1,0 +1,138 @@
+"""The ``centralized`` reference row: ONE adapter trained on all clients' pooled training data.
+
+What federation costs is measured against this: the same model as FedAvg + adapter (one shared
+adapter, each client's own private head, since heads are always private here), trained as if all
+data sat in one place. Every epoch is one pass over the pooled training examples in a seeded
+shuffle, in batches mixing clients; each example goes through its own client's head, so the
+adapter's gradient is the pooled one. It trains for ``config.rounds`` epochs (the data a federated
+run sees in as many rounds), with one AdamW schedule over the whole run (linear warmup for
+``optim.warmup_fraction`` of it, then linear decay to 0), and is evaluated like every method.
+
+Why per-client heads rather than one head over the union of answers: the reference then differs
+from FedAvg + adapter in exactly one thing, federation, and every client keeps its own answer
+vocabulary. Concept shift still hurts it: one adapter cannot serve two conventions (see
+docs/BENCHMARK.md).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from feddat_jax.data.pipeline import gather_rows
+from feddat_jax.fl import local_optim, losses
+from feddat_jax.peft.partition import merge
+from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
+from feddat_jax.train.config_base import fingerprint_json
+from feddat_jax.train.experiment import Experiment
+from feddat_jax.train.metrics import MetricsWriter, Record
+
+PyTree = Any
+METHOD = "fedavg_adapter"  # the partition and forward mode the reference shares
+
+
+def epoch_rows(num_rows: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """int64 [S, B]: the pooled rows of epoch ``epoch`` in a seeded shuffle (-1 pads the last
+    batch); a pure function of (seed, epoch), like the federated data order."""
+    order = np.random.default_rng((seed, epoch, 0xCE)).permutation(num_rows)
+    steps = -(-num_rows // batch_size)
+    rows = np.full(steps * batch_size, -1, np.int64)
+    rows[:num_rows] = order
+    return rows.reshape(steps, batch_size)
+
+
+def make_epoch_fn(exp: Experiment, total_steps: int):
+    """``epoch(state, batches_S, clients_SxB) -> (state, mean loss)``: one jitted pass."""
+    forward, cfg = exp.algorithm.forward, exp.algorithm.config.optim
+    tx = local_optim.adamw_direction(cfg)
+    tasks = exp.tasks
+    total = jnp.asarray(total_steps, jnp.float32)
+
+    def example_loss(shared, head, client, example):
+        one = jax.tree.map(lambda x: x[None], example)
+        z = forward(merge(exp.frozen, shared, head), one, "shared")
+        return losses.task_loss(
+            z,
+            one["targets"],
+            tasks.answer_mask[client],
+            tasks.task_kind[client],
+            one["example_mask"],
+        )
+
+    def batch_loss(trainable, batch, clients_B):
+        shared, heads_N = trainable
+        heads_B = jax.tree.map(lambda h: h[clients_B], heads_N)
+        loss_B = jax.vmap(example_loss, in_axes=(None, 0, 0, 0))(shared, heads_B, clients_B, batch)
+        return losses.masked_mean(loss_B, batch["example_mask"])
+
+    def step(state, xs):
+        batch, clients_B = xs
+        loss, grads = jax.value_and_grad(batch_loss)(state["trainable"], batch, clients_B)
+        lr = local_optim.warmup_decay(
+            cfg.learning_rate, state["tick"], jnp.floor(cfg.warmup_fraction * total_steps), total
+        )
+        trainable, opt = local_optim.apply_adamw(tx, grads, state["opt"], state["trainable"], lr)
+        return {"trainable": trainable, "opt": opt, "tick": state["tick"] + 1}, loss
+
+    def epoch(state, batches_S, clients_SxB):
+        state, loss_S = jax.lax.scan(step, state, (batches_S, clients_SxB))
+        return state, jnp.mean(loss_S)
+
+    return jax.jit(epoch, donate_argnums=(0,)), tx
+
+
+def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
+    """Train (or resume) the centralized reference in ``workdir``; the history has the same
+    records as a method's (``score/...``, ``group/...``), so reports and plots treat it as one."""
+    from feddat_jax.train.loop import eval_record  # the loop's breakdown of per-example scores
+
+    cfg, workdir = exp.config, Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = exp.train_store
+    num_rows = int(store.offsets[-1])
+    client_of_row = np.repeat(np.arange(store.num_clients), store.num_examples())
+    steps_per_epoch = -(-num_rows // cfg.batch_size)
+    epoch_fn, tx = make_epoch_fn(exp, cfg.rounds * steps_per_epoch)
+    # host copies: the epoch function donates its state, and the experiment's arrays stay intact
+    trainable = jax.device_get((exp.server.shared, exp.private_N["params"]))
+    state = {"trainable": trainable, "opt": tx.init(trainable), "tick": jnp.zeros((), jnp.int32)}
+    # the schedule spans the whole run, so unlike a method's, the number of epochs changes the
+    # numbers: it is part of the fingerprint
+    identity = f"{fingerprint_json(cfg)}/centralized/epochs={cfg.rounds}"
+    ckpt = RoundCheckpointer(workdir / "checkpoints", config_fingerprint(identity))
+    history: list[Record] = []
+    restored = ckpt.restore_latest(state)
+    start = 0
+    if restored is not None:
+        start, state, meta = restored
+        history = meta["history"]
+    writer = MetricsWriter(workdir, history, tensorboard=cfg.tensorboard)
+    all_ids = np.arange(len(exp.client_names))
+    for e in range(start, cfg.rounds):
+        t0 = time.perf_counter()
+        rows_SxB = epoch_rows(num_rows, cfg.batch_size, cfg.seed, e)
+        batches = jax.tree.map(lambda x: x[0], gather_rows(store, rows_SxB[None]))
+        clients = client_of_row[np.maximum(rows_SxB, 0)]
+        state, loss = epoch_fn(state, batches, clients)
+        record: Record = {
+            "round": e + 1,
+            "train/loss": float(loss),
+            "time/round_s": time.perf_counter() - t0,
+            "comm/bytes_cumulative": 0,
+        }
+        if (e + 1) % cfg.eval_every == 0 or e + 1 == cfg.rounds:
+            shared, heads_N = state["trainable"]
+            scores = exp.eval_fn(
+                exp.frozen, shared, shared, {"params": heads_N}, exp.tasks, exp.eval_data
+            )
+            record.update(eval_record(exp, scores, all_ids))
+        writer.write(record)
+        if (e + 1) % cfg.checkpoint_every == 0 or e + 1 == cfg.rounds:
+            ckpt.save(e + 1, jax.device_get(state), {"history": writer.history})
+    writer.close()
+    return writer.history
