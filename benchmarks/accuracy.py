@@ -1,0 +1,219 @@
+r"""Accuracy of FedDAT, its baselines and the reference rows on every family of the embedded
+benchmark, over several seeds: can methods differ here, and where does FedDAT stand?
+
+  python benchmarks/accuracy.py                              # 4 families x 3 seeds (hours on 2 cores)
+  python benchmarks/accuracy.py --families domain --seeds 0,1 --rounds 5 --workdir /tmp/acc
+
+Each family runs configs/embedded.py:<family> (the demo's settings: 12 clients, 16-64 training
+questions each, 1,000 test questions each, fair schedule, the pretrained tiny ViLT) once per seed;
+the seed changes the training randomness (initialisation, client sampling, data order), the
+benchmark's data stay fixed. Rows: blind, local_adapter, fedavg_adapter, feddat (its DAT, the
+headline; feddat_ac = A_c alone, feddat_as = A_s alone) and centralized; mean ± std (sample std over
+seeds) overall and per question group (shared / shifted). A rerun resumes every finished run.
+
+Writes benchmarks/results_accuracy.json, benchmarks/accuracy.png and benchmarks/ACCURACY.md (the
+printed output), or the same names under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from feddat_jax.train.config_base import embedded_config
+from feddat_jax.train.metrics import read_jsonl
+
+FAMILIES = ("domain", "function", "scene", "task")
+METHODS = ("local_adapter", "fedavg_adapter", "feddat")
+# result row -> (run folder, evaluation variant)
+ROWS = {
+    "blind": ("blind", "global"),
+    "local_adapter": ("local_adapter", "global"),
+    "fedavg_adapter": ("fedavg_adapter", "global"),
+    "feddat": ("feddat", "dat"),
+    "feddat_ac": ("feddat", "client"),
+    "feddat_as": ("feddat", "shared"),
+    "centralized": ("centralized", "global"),
+}
+GROUPS = ("shared", "shifted")
+
+
+def run_family(family: str, seed: int, rounds: int, workdir: Path) -> None:
+    """Every method and reference of one family and seed (resumes what is finished)."""
+    import launch  # the one entry point's run(): methods, references, report
+
+    config = embedded_config(family)
+    config.seed = seed
+    config.rounds = rounds
+    config.eval_every = rounds  # only the final evaluation is reported here
+    config.compare_methods = METHODS
+    config.tensorboard = False
+    workdir.mkdir(parents=True, exist_ok=True)
+    launch.run(config, workdir)
+
+
+def final_scores(run_dir: Path, variant: str) -> dict[str, float]:
+    last = [r for r in read_jsonl(run_dir / "metrics.jsonl") if f"score/mean/{variant}" in r][-1]
+    out = {"overall": last[f"score/mean/{variant}"]}
+    out.update({g: last[f"group/{g}/{variant}"] for g in GROUPS})
+    return out
+
+
+def stats(values: list[float]) -> dict:
+    v = np.asarray(values, np.float64)
+    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return {
+        "mean": round(float(v.mean()), 2),
+        "std": round(std, 2),
+        "seeds": [round(x, 2) for x in v],
+    }
+
+
+def collect(family: str, seeds: list[int], root: Path) -> dict:
+    per_row = {row: {k: [] for k in ("overall",) + GROUPS} for row in ROWS}
+    for seed in seeds:
+        for row, (folder, variant) in ROWS.items():
+            for key, value in final_scores(root / family / f"seed{seed}" / folder, variant).items():
+                per_row[row][key].append(value)
+    return {
+        "methods": {row: stats(v["overall"]) for row, v in per_row.items()},
+        "groups": {g: {row: stats(v[g]) for row, v in per_row.items()} for g in GROUPS},
+    }
+
+
+def gap(result: dict, a: str, b: str, group: str | None = None) -> tuple[float, float]:
+    """(mean of a - mean of b, the std of that difference: sqrt(std_a² + std_b²))."""
+    table = result["methods"] if group is None else result["groups"][group]
+    d = table[a]["mean"] - table[b]["mean"]
+    return d, float(np.hypot(table[a]["std"], table[b]["std"]))
+
+
+def checks(result: dict) -> dict[str, dict]:
+    """The properties the benchmark is built to have (docs/BENCHMARK.md), each with its margin."""
+    out = {}
+    d = result["methods"]["local_adapter"]["mean"] - result["methods"]["blind"]["mean"]
+    out["local beats blind by > 15 points"] = {"gap": round(d, 2), "ok": d > 15}
+    d, s = gap(result, "fedavg_adapter", "local_adapter", "shared")
+    out["shared: fedavg beats local by > 3 std"] = {
+        "gap": round(d, 2),
+        "std": round(s, 2),
+        "ok": d > 3 * s,
+    }
+    d, s = gap(result, "local_adapter", "fedavg_adapter", "shifted")
+    out["shifted: local beats fedavg by > 3 std"] = {
+        "gap": round(d, 2),
+        "std": round(s, 2),
+        "ok": d > 3 * s,
+    }
+    return out
+
+
+def fmt(s: dict) -> str:
+    return f"{s['mean']:5.1f} ± {s['std']:3.1f}"
+
+
+def table(family: str, result: dict) -> str:
+    lines = [f"### {family}", "", "| row | overall | shared | shifted |", "|---|---:|---:|---:|"]
+    for row in ROWS:
+        cells = [fmt(result["methods"][row])] + [fmt(result["groups"][g][row]) for g in GROUPS]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "| check | gap | std of gap | holds |", "|---|---:|---:|---|"]
+    for name, c in result["checks"].items():
+        lines.append(
+            f"| {name} | {c['gap']:+.1f} | {c.get('std', 0):.1f} | {'yes' if c['ok'] else 'NO'} |"
+        )
+    lines += ["", "FedDAT (DAT) against the baselines, mean difference ± its std:", ""]
+    for other in ("fedavg_adapter", "local_adapter", "centralized"):
+        parts = []
+        for group in (None,) + GROUPS:
+            d, s = gap(result, "feddat", other, group)
+            parts.append(f"{group or 'overall'} {d:+.1f} ± {s:.1f}")
+        lines.append(f"- vs {other}: " + ", ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(ROWS)
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, (family, result) in zip(axes.flat, results.items()):
+        width = 0.8 / len(rows)
+        for i, row in enumerate(rows):
+            cells = [result["methods"][row]] + [result["groups"][g][row] for g in GROUPS]
+            x = np.arange(3) + (i - len(rows) / 2 + 0.5) * width
+            ax.bar(
+                x,
+                [c["mean"] for c in cells],
+                width,
+                yerr=[c["std"] for c in cells],
+                capsize=2,
+                label=row,
+            )
+        ax.set_xticks(np.arange(3), ["overall", "shared", "shifted"])
+        ax.set_title(family)
+        ax.set_ylabel("score (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--workdir", default="runs/accuracy")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks"))
+    args = parser.parse_args()
+    families = args.families.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root, out = Path(args.workdir), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    results = {}
+    for family in families:
+        for seed in seeds:
+            run_family(family, seed, args.rounds, root / family / f"seed{seed}")
+        results[family] = collect(family, seeds, root)
+        results[family]["checks"] = checks(results[family])
+    minutes = (time.time() - t0) / 60
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    report = [
+        "# Accuracy on the embedded benchmark",
+        "",
+        f"`{command.strip()}`: families {families}, seeds {seeds}, {args.rounds} rounds, "
+        f"{minutes:.0f} min of wall time. Scores: VQA soft score / accuracy in %, mean ± sample "
+        "std over seeds, each the mean over the 12 clients (a group's mean over the clients that "
+        "have it). Rows and checks: benchmarks/accuracy.py; what they mean: docs/BENCHMARK.md.",
+        "",
+    ] + [table(f, r) for f, r in results.items()]
+    text = "\n".join(report)
+    print(text)
+    payload = {
+        "families": results,
+        "seeds": seeds,
+        "rounds": args.rounds,
+        "minutes": round(minutes, 1),
+    }
+    (out / "results_accuracy.json").write_text(json.dumps(payload, indent=2))
+    (out / "ACCURACY.md").write_text(text)
+    plot(results, out / "accuracy.png")
+
+
+if __name__ == "__main__":
+    main()
