@@ -112,6 +112,19 @@ def test_static_steps_and_bad_ids(store):
         pipeline.cohort_batches(store, [7], B, seed=0, round_index=0)
 
 
+def test_segment_window_is_a_slice_of_the_epoch_padded(store):
+    full = pipeline.cohort_batches(store, [2, 0], B, seed=3, round_index=1)  # S = 5
+    part = pipeline.cohort_batches(
+        store, [2, 0], B, seed=3, round_index=1, num_steps=5, window=(3, 5), window_steps=3
+    )
+    for key in full:
+        assert part[key].shape == full[key][:, :3].shape, key
+        np.testing.assert_array_equal(part[key][:, :2], full[key][:, 3:5])
+        assert not part[key][:, 2].any(), key  # the padding step is empty
+    with pytest.raises(ValueError, match="does not fit"):
+        pipeline.cohort_batches(store, [2], B, seed=0, round_index=0, window=(4, 7))
+
+
 def test_task_metadata(clients):
     meta = pipeline.task_metadata(clients)
     np.testing.assert_array_equal(meta["answer_mask"], [[1, 0, 0], [1, 1, 0], [1, 1, 1]])

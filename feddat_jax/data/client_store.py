@@ -1,9 +1,12 @@
-"""Every client's examples, encoded once into host numpy arrays.
+"""Every client's examples, encoded once into host numpy arrays, and the row-store protocol.
 
 Decoding PNG/JPEG and tokenizing are the expensive parts of input handling, and their result never
-changes between rounds, so they happen here exactly once per run. A round then only gathers rows
-by index (``pipeline``). All clients' rows are concatenated into one array per key with per-client
-offsets: one allocation per key rather than N, and a cohort's rows come out of a single fancy-index.
+changes between rounds, so :class:`ClientDataStore` does them exactly once per run. A round then
+only gathers rows by index (``pipeline``). All clients' rows are concatenated into one array per
+key with per-client offsets: one allocation per key rather than N, and a cohort's rows come out of
+a single fancy-index. That costs host memory in proportion to every registered client's data;
+``data.source.RecordStore`` reads and decodes a cohort's rows on demand instead, behind the same
+:class:`RowStore` protocol.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -53,6 +57,25 @@ def _targets(client: ClientSplit, part: str, num_answers: int) -> np.ndarray:
             if answer in index:
                 out[row, index[answer]] = score
     return out
+
+
+class RowStore(Protocol):
+    """What the pipeline needs of a split's encoded rows: client k owns the global rows
+    ``offsets[k] .. offsets[k + 1] - 1``; ``read`` returns every key of :data:`KEYS` for an array
+    of global rows (any shape ``R``): ``input_ids`` [R, L], ``image`` [R, H, W, 3], ...; the
+    arrays are the caller's (writable)."""
+
+    names: tuple[str, ...]
+    offsets: np.ndarray
+
+    @property
+    def num_clients(self) -> int: ...
+
+    def num_examples(self) -> np.ndarray: ...
+
+    def max_steps(self, batch_size: int) -> int: ...
+
+    def read(self, rows: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,3 +158,7 @@ class ClientDataStore:
     def max_steps(self, batch_size: int) -> int:
         """Batches in the largest client's epoch: a cohort padded to this compiles once."""
         return int(-(-self.num_examples().max(initial=0) // batch_size))
+
+    def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Every key's values at these global rows (one fancy-index per key: new arrays)."""
+        return {key: self.arrays[key][rows] for key in KEYS}

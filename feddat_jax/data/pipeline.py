@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from feddat_jax.data.client_store import KEYS, ClientDataStore
+from feddat_jax.data.client_store import KEYS, RowStore
 from feddat_jax.data.records import ClientSplit
 
 TASK_VQA, TASK_CLASSIFICATION = 0, 1
@@ -43,9 +43,7 @@ def epoch_order(
     return np.random.default_rng((seed, r, client_id)).permutation(num_examples)
 
 
-def _steps(
-    store: ClientDataStore, client_ids: np.ndarray, batch_size: int, num_steps: int | None
-) -> int:
+def _steps(store: RowStore, client_ids: np.ndarray, batch_size: int, num_steps: int | None) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     needed = int(-(-store.num_examples()[client_ids].max(initial=0) // batch_size))
@@ -59,21 +57,18 @@ def _steps(
     return num_steps
 
 
-def gather_rows(store: ClientDataStore, rows_CxSxB: np.ndarray) -> Batch:
-    """Fancy-index every array by global row (-1 = padding, zero-filled and masked)."""
+def gather_rows(store: RowStore, rows_CxSxB: np.ndarray) -> Batch:
+    """Every key's rows by global row index (-1 = padding, zero-filled and masked)."""
     valid = rows_CxSxB >= 0
-    safe = np.where(valid, rows_CxSxB, 0)
-    batch = {}
+    batch = store.read(np.where(valid, rows_CxSxB, 0))
     for key in KEYS:
-        arr = store.arrays[key][safe]
-        arr[~valid] = 0
-        batch[key] = arr
+        batch[key][~valid] = 0
     batch["example_mask"] = valid.astype(np.float32)
     return batch
 
 
 def _rows(
-    store: ClientDataStore,
+    store: RowStore,
     client_ids: np.ndarray,
     batch_size: int,
     num_steps: int,
@@ -86,7 +81,7 @@ def _rows(
     return rows.reshape(len(client_ids), num_steps, batch_size)
 
 
-def _check_ids(store: ClientDataStore, client_ids: Sequence[int]) -> np.ndarray:
+def _check_ids(store: RowStore, client_ids: Sequence[int]) -> np.ndarray:
     ids = np.asarray(client_ids, np.int64).reshape(-1)
     bad = ids[(ids < 0) | (ids >= store.num_clients)]
     if bad.size:
@@ -95,7 +90,7 @@ def _check_ids(store: ClientDataStore, client_ids: Sequence[int]) -> np.ndarray:
 
 
 def cohort_batches(
-    store: ClientDataStore,
+    store: RowStore,
     client_ids: Sequence[int],
     batch_size: int,
     *,
@@ -103,11 +98,16 @@ def cohort_batches(
     round_index: int,
     same_order_each_round: bool = False,
     num_steps: int | None = None,
+    window: tuple[int, int] | None = None,
+    window_steps: int | None = None,
 ) -> Batch:
-    """One local epoch of every cohort client, stacked [C,S,B,...].
+    """One local epoch of every cohort client, stacked [C,S,B,...], or one segment of it.
 
     S is the cohort's largest ``ceil(n_k / B)`` unless ``num_steps`` fixes it (pass
     ``store.max_steps(B)`` to keep one static shape across rounds, i.e. one compilation).
+    ``window=(start, stop)`` keeps only those steps of the epoch (a segment of the round,
+    ``fl.segments``), padded with empty steps to ``window_steps`` (default ``stop - start``);
+    only that segment's rows are read.
     """
     ids = _check_ids(store, client_ids)
     steps = _steps(store, ids, batch_size, num_steps)
@@ -118,11 +118,13 @@ def cohort_batches(
         steps,
         lambda k, n: epoch_order(n, seed, round_index, k, same_order_each_round),
     )
+    if window is not None:
+        rows = _window(rows, window, window_steps)
     return gather_rows(store, rows)
 
 
 def eval_rows(
-    store: ClientDataStore,
+    store: RowStore,
     client_ids: Sequence[int],
     batch_size: int,
     *,
@@ -134,8 +136,22 @@ def eval_rows(
     return _rows(store, ids, batch_size, steps, lambda k, n: np.arange(n))
 
 
+def _window(
+    rows_CxSxB: np.ndarray, window: tuple[int, int], window_steps: int | None
+) -> np.ndarray:
+    start, stop = window
+    size = stop - start if window_steps is None else window_steps
+    if not 0 <= start < stop <= rows_CxSxB.shape[1] or size < stop - start:
+        raise ValueError(
+            f"window {window} of {size} steps does not fit an epoch of {rows_CxSxB.shape[1]} steps"
+        )
+    out = np.full((rows_CxSxB.shape[0], size, rows_CxSxB.shape[2]), -1, np.int64)
+    out[:, : stop - start] = rows_CxSxB[:, start:stop]
+    return out
+
+
 def eval_batches(
-    store: ClientDataStore,
+    store: RowStore,
     client_ids: Sequence[int],
     batch_size: int,
     *,
@@ -165,40 +181,55 @@ def task_metadata(
 
 
 class Prefetcher(Generic[T]):
-    """Builds round r+1's batches on a host thread while round r runs on the device.
+    """Builds the next input (round r+1's batches, or a round's next segment) on a host thread
+    while the current one runs on the device.
 
-    ``build(round_index)`` must be a pure function of the round (as :func:`cohort_batches` is), so
-    prefetching never changes what a round sees. ``build_seconds`` is the host time spent
-    building, ``wait_seconds`` the part the caller actually waited for.
+    ``build(key)`` must be a pure function of the key (as :func:`cohort_batches` is of the round
+    and window), so prefetching never changes what a round sees. Keys are round indices (the next
+    is ``key + 1`` up to ``last_round``) unless ``successor(key)`` names the next key (None: no
+    next). ``build_seconds`` is the host time spent building, ``wait_seconds`` the part the
+    caller actually waited for.
     """
 
-    def __init__(self, build: Callable[[int], T], last_round: int | None = None):
+    def __init__(
+        self,
+        build: Callable[[Any], T],
+        last_round: int | None = None,
+        successor: Callable[[Any], Any] | None = None,
+    ):
         self._build = build
         self._last_round = last_round
+        self._successor = successor
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[Any, Future] = {}
         self._lock = threading.Lock()
         self.build_seconds = 0.0
         self.wait_seconds = 0.0
 
-    def _timed_build(self, round_index: int) -> T:
+    def _timed_build(self, key) -> T:
         start = time.perf_counter()
-        out = self._build(round_index)
+        out = self._build(key)
         with self._lock:
             self.build_seconds += time.perf_counter() - start
         return out
 
-    def get(self, round_index: int) -> T:
-        """Round ``round_index``'s batches; schedules the next round's build."""
+    def _next(self, key):
+        if self._successor is not None:
+            return self._successor(key)
+        nxt = key + 1
+        return nxt if self._last_round is None or nxt <= self._last_round else None
+
+    def get(self, key) -> T:
+        """The input of ``key``; schedules the next key's build."""
         start = time.perf_counter()
-        future = self._pending.pop(round_index, None)
-        out = future.result() if future is not None else self._timed_build(round_index)
+        future = self._pending.pop(key, None)
+        out = future.result() if future is not None else self._timed_build(key)
         self.wait_seconds += time.perf_counter() - start
         for stale in self._pending.values():
             stale.cancel()
         self._pending.clear()
-        nxt = round_index + 1
-        if self._last_round is None or nxt <= self._last_round:
+        nxt = self._next(key)
+        if nxt is not None:
             self._pending[nxt] = self._pool.submit(self._timed_build, nxt)
         return out
 

@@ -1,19 +1,31 @@
-"""One federated round as ONE pure, jit-compiled function.
+"""One federated round as pure functions: begin, local steps (whole epoch or a segment), end.
 
     run_round(frozen, server, private_C, tasks_C, client_ids_C, batches_CxS)
         -> (server, private_C, {"clients": metrics_C, "server": metrics})
 
-Every sampled client's whole local epoch runs inside: ``map_clients`` (vmap over the cohort C) of
-a ``lax.scan`` over its S local steps. Clients with fewer examples are padded to the cohort's S
-and B; a padded example is masked out of every loss and a step with no real example is a no-op
-(params, optimizer state and schedule counter unchanged), so each client gets exactly the numbers
-it would get alone. Then the shared deltas are reduced over the client axis and the server
-optimizer steps on the pseudo-gradient ``-(mean delta)``.
+A round is three pieces (:func:`make_round_parts`), each ``map_clients`` (vmap over the cohort C)
+of a function written for ONE client:
+
+* ``begin``: every client's fresh local state from the server's shared params and its private
+  state (``algorithm.begin_round``);
+* ``segment``: a ``lax.scan`` over K local steps (steps ``first_step .. first_step + K - 1`` of
+  the epoch), carrying the local state and returning the sums of the step metrics over active
+  steps; called once with the whole epoch (K = S) or once per segment (``fl.segments``);
+* ``end``: ``algorithm.end_round``, the shared deltas reduced over the client axis and the
+  server optimizer's step on the pseudo-gradient ``-(mean delta)``.
+
+:func:`make_round_fn` composes them into ONE jitted call per round. Clients with fewer examples
+are padded to the cohort's S and B; a padded example is masked out of every loss and a step with
+no real example is a no-op (params, optimizer state and schedule counter unchanged), so each
+client gets exactly the numbers it would get alone, and a segment padded with empty steps changes
+nothing. Step ``i`` of a client draws its key from ``fold_in(fold_in(train_key, client_id), i)``,
+so how the epoch is cut into segments does not change the numbers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +39,7 @@ from feddat_jax.fl.state import ClientTasks, ServerState
 
 PyTree = Any
 RoundFn = Callable[..., tuple[ServerState, PyTree, dict[str, jax.Array]]]
+STEPS = "steps"  # the metric counting a client's active (non-empty) local steps
 
 
 def client_context(
@@ -49,22 +62,29 @@ def round_keys(server: ServerState) -> tuple[jax.Array, jax.Array]:
     return train_key, agg_key
 
 
-def local_epoch(
-    algorithm: LocalAlgorithm,
-    frozen,
-    global_shared,
-    round_index,
-    train_key,
-    private,
-    tasks: ClientTasks,
-    client_id,
-    batches_S,
+def add_sums(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Running metric sums of two pieces of an epoch (segments) added up."""
+    return jax.tree.map(jnp.add, a, b)
+
+
+# ---------------------------------------------------------------------------------- one client
+def _context(frozen, server: ServerState, tasks: ClientTasks, batch_size: int) -> ClientContext:
+    return client_context(frozen, server.shared, tasks, batch_size, server.round)
+
+
+def client_steps(
+    algorithm: LocalAlgorithm, frozen, server, local, tasks, client_id, batches_K, first_step
 ):
-    """One client's whole local epoch (written for one client; the round vmaps it)."""
-    batch_size = batches_S["example_mask"].shape[1]
-    ctx = client_context(frozen, global_shared, tasks, batch_size, round_index)
+    """K local steps of one client (steps ``first_step ..`` of its epoch); empty steps are no-ops.
+
+    Returns the new local state and the sums over the active steps of every step metric, plus
+    ``steps``, the number of active steps.
+    """
+    batch_size = batches_K["example_mask"].shape[1]
+    ctx = _context(frozen, server, tasks, batch_size)
+    train_key, _ = round_keys(server)
     client_key = jax.random.fold_in(train_key, client_id)
-    num_steps = batches_S["example_mask"].shape[0]
+    num_steps = batches_K["example_mask"].shape[0]
 
     def step(local, xs):
         batch, step_index = xs
@@ -75,14 +95,90 @@ def local_epoch(
         local = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_local, local)
         return local, (metrics, active)
 
-    local = algorithm.begin_round(ctx, private)
-    local, (metrics_S, active_S) = jax.lax.scan(step, local, (batches_S, jnp.arange(num_steps)))
+    steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
+    local, (metrics_K, active_K) = jax.lax.scan(step, local, (batches_K, steps))
+    sums = {k: jnp.sum(jnp.where(active_K, v, 0), axis=0) for k, v in metrics_K.items()}
+    sums[STEPS] = jnp.sum(active_K.astype(jnp.int32))
+    return local, sums
+
+
+def end_client(algorithm: LocalAlgorithm, frozen, server, local, sums, tasks, batch_size: int):
+    """``(delta of the shared params, new private state, metrics)`` of one client; a metric is its
+    mean over the client's active steps."""
+    ctx = _context(frozen, server, tasks, batch_size)
     shared, private = algorithm.end_round(ctx, local)
-    steps = jnp.sum(active_S)
-    weights_S = active_S.astype(jnp.float32) / jnp.maximum(steps, 1)
-    metrics = {k: jnp.sum(v * weights_S) for k, v in metrics_S.items()}
-    metrics["steps"] = steps
-    return tree_delta(shared, global_shared), private, metrics
+    steps = sums[STEPS]
+    metrics = {k: v / jnp.maximum(steps, 1) for k, v in sums.items() if k != STEPS}
+    metrics[STEPS] = steps
+    return tree_delta(shared, server.shared), private, metrics
+
+
+# ------------------------------------------------------------------------------- the cohort
+class RoundParts(NamedTuple):
+    """The round's pure pieces over the cohort (unjitted; vmappable over a further axis).
+
+    begin(frozen, server, private_C, tasks_C, batch_size) -> local_C
+    segment(frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first_step)
+        -> (local_C, sums_C)                       # sums of several segments: add_sums
+    end(frozen, server, local_C, sums_C, tasks_C, batch_size)
+        -> (server, private_C, {"clients": metrics_C, "server": metrics})
+    """
+
+    begin: Callable[..., PyTree]
+    segment: Callable[..., tuple[PyTree, dict]]
+    end: Callable[..., tuple[ServerState, PyTree, dict]]
+
+
+def make_round_parts(
+    algorithm: LocalAlgorithm,
+    server_tx: optax.GradientTransformation,
+    aggregator: Aggregator,
+    *,
+    mesh: Mesh | None = None,
+    chunk_size: int | None = None,
+) -> RoundParts:
+    """The begin / segment / end functions of a round (see the module docstring)."""
+
+    def over_clients(fn, in_axes):
+        return placement.map_clients(fn, in_axes=in_axes, mesh=mesh, chunk_size=chunk_size)
+
+    def begin(frozen, server: ServerState, private_C, tasks_C: ClientTasks, batch_size: int):
+        return over_clients(
+            lambda private, tasks: algorithm.begin_round(
+                _context(frozen, server, tasks, batch_size), private
+            ),
+            (0, 0),
+        )(private_C, tasks_C)
+
+    def segment(
+        frozen, server: ServerState, local_C, tasks_C, client_ids_C, batches_CxK, first_step
+    ):
+        return over_clients(
+            lambda local, tasks, client_id, batches: client_steps(
+                algorithm, frozen, server, local, tasks, client_id, batches, first_step
+            ),
+            (0, 0, 0, 0),
+        )(local_C, tasks_C, client_ids_C, batches_CxK)
+
+    def end(frozen, server: ServerState, local_C, sums_C, tasks_C: ClientTasks, batch_size: int):
+        _, agg_key = round_keys(server)
+        delta_C, private_C, metrics_C = over_clients(
+            lambda local, sums, tasks: end_client(
+                algorithm, frozen, server, local, sums, tasks, batch_size
+            ),
+            (0, 0, 0),
+        )(local_C, sums_C, tasks_C)
+        mean_delta, agg_metrics = aggregator(delta_C, tasks_C.num_examples, agg_key)
+        pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
+        updates, opt_state = server_tx.update(pseudo_grad, server.opt_state, server.shared)
+        server = server.replace(
+            round=server.round + 1,
+            shared=optax.apply_updates(server.shared, updates),
+            opt_state=opt_state,
+        )
+        return server, private_C, {"clients": metrics_C, "server": agg_metrics}
+
+    return RoundParts(begin, segment, end)
 
 
 def make_round_fn(
@@ -94,37 +190,18 @@ def make_round_fn(
     chunk_size: int | None = None,
     jit: bool = True,
 ) -> RoundFn:
-    """Build ``run_round`` for one run; jitted once (the cohort's private buffers are donated)."""
+    """``run_round`` for one run: the whole local epoch in ONE call, jitted once (the cohort's
+    private buffers are donated). ``fl.segments.SegmentedRound`` runs the same round in pieces."""
+    parts = make_round_parts(algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size)
 
     def run_round(
         frozen, server: ServerState, private_C, tasks_C: ClientTasks, client_ids_C, batches_CxS
     ):
-        train_key, agg_key = round_keys(server)
-
-        def epoch(private, tasks, client_id, batches_S):
-            return local_epoch(
-                algorithm,
-                frozen,
-                server.shared,
-                server.round,
-                train_key,
-                private,
-                tasks,
-                client_id,
-                batches_S,
-            )
-
-        delta_C, private_C, metrics_C = placement.map_clients(
-            epoch, in_axes=(0, 0, 0, 0), mesh=mesh, chunk_size=chunk_size
-        )(private_C, tasks_C, client_ids_C, batches_CxS)
-        mean_delta, agg_metrics = aggregator(delta_C, tasks_C.num_examples, agg_key)
-        pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
-        updates, opt_state = server_tx.update(pseudo_grad, server.opt_state, server.shared)
-        server = server.replace(
-            round=server.round + 1,
-            shared=optax.apply_updates(server.shared, updates),
-            opt_state=opt_state,
+        batch_size = batches_CxS["example_mask"].shape[2]
+        local_C = parts.begin(frozen, server, private_C, tasks_C, batch_size)
+        local_C, sums_C = parts.segment(
+            frozen, server, local_C, tasks_C, client_ids_C, batches_CxS, jnp.zeros((), jnp.int32)
         )
-        return server, private_C, {"clients": metrics_C, "server": agg_metrics}
+        return parts.end(frozen, server, local_C, sums_C, tasks_C, batch_size)
 
     return jax.jit(run_round, donate_argnums=(2,)) if jit else run_round

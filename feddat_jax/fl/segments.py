@@ -1,0 +1,166 @@
+"""A round in segments: the local epoch runs as several calls of at most K local steps each.
+
+A round's inputs are ``[C, S, B, ...]``; at the paper's scale (S = 1,250 steps of ViLT-B/32 at
+384x640) one round's images alone need ~9 GB of device memory at C = 5 and ~118 GB at C = 64.
+``SegmentedRound`` keeps only ``[C, K, B, ...]`` on device at a time:
+
+    local_C = begin(private_C)                                  # one call
+    for k in range(ceil(S / K)):                                # one call per segment
+        local_C, sums_C = segment(local_C, batches of steps k*K .. k*K + K - 1)
+    server, private_C, metrics = end(local_C, sums_C)           # one call: aggregate, server step
+
+Each call is ONE jitted program over the whole stacked cohort (``fl.round.make_round_parts``);
+the local state stays on device and is donated from call to call. Every segment has the same
+shape (the last one is padded with empty steps, which are no-ops), so each program compiles once
+per run. A segment is dispatched before the previous one is waited for, so the device always has
+the next segment queued while the host prefetches the one after (``data.pipeline.Prefetcher``).
+The result equals the one-call round (``make_round_fn``) up to float reduction order
+(tests/test_segments.py); ``segment_steps = 0`` IS the one-call round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from feddat_jax.fl.aggregation import Aggregator
+from feddat_jax.fl.algorithms.base import LocalAlgorithm
+from feddat_jax.fl.round import add_sums, make_round_fn, make_round_parts
+from feddat_jax.fl.state import ClientTasks, ServerState
+
+PyTree = Any
+Batches = dict[str, Any]
+
+
+def segment_windows(num_steps: int, segment_steps: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` of the epoch's segments (one window when ``segment_steps`` is 0 or
+    at least ``num_steps``); the last window may be short: its batches are padded to K steps."""
+    if segment_steps < 0:
+        raise ValueError(f"segment_steps={segment_steps} must be >= 0 (0 = one call per round)")
+    num_steps = max(int(num_steps), 1)
+    size = segment_steps if 0 < segment_steps < num_steps else num_steps
+    return [(start, min(start + size, num_steps)) for start in range(0, num_steps, size)]
+
+
+def segment_length(num_steps: int, segment_steps: int) -> int:
+    """K: the static number of steps of every segment's batches (the first window's length)."""
+    return segment_windows(num_steps, segment_steps)[0][1]
+
+
+def split_epoch(batches_CxS: Batches, segment_steps: int) -> list[Batches]:
+    """A whole epoch's host batches ``[C, S, B, ...]`` cut into its segments ``[C, K, B, ...]``
+    (the last padded with empty steps). The training loop reads each segment's rows on demand
+    instead (``data.pipeline.cohort_batches(window=...)``); this is for epochs already in memory."""
+    num_steps = int(np.shape(batches_CxS["example_mask"])[1])
+    k = segment_length(num_steps, segment_steps)
+
+    def cut(x, start, stop):
+        x = np.asarray(x)
+        pad = np.zeros((x.shape[0], k - (stop - start)) + x.shape[2:], x.dtype)
+        return np.concatenate([x[:, start:stop], pad], axis=1)
+
+    return [
+        {key: cut(v, start, stop) for key, v in batches_CxS.items()}
+        for start, stop in segment_windows(num_steps, segment_steps)
+    ]
+
+
+class SegmentedRound:
+    """Runs a round as begin / segments / end (``segment_steps`` > 0) or as one call (0).
+
+    Args:
+      algorithm, server_tx, aggregator, mesh, chunk_size: as ``fl.round.make_round_fn``.
+      segment_steps: K, the most local steps per call; 0 = the whole epoch in one call.
+    """
+
+    def __init__(
+        self,
+        algorithm: LocalAlgorithm,
+        server_tx: optax.GradientTransformation,
+        aggregator: Aggregator,
+        *,
+        segment_steps: int = 0,
+        mesh: Mesh | None = None,
+        chunk_size: int | None = None,
+    ):
+        if segment_steps < 0:
+            raise ValueError(f"segment_steps={segment_steps} must be >= 0 (0 = one call per round)")
+        self.segment_steps = int(segment_steps)
+        parts = make_round_parts(algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size)
+        # the cohort's private state, then the local state, are donated from call to call
+        self.begin_fn = jax.jit(parts.begin, static_argnames="batch_size", donate_argnums=(2,))
+        self.segment_fn = jax.jit(parts.segment, donate_argnums=(2,))
+        self.add_fn = jax.jit(lambda a, b: add_sums(a, b))  # this instance's own jit cache
+        self.end_fn = jax.jit(parts.end, static_argnames="batch_size", donate_argnums=(2,))
+        self.round_fn = make_round_fn(
+            algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size
+        )
+
+    def windows(self, num_steps: int) -> list[tuple[int, int]]:
+        """The epoch's segments ``[(start, stop), ...]`` (see :func:`segment_windows`)."""
+        return segment_windows(num_steps, self.segment_steps)
+
+    def __call__(
+        self,
+        frozen: PyTree,
+        server: ServerState,
+        private_C: PyTree,
+        tasks_C: ClientTasks,
+        client_ids_C,
+        segments: Iterable[Batches],
+        on_segment: Callable[[int], None] | None = None,
+    ) -> tuple[ServerState, PyTree, dict]:
+        """One round. ``segments`` yields each window's batches ``[C, K, B, ...]`` in order (one
+        ``[C, S, B, ...]`` batch when ``segment_steps`` is 0); ``on_segment(k)`` is called once
+        segment k has finished on the device (for progress bars)."""
+        if not self.segment_steps:
+            (batches,) = list(segments)
+            out = self.round_fn(frozen, server, private_C, tasks_C, client_ids_C, batches)
+            if on_segment is not None:
+                jax.block_until_ready(out[0].round)
+                on_segment(0)
+            return out
+        local_C = sums_C = pending = batch_size = None
+        for k, batches in enumerate(segments):
+            if local_C is None:
+                batch_size = int(np.shape(batches["example_mask"])[2])
+                with _donation_where_it_fits():
+                    local_C = self.begin_fn(
+                        frozen, server, private_C, tasks_C, batch_size=batch_size
+                    )
+            first_step = np.int32(k * self.segment_steps)
+            local_C, seg_sums = self.segment_fn(
+                frozen, server, local_C, tasks_C, client_ids_C, batches, first_step
+            )
+            sums_C = seg_sums if sums_C is None else self.add_fn(sums_C, seg_sums)
+            if pending is not None:  # segment k is queued: wait for k - 1 only
+                _finished(pending, on_segment)
+            pending = (k, seg_sums)
+        if local_C is None:
+            raise ValueError("SegmentedRound: a round needs at least one segment of batches")
+        _finished(pending, on_segment)
+        with _donation_where_it_fits():
+            return self.end_fn(frozen, server, local_C, sums_C, tasks_C, batch_size=batch_size)
+
+
+@contextlib.contextmanager
+def _donation_where_it_fits():
+    """begin and end change the state's structure (private <-> local), so only some donated
+    buffers find an output of their shape; JAX's warning about the others is expected."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Some donated buffers were not usable")
+        yield
+
+
+def _finished(pending: tuple[int, PyTree], on_segment: Callable[[int], None] | None) -> None:
+    if on_segment is not None:
+        index, outputs = pending
+        jax.block_until_ready(outputs)
+        on_segment(index)
