@@ -95,6 +95,28 @@ def test_resume_and_corrupt_checkpoint_equal_uninterrupted_run(experiment, tmp_p
     assert list((tmp_path / "full" / "tensorboard").glob("events.*"))
 
 
+def test_segmented_run_equals_one_call_run_and_resumes_across_segment_sizes(experiment, tmp_path):
+    def segmented(exp, rounds, segment_steps):
+        exp = with_rounds(exp, rounds)
+        return dataclasses.replace(
+            exp, segmented_round=exp.segmented_round.with_segment_steps(segment_steps)
+        )
+
+    assert experiment.train_store.max_steps(experiment.config.batch_size) == 3  # K = 2: 2 + 1
+    full = loop.train(with_rounds(experiment, 2), tmp_path / "full", show_progress=False)
+    part = tmp_path / "part"
+    loop.train(segmented(experiment, 1, 2), part, show_progress=False)
+    resumed = loop.train(segmented(experiment, 2, 1), part, show_progress=False)
+    assert len(resumed) == len(full) == 2
+    for got, want in zip(numbers(resumed), numbers(full)):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+            else:
+                assert got[key] == value, key
+
+
 def test_nan_loss_stops_naming_round_and_client_and_keeps_last_checkpoint(experiment, tmp_path):
     loop.train(with_rounds(experiment, 1), tmp_path, show_progress=False)
     store = experiment.train_store

@@ -93,6 +93,8 @@ class SegmentedRound:
         if segment_steps < 0:
             raise ValueError(f"segment_steps={segment_steps} must be >= 0 (0 = one call per round)")
         self.segment_steps = int(segment_steps)
+        self._args = (algorithm, server_tx, aggregator)
+        self._kwargs = {"mesh": mesh, "chunk_size": chunk_size}
         parts = make_round_parts(algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size)
         # the cohort's private state, then the local state, are donated from call to call
         self.begin_fn = jax.jit(parts.begin, static_argnames="batch_size", donate_argnums=(2,))
@@ -102,6 +104,10 @@ class SegmentedRound:
         self.round_fn = make_round_fn(
             algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size
         )
+
+    def with_segment_steps(self, segment_steps: int) -> SegmentedRound:
+        """The same round cut into segments of another length (new programs)."""
+        return SegmentedRound(*self._args, segment_steps=segment_steps, **self._kwargs)
 
     def windows(self, num_steps: int) -> list[tuple[int, int]]:
         """The epoch's segments ``[(start, stop), ...]`` (see :func:`segment_windows`)."""

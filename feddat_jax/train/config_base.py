@@ -32,6 +32,7 @@ NON_NUMERIC_FIELDS = (
     "mesh",
     "strategy",
     "chunk_size",
+    "segment_steps",
     "client_storage",
     "distributed",
 )
@@ -64,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(clients=-1, model=1, shard_frozen=False))
     c.strategy = "auto"  # "auto" (fl.mesh.default_strategy: backend, model size) | "vmap" | "scan"
     c.chunk_size = 0  # with "vmap": at most this many clients at once per device (0 = all)
+    # the local epoch runs in calls of at most this many steps (fl.segments): device memory for a
+    # round's inputs is [C, segment_steps, B, ...] instead of [C, S, B, ...] (0 = one call/round)
+    c.segment_steps = 0
     # every client's private state: "device" (on the accelerator), "host" (numpy) or "auto" (device
     # when it fits in a quarter of a device's memory, 2 GiB where unknown; host with processes > 1)
     c.client_storage = "auto"

@@ -29,7 +29,7 @@ from feddat_jax.fl.aggregation import Aggregator, MeanAggregator
 from feddat_jax.fl.algorithms import LocalAlgorithm
 from feddat_jax.fl.evaluation import make_eval_fn
 from feddat_jax.fl.privacy import make_dp_aggregator
-from feddat_jax.fl.round import make_round_fn
+from feddat_jax.fl.segments import SegmentedRound
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
 from feddat_jax.models import registry
@@ -60,7 +60,7 @@ class Experiment:
     frozen: PyTree  # placed on the mesh (replicated, or split over "model")
     server: ServerState  # the initial server state, replicated on the mesh
     private_N: PyTree  # every client's initial private state, host numpy [N, ...]
-    round_fn: Any  # make_round_fn(..., mesh=mesh, chunk_size=...) of the strategy
+    segmented_round: SegmentedRound  # the round: config.segment_steps steps per call (0 = all)
     eval_fn: Any
     param_share: communication.ParameterShare
     accountant: PrivacyAccountant | None
@@ -68,6 +68,11 @@ class Experiment:
     answers_N: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     mesh: Mesh | None = None  # the ("clients", "model") mesh the run is placed on
     strategy: str = "vmap"  # the resolved config.strategy
+
+    @property
+    def round_fn(self):
+        """The one-call round (``make_round_fn``): the whole local epoch in one jitted call."""
+        return self.segmented_round.round_fn
 
     @property
     def client_names(self) -> list[str]:
@@ -175,7 +180,14 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         frozen=mesh_lib.put_frozen(frozen, mesh, config.mesh.shard_frozen),
         server=mesh_lib.put_replicated(server, mesh),
         private_N=private_N,
-        round_fn=make_round_fn(algorithm, server_tx, aggregator, mesh=mesh, **placement),
+        segmented_round=SegmentedRound(
+            algorithm,
+            server_tx,
+            aggregator,
+            segment_steps=config.segment_steps,
+            mesh=mesh,
+            **placement,
+        ),
         eval_fn=make_eval_fn(algorithm, mesh=mesh, **placement),
         param_share=param_share,
         accountant=accountant,

@@ -220,7 +220,14 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
             ids, mask = distributed.plan_cohort(cfg.seed, r, n, cpr, mesh)
         return ids, mask, distributed.local_slots(mesh, len(ids))
 
-    def build(r: int) -> dict:  # on the prefetch thread: answer lists (ALBEF) included, placed
+    # The local epoch runs in segments of at most config.segment_steps steps (one window = one
+    # call per round); each segment's rows are read, placed and prefetched on their own.
+    segmented = exp.segmented_round
+    windows = segmented.windows(static_steps)
+    window_steps = windows[0][1]
+
+    def build(key: tuple[int, int]) -> dict:  # on the prefetch thread: read, answer lists, placed
+        r, k = key
         ids, mask, mine = plan(r)
         real = ids[mine][mask[mine]]  # this process's real clients come first in its slots
         batch = exp.with_answer_lists(
@@ -232,10 +239,18 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
                 round_index=r,
                 num_steps=static_steps,
                 same_order_each_round=cfg.faithful.same_order_each_round,
+                window=windows[k],
+                window_steps=window_steps,
             ),
             real,
         )
         return mesh_lib.put_cohort(pad_batches(batch, len(ids[mine])), mesh, len(ids))
+
+    def next_segment(key: tuple[int, int]) -> tuple[int, int] | None:
+        r, k = key
+        if k + 1 < len(windows):
+            return r, k + 1
+        return (r + 1, 0) if r + 1 < cfg.rounds else None
 
     # Evaluation covers every client, padded like a cohort; its data is placed once.
     eval_ids, eval_mask, eval_mine = plan(0, n)
@@ -260,16 +275,19 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
 
     comm_total = history[-1]["comm/bytes_cumulative"] if history else 0
     budget = CommunicationBudget(cfg.comm_max_bytes or None)
-    steps_per_round = static_steps
     bar = tqdm(
-        total=cfg.rounds * steps_per_round,
-        initial=start * steps_per_round,
+        total=cfg.rounds * static_steps,
+        initial=start * static_steps,
         unit="step",
         desc=cfg.method,
         disable=not (show_progress and primary),
         dynamic_ncols=True,
     )
-    with Prefetcher(build, last_round=cfg.rounds - 1) as prefetch:
+
+    def segment_done(k: int) -> None:
+        bar.update(windows[k][1] - windows[k][0])
+
+    with Prefetcher(build, successor=next_segment) as prefetch:
         for r in range(start, cfg.rounds):
             ids, mask, mine = plan(r)
             cohort = ids[mask]
@@ -284,12 +302,19 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
                 )
                 break
             built, waited = prefetch.build_seconds, prefetch.wait_seconds
-            batches = prefetch.get(r)
             t0 = time.perf_counter()
             round_start_shared = server.shared
-            server, metrics = registry.run_round(
-                exp.round_fn, exp.frozen, server, ids[mine], batches, mask[mine]
+            private_C, tasks_C = registry.gather(ids[mine], mask[mine])
+            server, private_C, metrics = segmented(
+                exp.frozen,
+                server,
+                private_C,
+                tasks_C,
+                registry.client_ids_array(ids[mine]),
+                (prefetch.get((r, k)) for k in range(len(windows))),
+                on_segment=segment_done,
             )
+            registry.scatter(ids[mine], private_C, mask[mine])
             jax.block_until_ready(server.shared)
             metrics = {
                 "clients": {k: v[mask] for k, v in host_rows(metrics["clients"]).items()},
@@ -312,7 +337,6 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
                     {"server": host_rows(server), "private": all_clients(registry, n)},
                     {"history": writer.history},
                 )
-            bar.update(steps_per_round)
             bar.set_postfix(round=r + 1, **_headline(record))
     bar.close()
     writer.close()
