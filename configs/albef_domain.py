@@ -10,6 +10,9 @@ Any baseline or ablation is one override, e.g. --config.method=fedavg_adapter (A
 adapters only: not fedavg_lora / fedavg_prompt); the official code's behaviour is
 --config.aggregation=uniform --config.faithful.freeze_client_adapter_after_round0=True
 --config.faithful.same_order_each_round=True.
+bf16 compute on GPU/TPU (parameters and optimizer state stay float32; tests/test_bf16.py
+states the tolerance): --config.model.dtype=bfloat16. The local epoch runs in segments of
+--config.segment_steps=100 steps (device memory for the inputs does not grow with S; 0 = one call).
 Smoke test (one round, tiny random ALBEF, embedded data): --config configs/albef_domain.py:smoke
 """
 

@@ -7,6 +7,9 @@ r"""FedDAT with ViLT-B/32 on the paper's Function benchmark (SPEC §2 hyperparam
 Any baseline or ablation is one override, e.g. --config.method=fedavg_adapter (the names are in
 feddat_jax/methods.py); the official code's behaviour is --config.aggregation=uniform
 --config.faithful.freeze_client_adapter_after_round0=True --config.faithful.same_order_each_round=True.
+bf16 compute on GPU/TPU (parameters and optimizer state stay float32; tests/test_bf16.py
+states the tolerance): --config.model.dtype=bfloat16. The local epoch runs in segments of
+--config.segment_steps=100 steps (device memory for the inputs does not grow with S; 0 = one call).
 Smoke test (one round, tiny random ViLT, embedded data): --config configs/vilt_function.py:smoke
 """
 

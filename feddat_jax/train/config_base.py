@@ -119,7 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "vilt"  # "vilt" | "albef" (feddat_jax.models.registry.MODEL_NAMES)
     c.model.checkpoint = ""  # local HF folder; "" = random init at model.size
     c.model.size = "base"  # "tiny" | "base" (only without a checkpoint)
-    c.model.dtype = "float32"  # compute dtype; params stay float32
+    c.model.dtype = "float32"  # compute dtype ("bfloat16" on GPU/TPU); params, optimizer stay f32
     c.model.image_hw = (384, 640)  # every image is padded to this static size (pixel mask)
     c.model.max_text_len = 40
 
@@ -207,6 +207,7 @@ def paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
     c = base_config()
     c.data.source = "tfds"
     c.data.family = benchmark
+    c.segment_steps = 100  # S = 1,250 at the paper's client sizes: 13 calls of [C, 100, B, ...]
     c.rounds = 30
     c.eval_every = 5
     return _smoke(c, arg)
@@ -226,6 +227,7 @@ def albef_paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
     c.model.tokenizer = ""  # BERT tokenizer folder; "" = the checkpoint, if a folder
     c.data.source = "tfds"
     c.data.family = benchmark
+    c.segment_steps = 100
     c.rounds = 20
     c.eval_every = 5
     return _smoke(c, arg)
