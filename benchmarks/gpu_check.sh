@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
-# One command, under 8 minutes on one GPU: the FedDAT round benchmark at ViLT-B/32 size
-# (random weights, batch 2, images padded to 384x640, text length 40, 100 answers), for the
-# vmap / scan / loop strategies at cohort sizes 1, 4 and 16.
+# The GPU check, one command, at most 8 minutes on one GPU including compilation (H200: the
+# budget below stops starting rows after 300 s of the run; `timeout` is the hard stop):
+# ViLT-B/32 size (random weights), 384x640, B = 2, S = 8 local steps in segments of K = 4, the
+# vmapped round against the sequential per-client loop at C = 1, 8, 32, 64, bf16 and float32,
+# MFU from XLA's FLOP count, peak device memory, and peak memory against S (flat in segments).
 #
-#   bash benchmarks/gpu_check.sh            # writes benchmarks/results_gpu.{json,txt}
-#   OUT=/some/dir bash benchmarks/gpu_check.sh   # writes there instead
+#   bash benchmarks/gpu_check.sh                  # writes benchmarks/gpu_check.{json,txt}
+#   OUT=/some/dir bash benchmarks/gpu_check.sh    # writes there instead
+#   python benchmarks/gpu_check.py --size tiny    # the same script shrunk: a CPU smoke run
 #
-# The JSON is rewritten after every measured row, so if the time limit cuts the run short the
-# rows measured so far are kept. Copy the printed table into benchmarks/RESULTS.md and, if the
-# fastest strategy differs from DEFAULT_STRATEGY["gpu"] in feddat_jax/fl/mesh.py, update it.
-set -euo pipefail
+# The JSON is rewritten after every row, so a time limit keeps what was measured. It needs only
+# jax, flax, optax and numpy. Paste the printed tables into benchmarks/RESULTS.md with the card's
+# name; if "loop" ever beats "vmap", revisit DEFAULT_STRATEGY["gpu"] in feddat_jax/fl/mesh.py.
+# Overrides: LIMIT_S (hard stop, 470), BUDGET_S (no new row after, 300), PYTHON, and any
+# gpu_check.py flag after the script name.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-benchmarks}"
 mkdir -p "$out_dir"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
+py="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python -c "import jax; print('jax', jax.__version__, jax.devices())"
-status=0
-timeout "${LIMIT_S:-450}" python benchmarks/bench_round.py \
-  --size base --image 384x640 --text-len 40 --answers 100 --batch 2 --steps "${STEPS:-2}" \
-  --cohorts "${COHORTS:-1,4,16}" --strategies "${STRATEGIES:-vmap,scan,loop}" \
-  --dtype "${DTYPE:-float32}" --repeats 3 --out "$out_dir/results_gpu.json" \
-  2>&1 | tee "$out_dir/results_gpu.txt" || status=$?
+timeout "${LIMIT_S:-470}" "$py" benchmarks/gpu_check.py --out "$out_dir" \
+  --budget-s "${BUDGET_S:-300}" "$@" 2>&1 | tee "$out_dir/gpu_check.txt"
+status=${PIPESTATUS[0]}
 if [ "$status" -ne 0 ]; then
-  echo "bench_round.py stopped early (exit $status); partial rows are in $out_dir/results_gpu.json"
+  echo "gpu_check.py stopped early (exit $status); the rows measured are in $out_dir/gpu_check.json"
 fi
 exit "$status"

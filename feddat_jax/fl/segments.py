@@ -113,6 +113,51 @@ class SegmentedRound:
         """The epoch's segments ``[(start, stop), ...]`` (see :func:`segment_windows`)."""
         return segment_windows(num_steps, self.segment_steps)
 
+    def lower(
+        self, frozen, server, private_C, tasks_C, client_ids_C, batches_CxK
+    ) -> dict[str, jax.stages.Lowered]:
+        """Ahead-of-time: this round's programs lowered for these shapes (arguments may be
+        ``jax.ShapeDtypeStruct`` s; ``batches_CxK`` is one segment's, or the epoch's with
+        ``segment_steps`` 0). Compile them (e.g. in threads) and pass them to :meth:`install`."""
+        if not self.segment_steps:
+            return {
+                "round": self.round_fn.lower(
+                    frozen, server, private_C, tasks_C, client_ids_C, batches_CxK
+                )
+            }
+        batch_size = int(batches_CxK["example_mask"].shape[2])
+        local_C = jax.eval_shape(
+            lambda *a: self.begin_fn(*a, batch_size=batch_size), frozen, server, private_C, tasks_C
+        )
+        first = np.int32(0)
+        _, sums_C = jax.eval_shape(
+            self.segment_fn, frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first
+        )
+        with _donation_where_it_fits():
+            return {
+                "begin": self.begin_fn.lower(
+                    frozen, server, private_C, tasks_C, batch_size=batch_size
+                ),
+                "segment": self.segment_fn.lower(
+                    frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first
+                ),
+                "add": self.add_fn.lower(sums_C, sums_C),
+                "end": self.end_fn.lower(
+                    frozen, server, local_C, sums_C, tasks_C, batch_size=batch_size
+                ),
+            }
+
+    def install(self, compiled: dict[str, Any]) -> None:
+        """Run with these ahead-of-time compiled programs (:meth:`lower`'s, compiled) from now
+        on; they accept only the shapes they were lowered for."""
+        if "round" in compiled:
+            self.round_fn = compiled["round"]
+            return
+        begin, end = compiled["begin"], compiled["end"]
+        self.begin_fn = lambda *args, batch_size: begin(*args)
+        self.segment_fn, self.add_fn = compiled["segment"], compiled["add"]
+        self.end_fn = lambda *args, batch_size: end(*args)
+
     def __call__(
         self,
         frozen: PyTree,
