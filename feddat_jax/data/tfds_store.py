@@ -183,7 +183,8 @@ def write_benchmark(
     return out
 
 
-def _load_manifest(out: Path) -> dict:
+def load_manifest(out: Path) -> dict:
+    """The manifest of a stored benchmark (format checked); reads nothing else."""
     path = out / MANIFEST
     if not path.is_file():
         raise StoreError(f"missing {path}: not a stored benchmark (write it with write_benchmark)")
@@ -202,20 +203,29 @@ def _load_manifest(out: Path) -> dict:
 def verify_checksums(out_dir: str | os.PathLike) -> dict:
     """Check every record file against the manifest; returns the manifest or raises StoreError."""
     out = Path(out_dir)
-    manifest = _load_manifest(out)
-    for fname, expected in sorted(manifest["sha256"].items()):
-        path = out / fname
-        if not path.is_file():
-            raise StoreError(f"missing record file {path}")
-        got = sha256_file(path)
-        if got != expected:
-            raise StoreError(
-                f"corrupt record file {path}: sha256 {got[:16]}... != manifest's {expected[:16]}..."
-            )
+    manifest = load_manifest(out)
+    for fname in sorted(manifest["sha256"]):
+        verify_file(out, fname, manifest)
     return manifest
 
 
-def _decode(rec: dict) -> Example:
+def verify_file(out_dir: str | os.PathLike, fname: str, manifest: dict) -> None:
+    """Check one record file against the manifest's sha256; raises StoreError naming it."""
+    path = Path(out_dir) / fname
+    if not path.is_file():
+        raise StoreError(f"missing record file {path}")
+    expected = manifest["sha256"].get(fname)
+    got = sha256_file(path)
+    if got != expected:
+        raise StoreError(
+            f"corrupt record file {path}: sha256 {got[:16]}... != manifest's "
+            f"{str(expected)[:16]}..."
+        )
+
+
+def decode_record(rec: dict) -> Example:
+    """A record read from a split's data source (image bytes undecoded) as an Example."""
+
     def text(v) -> str:
         return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
@@ -244,7 +254,7 @@ def read_benchmark(out_dir: str | os.PathLike) -> FederatedBenchmark:
         parts = {}
         for part in _PARTS:
             data = source[split_name(c["name"], part)]
-            parts[part] = [_decode(r) for r in data.__getitems__(list(range(len(data))))]
+            parts[part] = [decode_record(r) for r in data.__getitems__(list(range(len(data))))]
             if len(parts[part]) != c[f"num_{part}"]:
                 raise StoreError(
                     f"{out / record_filename(manifest['name'], c['name'], part)}: "
