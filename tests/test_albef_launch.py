@@ -86,11 +86,12 @@ def test_every_batch_carries_its_clients_answer_lists(experiment):
         cls, sep = encoder.index["[CLS]"], encoder.index["[SEP]"]
         assert list(ids[2, j][mask[2, j] > 0]) == [cls, *body, sep, sep]
     # eval data: every client's list repeated over its steps
-    steps = exp.eval_data["example_mask"].shape[1]
+    eval_data = exp.eval_batches(np.arange(n))
+    steps = eval_data["example_mask"].shape[1]
     for key in registry.ANSWER_KEYS:
-        assert exp.eval_data[key].shape == (n, steps) + ids.shape[1:]
+        assert eval_data[key].shape == (n, steps) + ids.shape[1:]
         np.testing.assert_array_equal(
-            exp.eval_data[key], np.broadcast_to(answers[key][:, None], exp.eval_data[key].shape)
+            eval_data[key], np.broadcast_to(answers[key][:, None], eval_data[key].shape)
         )
     # a cohort's train batches (the loop's prefetched build): the cohort's own lists, [C, S, A, La]
     from feddat_jax.data.pipeline import cohort_batches
@@ -119,14 +120,15 @@ def test_eval_fn_scores_every_client_for_every_feddat_variant(experiment):
             exp.server.shared,
             exp.private_N,
             exp.tasks,
-            exp.eval_data,
+            exp.eval_batches(np.arange(len(exp.client_names))),
         )
     )
     assert set(scores) == {"dat", "client", "shared"}
+    rows = exp.eval_rows(np.arange(len(exp.client_names)))
     for variant, per_example in scores.items():
-        assert per_example.shape == exp.eval_rows.shape, variant
+        assert per_example.shape == rows.shape, variant
         assert np.all((per_example >= 0) & (per_example <= 1))
-        assert np.all(per_example[exp.eval_rows < 0] == 0)  # padding scores nothing
+        assert np.all(per_example[rows < 0] == 0)  # padding scores nothing
 
 
 @pytest.mark.slow  # one round + eval compile per method (10-30 s each on 2 CPU cores)

@@ -117,6 +117,33 @@ def test_segmented_run_equals_one_call_run_and_resumes_across_segment_sizes(expe
                 assert got[key] == value, key
 
 
+def test_evaluation_in_chunks_of_clients_equals_one_call(experiment, tmp_path):
+    assert len(experiment.client_names) == 5  # chunks of 2: 2 + 2 + 1 (padded)
+    whole = loop.train(with_rounds(experiment, 1), tmp_path / "whole", show_progress=False)
+    cfg = with_rounds(experiment, 1).config
+    cfg.eval_clients_per_call = 2
+    chunked = loop.train(
+        dataclasses.replace(experiment, config=cfg), tmp_path / "chunked", show_progress=False
+    )
+    scores = {k: v for k, v in whole[-1].items() if k.startswith("score/")}
+    assert len(scores) == 3 * 5 + 3 and scores.keys() <= chunked[-1].keys()  # + 3 means
+    for key, value in scores.items():
+        assert chunked[-1][key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_stored_benchmark_read_on_demand_trains_like_the_decoded_one(experiment, tmp_path):
+    from feddat_jax.data import source, tfds_store
+
+    store = tfds_store.write_benchmark(experiment.benchmark, tmp_path / "store")
+    cfg = with_rounds(experiment, 1).config
+    cfg.data.source, cfg.data.tfds_dir, cfg.data.decoded_cache_mb = "tfds", str(store), 1
+    stored = build_experiment(cfg)
+    assert isinstance(stored.train_store, source.RecordStore)
+    got = loop.train(stored, tmp_path / "stored", show_progress=False)
+    want = loop.train(with_rounds(experiment, 1), tmp_path / "decoded", show_progress=False)
+    assert numbers(got) == numbers(want)
+
+
 def test_nan_loss_stops_naming_round_and_client_and_keeps_last_checkpoint(experiment, tmp_path):
     loop.train(with_rounds(experiment, 1), tmp_path, show_progress=False)
     store = experiment.train_store

@@ -304,6 +304,19 @@ def test_plan_cohort_processes_fill_their_own_slots():
         distributed.plan_cohort(0, 0, 5, 1, devices_per_process=[1, 1])
 
 
+def test_chunk_cohort_cuts_every_process_alike_with_one_shape():
+    ids, mask = distributed.plan_cohort(0, 0, 7, 1.0)  # one process, no mesh: 7 slots
+    chunks = distributed.chunk_cohort(ids, mask, None, 3)
+    assert [c.tolist() for c, _ in chunks] == [[0, 1, 2], [3, 4, 5], [6, 0, 0]]
+    assert [m.tolist() for _, m in chunks][-1] == [True, False, False]
+    ids, mask = distributed.plan_cohort(0, 0, 5, 1.0, devices_per_process=[2, 2])
+    chunks = distributed.chunk_cohort(ids, mask, None, 4, devices_per_process=[2, 2])
+    assert [c.tolist() for c, _ in chunks] == [[0, 1, 3, 4], [2, 0, 3, 3]]  # 2 slots / process
+    assert [m.tolist() for _, m in chunks] == [[True] * 4, [True, False, False, False]]
+    every = np.concatenate([c[m] for c, m in chunks])
+    assert sorted(every.tolist()) == list(range(5))  # each real client exactly once
+
+
 # ---------------------------------------------------------------------- client storage choice
 def test_client_storage_choice():
     mesh = mesh_lib.make_mesh()

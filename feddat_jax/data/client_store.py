@@ -77,6 +77,10 @@ class RowStore(Protocol):
 
     def read(self, rows: np.ndarray) -> dict[str, np.ndarray]: ...
 
+    def row_tags(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Host metadata of these rows (``question_type``, ``group``: object arrays)."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True)
 class ClientDataStore:
@@ -162,3 +166,6 @@ class ClientDataStore:
     def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Every key's values at these global rows (one fancy-index per key: new arrays)."""
         return {key: self.arrays[key][rows] for key in KEYS}
+
+    def row_tags(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: values[rows] for name, values in self.tags.items()}

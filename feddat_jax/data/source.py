@@ -193,6 +193,27 @@ class RecordStore:
             ((self.num_answers,), np.float32),
         ][j]
 
+    def row_tags(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows' question type and group, read from their records (no image is decoded)."""
+        examples = self._examples(np.asarray(rows, np.int64).reshape(-1))
+        return {
+            "question_type": np.array([ex.question_type for ex in examples], dtype=object),
+            "group": np.array([ex.group for ex in examples], dtype=object),
+        }
+
+    def _examples(self, rows: np.ndarray) -> list[Example]:
+        """The stored examples of these global rows, in order (one read per client)."""
+        owner = np.searchsorted(self.offsets, rows, side="right") - 1
+        out: list[Example | None] = [None] * len(rows)
+        for k in np.unique(owner).tolist():
+            where = np.flatnonzero(owner == k)
+            split = getattr(self.clients[k], self.part)
+            local = (rows[where] - self.offsets[k]).tolist()
+            read = split.read(local) if hasattr(split, "read") else [split[i] for i in local]
+            for i, ex in zip(where.tolist(), read):
+                out[i] = ex
+        return out
+
     # ---- decoding --------------------------------------------------------------------------------
     def _decode_rows(self, unique: np.ndarray) -> dict[int, tuple]:
         out, missing = {}, []
@@ -207,13 +228,7 @@ class RecordStore:
             return out
         missing_arr = np.asarray(missing, np.int64)
         owner = np.searchsorted(self.offsets, missing_arr, side="right") - 1
-        examples: dict[int, Example] = {}
-        for k in np.unique(owner).tolist():
-            rows_k = missing_arr[owner == k]
-            split = getattr(self.clients[k], self.part)
-            local = (rows_k - self.offsets[k]).tolist()
-            read = split.read(local) if hasattr(split, "read") else [split[i] for i in local]
-            examples.update(zip(rows_k.tolist(), read))
+        examples = dict(zip(missing, self._examples(missing_arr)))
         height, width = self.image_hw
         pixels = self._pool.map(lambda r: decode_image(examples[r].image, height, width), missing)
         text = self.encoder.encode([examples[r].question for r in missing], self.max_length)

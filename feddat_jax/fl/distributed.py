@@ -181,6 +181,43 @@ def plan_cohort(
     return np.concatenate(ids).astype(np.int64), np.concatenate(mask)
 
 
+def chunk_cohort(
+    ids: np.ndarray, mask: np.ndarray, mesh: Mesh | None, size: int, devices_per_process=None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A padded cohort (e.g. every client, for evaluation) as chunks of at most ~``size`` slots.
+
+    Each process's slots are cut alike and each piece is padded (repeating the process's first
+    client, mask False) to one static number of slots per device, so every chunk has the same
+    shape (one compilation) and each process fills its own slots of it, as in :func:`plan_cohort`
+    (``devices_per_process``: as there; default from ``mesh``).
+    """
+    ids, mask = np.asarray(ids, np.int64), np.asarray(mask, bool)
+    if devices_per_process is not None:
+        devices = np.asarray(devices_per_process, np.int64)
+        off = np.concatenate([[0], np.cumsum(devices * (ids.size // devices.sum()))])
+    elif mesh is None:
+        off, devices = np.array([0, ids.size]), np.array([1])
+    else:
+        off = process_slots(mesh, ids.size)
+        devices = np.diff(process_slots(mesh, clients_size(mesh)))
+    procs = len(devices)
+    per_device = max(1, -(-max(1, size // procs) // int(devices.max())))
+    widths = devices * per_device  # slots per process in every chunk
+    count = max(-(-int(hi - lo) // int(w)) for lo, hi, w in zip(off[:-1], off[1:], widths))
+    chunks = []
+    for i in range(count):
+        c_ids, c_mask = [], []
+        for p in range(procs):
+            lo, hi, w = int(off[p]), int(off[p + 1]), int(widths[p])
+            part = slice(min(lo + i * w, hi), min(lo + (i + 1) * w, hi))
+            real_ids, real_mask = ids[part], mask[part]
+            pad = w - real_ids.size
+            c_ids.append(np.concatenate([real_ids, np.full((pad,), ids[lo])]))
+            c_mask.append(np.concatenate([real_mask, np.zeros((pad,), bool)]))
+        chunks.append((np.concatenate(c_ids), np.concatenate(c_mask)))
+    return chunks
+
+
 # ------------------------------------------------------------------------------ multi-process
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:

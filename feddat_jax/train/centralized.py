@@ -128,7 +128,12 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
         if (e + 1) % cfg.eval_every == 0 or e + 1 == cfg.rounds:
             shared, heads_N = state["trainable"]
             scores = exp.eval_fn(
-                exp.frozen, shared, shared, {"params": heads_N}, exp.tasks, exp.eval_data
+                exp.frozen,
+                shared,
+                shared,
+                {"params": heads_N},
+                exp.tasks,
+                exp.eval_batches(all_ids),
             )
             record.update(eval_record(exp, scores, all_ids))
         writer.write(record)

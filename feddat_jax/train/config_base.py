@@ -33,6 +33,7 @@ NON_NUMERIC_FIELDS = (
     "strategy",
     "chunk_size",
     "segment_steps",
+    "eval_clients_per_call",
     "client_storage",
     "distributed",
 )
@@ -53,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 2
     c.eval_batch_size = 32
     c.eval_every = 5
+    c.eval_clients_per_call = 0  # clients evaluated per call (0 = a training cohort's size)
     c.checkpoint_every = 1
     c.aggregation = "weighted"  # "uniform" reproduces the official code
     c.reset_optimizer_each_round = True
@@ -133,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.test_per_client = 100
     c.data.seed = 0
     c.data.cache_dir = "~/.cache/feddat_jax/embedded"
+    # a stored (tfds) benchmark is read on demand: decoding threads, and decoded rows kept in RAM
+    # (0 = none; enough for every client's rows decodes each image once)
+    c.data.read_threads = 8
+    c.data.decoded_cache_mb = 0
     return c
 
 

@@ -17,9 +17,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from feddat_jax import methods
-from feddat_jax.data import embedded, tfds_store
-from feddat_jax.data.client_store import ClientDataStore
-from feddat_jax.data.pipeline import eval_batches, eval_rows, task_metadata
+from feddat_jax.data import embedded
+from feddat_jax.data import source as source_lib
+from feddat_jax.data.client_store import ClientDataStore, RowStore
+from feddat_jax.data.pipeline import eval_rows, gather_rows, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
 from feddat_jax.fl import communication, local_optim
 from feddat_jax.fl import mesh as mesh_lib
@@ -51,11 +52,9 @@ class Experiment:
     config: ml_collections.ConfigDict
     method: methods.Method
     benchmark: FederatedBenchmark
-    train_store: ClientDataStore
+    train_store: RowStore  # decoded once (embedded) or read on demand (a stored benchmark)
+    test_store: RowStore
     tasks: ClientTasks  # [N]
-    eval_data: dict[str, np.ndarray]  # [N, S_e, B_e, ...] every client's test split
-    eval_rows: np.ndarray  # [N, S_e, B_e] the test-store row of each eval slot (-1 = padding)
-    eval_tags: list[dict[str, np.ndarray]]  # per client: its test rows' question type and group
     algorithm: LocalAlgorithm
     frozen: PyTree  # placed on the mesh (replicated, or split over "model")
     server: ServerState  # the initial server state, replicated on the mesh
@@ -78,6 +77,23 @@ class Experiment:
     def client_names(self) -> list[str]:
         return [c.name for c in self.benchmark.clients]
 
+    def eval_rows(self, client_ids) -> np.ndarray:
+        """int64 [C, S_e, B_e]: the test-store row of each evaluation slot of these clients (-1 =
+        padding); S_e is the largest client's, so every chunk of clients has one shape."""
+        size = self.config.eval_batch_size
+        steps = self.test_store.max_steps(size)
+        return eval_rows(self.test_store, np.asarray(client_ids, np.int64), size, num_steps=steps)
+
+    def eval_batches(self, client_ids) -> dict[str, np.ndarray]:
+        """These clients' whole test splits [C, S_e, B_e, ...] (the rows of :meth:`eval_rows`),
+        with their answer lists (ALBEF)."""
+        ids = np.asarray(client_ids, np.int64)
+        return self.with_answer_lists(gather_rows(self.test_store, self.eval_rows(ids)), ids)
+
+    def eval_tags(self, client_ids) -> list[dict[str, np.ndarray]]:
+        """Per client: its test rows' question type and group (host metadata, ``train.scores``)."""
+        return scores.client_tags(self.test_store, client_ids)
+
     def with_answer_lists(self, batch: dict[str, np.ndarray], client_ids) -> dict[str, np.ndarray]:
         """A pipeline batch [C, S, B, ...] of these clients plus what the backbone needs per client
         (ALBEF: the answer lists [C, S, A, La])."""
@@ -86,8 +102,8 @@ class Experiment:
 
 def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> FederatedBenchmark:
     source = registry.choice(data.source, DATA_SOURCES, "data.source")
-    if source == "tfds":
-        return tfds_store.read_benchmark(data.tfds_dir)
+    if source == "tfds":  # only the manifest: the examples are read when a round needs them
+        return source_lib.open_benchmark(data.tfds_dir)
     return embedded.load_or_build(
         data.family,
         Path(data.cache_dir).expanduser(),
@@ -98,6 +114,27 @@ def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> Federate
         seed=data.seed,
         patch_size=patch_size,
     )
+
+
+def row_store(
+    config: ml_collections.ConfigDict, clients, part: str, encoder, num_answers: int
+) -> RowStore:
+    """A split's rows: a stored (tfds) benchmark is read and decoded on demand (host memory does
+    not grow with the clients; ``data.decoded_cache_mb`` of decoded rows are kept), the embedded
+    one is decoded once into host arrays."""
+    hw, length = tuple(config.model.image_hw), config.model.max_text_len
+    if config.data.source == "tfds":
+        return source_lib.RecordStore(
+            clients,
+            part,
+            encoder,
+            hw,
+            length,
+            num_answers,
+            threads=config.data.read_threads,
+            cache_bytes=int(config.data.decoded_cache_mb) << 20,
+        )
+    return ClientDataStore.build(clients, part, encoder, hw, length, num_answers)
 
 
 def resolve_strategy(config: ml_collections.ConfigDict, frozen: PyTree) -> str:
@@ -120,22 +157,14 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     encoder = registry.text_encoder(config, benchmark)
     clients = benchmark.clients
     num_answers = max(len(c.answers) for c in clients)
-    hw = tuple(config.model.image_hw)
-    train_store = ClientDataStore.build(
-        clients, "train", encoder, hw, config.model.max_text_len, num_answers
-    )
-    test_store = ClientDataStore.build(
-        clients, "test", encoder, hw, config.model.max_text_len, num_answers
+    train_store, test_store = (
+        row_store(config, clients, part, encoder, num_answers) for part in ("train", "test")
     )
     tasks = ClientTasks(
         **{k: jnp.asarray(v) for k, v in task_metadata(clients, num_answers).items()}
     )
     validate_tasks(tasks)
     answers_N = registry.answer_lists(config, clients, encoder, num_answers)  # {} for ViLT
-    all_ids = np.arange(len(clients))
-    eval_data = registry.with_answer_lists(
-        eval_batches(test_store, all_ids, config.eval_batch_size), answers_N, all_ids
-    )
 
     peft = methods.peft_config(
         method,
@@ -172,10 +201,8 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         method=method,
         benchmark=benchmark,
         train_store=train_store,
+        test_store=test_store,
         tasks=tasks,
-        eval_data=eval_data,
-        eval_rows=eval_rows(test_store, all_ids, config.eval_batch_size),
-        eval_tags=scores.client_tags(test_store),
         algorithm=algorithm,
         frozen=mesh_lib.put_frozen(frozen, mesh, config.mesh.shard_frozen),
         server=mesh_lib.put_replicated(server, mesh),

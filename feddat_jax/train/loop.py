@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from feddat_jax.data.pipeline import Prefetcher, cohort_batches
-from feddat_jax.fl import distributed
+from feddat_jax.fl import distributed, sampling
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.accounting import max_poisson_cohort, pad_cohort, poisson_sample
 from feddat_jax.fl.communication import CommunicationBudget, round_traffic
@@ -89,16 +89,33 @@ def round_record(
     return record
 
 
-def eval_record(exp: Experiment, scores_NxSxB: dict, client_ids: np.ndarray) -> Record:
-    """Per-client, per-group and per-question-type means (``train.scores``) of the per-example
-    scores of clients ``client_ids`` (rows of ``scores_NxSxB``, in that order)."""
-    record: Record = {}
+def client_scores(exp: Experiment, scores_CxSxB: dict, client_ids) -> dict[str, list[np.ndarray]]:
+    """Per variant, each listed client's per-example test scores in stored order (the rows of
+    ``scores_CxSxB`` are these clients' evaluation slots, padding dropped)."""
+    rows = exp.eval_rows(client_ids)
+    return {
+        variant: scores_lib.per_client(values, rows)
+        for variant, values in jax.device_get(scores_CxSxB).items()
+    }
+
+
+def summary_record(
+    exp: Experiment, per_client: dict[str, list[np.ndarray]], client_ids, tags
+) -> Record:
+    """Per-client, per-group and per-question-type means (``train.scores``) of these clients'
+    per-example scores; ``tags``: each client's test-row tags (``exp.eval_tags``)."""
     names = [exp.client_names[k] for k in client_ids]
-    tags = [exp.eval_tags[k] for k in client_ids]
-    for variant, values in jax.device_get(scores_NxSxB).items():
-        per_client = scores_lib.per_client(values, exp.eval_rows[client_ids])
-        record.update(scores_lib.summarize(variant, per_client, names, tags))
+    record: Record = {}
+    for variant, scores in per_client.items():
+        record.update(scores_lib.summarize(variant, scores, names, tags))
     return record
+
+
+def eval_record(exp: Experiment, scores_NxSxB: dict, client_ids) -> Record:
+    """:func:`summary_record` of one evaluation call over clients ``client_ids`` (rows of
+    ``scores_NxSxB``, in that order)."""
+    per_client = client_scores(exp, scores_NxSxB, client_ids)
+    return summary_record(exp, per_client, client_ids, exp.eval_tags(client_ids))
 
 
 def client_storage(setting: str, nbytes: int, mesh) -> str:
@@ -252,25 +269,47 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
             return r, k + 1
         return (r + 1, 0) if r + 1 < cfg.rounds else None
 
-    # Evaluation covers every client, padded like a cohort; its data is placed once.
-    eval_ids, eval_mask, eval_mine = plan(0, n)
-    eval_real = eval_ids[eval_mine][eval_mask[eval_mine]]
-    eval_data = mesh_lib.put_cohort(
-        pad_batches(
-            {k: np.asarray(v)[eval_real] for k, v in exp.eval_data.items()},
-            len(eval_ids[eval_mine]),
-        ),
-        mesh,
-        len(eval_ids),
-    )
+    # Evaluation covers every client, config.eval_clients_per_call at a time (0: a training
+    # cohort's size), each chunk padded like a cohort to one static shape (one compilation); a
+    # chunk's test data is read when it is evaluated, the next one prefetched meanwhile.
+    all_ids, all_mask, _ = plan(0, n)
+    chunk = cfg.eval_clients_per_call or sampling.cohort_size(n, cfg.clients_per_round)
+    eval_chunks = [
+        (ids, mask, distributed.local_slots(mesh, len(ids)))
+        for ids, mask in distributed.chunk_cohort(all_ids, all_mask, mesh, chunk)
+    ]
+
+    def build_eval(i: int) -> dict:
+        ids, mask, mine = eval_chunks[i]
+        real = ids[mine][mask[mine]]
+        batch = pad_batches(exp.eval_batches(real), len(ids[mine]))
+        return mesh_lib.put_cohort(batch, mesh, len(ids))
 
     def evaluate(round_start_shared) -> Record:
-        private_E, tasks_E = registry.gather(eval_ids[eval_mine], eval_mask[eval_mine])
-        scores = exp.eval_fn(
-            exp.frozen, round_start_shared, server.shared, private_E, tasks_E, eval_data
-        )
-        return eval_record(
-            exp, {k: v[eval_mask] for k, v in host_rows(scores).items()}, eval_ids[eval_mask]
+        per_client: dict[str, dict[int, np.ndarray]] = {}  # variant -> client -> scores
+        tags: dict[int, dict[str, np.ndarray]] = {}
+        with Prefetcher(build_eval, last_round=len(eval_chunks) - 1) as prefetch:
+            for i, (ids, mask, mine) in enumerate(eval_chunks):
+                private_E, tasks_E = registry.gather(ids[mine], mask[mine])
+                out = exp.eval_fn(
+                    exp.frozen,
+                    round_start_shared,
+                    server.shared,
+                    private_E,
+                    tasks_E,
+                    prefetch.get(i),
+                )
+                real = ids[mask].tolist()
+                chunk = client_scores(exp, {k: v[mask] for k, v in host_rows(out).items()}, real)
+                for variant, scores in chunk.items():
+                    per_client.setdefault(variant, {}).update(zip(real, scores))
+                tags.update(zip(real, exp.eval_tags(real)))
+        everyone = list(range(n))
+        return summary_record(
+            exp,
+            {v: [by_client[k] for k in everyone] for v, by_client in per_client.items()},
+            everyone,
+            [tags[k] for k in everyone],
         )
 
     comm_total = history[-1]["comm/bytes_cumulative"] if history else 0

@@ -2,7 +2,7 @@
 question type, each the mean over clients.
 
 Evaluation returns every test example's score (``fl.evaluation``); the breakdowns happen here, on
-the host, from the tags the data carry (``ClientDataStore.tags``). A group or type mean is the mean
+the host, from the tags the data carry (``RowStore.row_tags``). A group or type mean is the mean
 over the clients that have test examples of it, so every client weighs the same, as in the
 per-client mean of the headline number.
 """
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from feddat_jax.data.client_store import ClientDataStore
+from feddat_jax.data.client_store import RowStore
 
 Record = dict[str, float]
 GROUPS = ("shared", "shifted")
@@ -30,15 +30,10 @@ def per_client(scores_NxSxB: np.ndarray, rows_NxSxB: np.ndarray) -> list[np.ndar
     return out
 
 
-def client_tags(store: ClientDataStore) -> list[dict[str, np.ndarray]]:
-    """Each client's row tags (question type, group), sliced from the store."""
-    return [
-        {
-            name: values[store.offsets[k] : store.offsets[k + 1]]
-            for name, values in store.tags.items()
-        }
-        for k in range(store.num_clients)
-    ]
+def client_tags(store: RowStore, client_ids=None) -> list[dict[str, np.ndarray]]:
+    """Each client's row tags (question type, group), from the store (default: every client)."""
+    ids = range(store.num_clients) if client_ids is None else client_ids
+    return [store.row_tags(np.arange(store.offsets[k], store.offsets[k + 1])) for k in ids]
 
 
 def summarize(
