@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from feddat_jax.models.activations import ACTIVATIONS
 from feddat_jax.peft.adapters import AdapterSite
 from feddat_jax.peft.config import PeftConfig
 
@@ -26,11 +27,6 @@ if TYPE_CHECKING:
     from feddat_jax.models.albef import AlbefConfig
 
 INIT = nn.initializers.normal(0.02)  # the backbone is normally loaded from a checkpoint anyway
-ACTIVATIONS = {
-    "gelu": functools.partial(nn.gelu, approximate=False),
-    "gelu_new": functools.partial(nn.gelu, approximate=True),
-    "relu": nn.relu,
-}
 
 
 def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from feddat_jax.models.activations import ACTIVATIONS, gelu
 from feddat_jax.peft.adapters import AdapterSite
 from feddat_jax.peft.config import PeftConfig
 from feddat_jax.peft.lora import LoRADense
@@ -32,14 +33,6 @@ from feddat_jax.peft.prompts import Prompts, insert_after_cls
 _INIT = nn.initializers.normal(
     0.02
 )  # BERT/ViLT initialiser; the backbone is normally loaded anyway
-_ACTIVATIONS = {
-    "gelu": functools.partial(nn.gelu, approximate=False),
-    "gelu_new": functools.partial(nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "swish": nn.silu,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +56,9 @@ class ViltConfig:
     qkv_bias: bool = True
 
     def __post_init__(self) -> None:
-        if self.hidden_act not in _ACTIVATIONS:
+        if self.hidden_act not in ACTIVATIONS:
             raise ValueError(
-                f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(_ACTIVATIONS)}"
+                f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(ACTIVATIONS)}"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -275,7 +268,7 @@ class ViltLayer(nn.Module):
         h_BxTxD = h_BxTxD + ViltAttention(cfg, self.peft, self.dtype, name="attention")(
             ln("layernorm_before")(h_BxTxD), mask_BxT
         )
-        ffn_BxTxF = _ACTIVATIONS[cfg.hidden_act](
+        ffn_BxTxF = ACTIVATIONS[cfg.hidden_act](
             _dense(cfg.intermediate_size, self.dtype, "intermediate")(
                 ln("layernorm_after")(h_BxTxD)
             )
@@ -343,9 +336,7 @@ class VqaHead(nn.Module):
     @nn.compact
     def __call__(self, pooled_BxD: jax.Array) -> jax.Array:
         h_BxE = _dense(2 * pooled_BxD.shape[-1], self.dtype, "dense_in")(pooled_BxD)
-        h_BxE = nn.gelu(
-            _layer_norm(1e-5, self.dtype, "layernorm")(h_BxE), approximate=False
-        )  # torch defaults
+        h_BxE = gelu(_layer_norm(1e-5, self.dtype, "layernorm")(h_BxE))  # torch defaults
         return _dense(self.num_answers, self.dtype, "dense_out")(h_BxE)
 
 
