@@ -32,7 +32,7 @@ def lazy_store(stored, **kwargs):
 def test_open_reads_only_the_manifest(stored):
     bench = source.open_benchmark(stored[0])
     splits = bench.clients[0].train.splits
-    assert splits._builder is None and not splits._open  # nothing opened yet
+    assert splits._features is None and not splits._open  # nothing opened yet
     assert [len(c.train) for c in bench.clients] == [7] * len(bench.clients)
     first = bench.clients[1].train[2]
     assert first == tfds_store.read_benchmark(stored[0]).clients[1].train[2]
