@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, one command, at most 8 minutes on one GPU including compilation (H200: the
-# budget below stops starting rows after 300 s of the run; `timeout` is the hard stop):
+# budget below stops starting rows after 360 s of the run; `timeout` is the hard stop):
 # ViLT-B/32 size (random weights), 384x640, B = 2, S = 8 local steps in segments of K = 4, the
 # vmapped round against the sequential per-client loop at C = 1, 8, 32, 64, bf16 and float32,
 # MFU from XLA's FLOP count, peak device memory, and peak memory against S (flat in segments).
@@ -12,7 +12,7 @@
 # The JSON is rewritten after every row, so a time limit keeps what was measured. It needs only
 # jax, flax, optax and numpy. Paste the printed tables into benchmarks/RESULTS.md with the card's
 # name; if "loop" ever beats "vmap", revisit DEFAULT_STRATEGY["gpu"] in feddat_jax/fl/mesh.py.
-# Overrides: LIMIT_S (hard stop, 470), BUDGET_S (no new row after, 300), PYTHON, and any
+# Overrides: LIMIT_S (hard stop, 470), BUDGET_S (no new row after, 360), PYTHON, and any
 # gpu_check.py flag after the script name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 py="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 timeout "${LIMIT_S:-470}" "$py" benchmarks/gpu_check.py --out "$out_dir" \
-  --budget-s "${BUDGET_S:-300}" "$@" 2>&1 | tee "$out_dir/gpu_check.txt"
+  --budget-s "${BUDGET_S:-360}" "$@" 2>&1 | tee "$out_dir/gpu_check.txt"
 status=${PIPESTATUS[0]}
 if [ "$status" -ne 0 ]; then
   echo "gpu_check.py stopped early (exit $status); the rows measured are in $out_dir/gpu_check.json"
