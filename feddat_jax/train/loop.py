@@ -2,10 +2,12 @@
 
 Per round: sample the cohort (seeded by round; with ``dp.sampling="poisson"`` a Poisson cohort,
 padded to one static size for the whole run) and pad it to a multiple of the mesh's ``clients``
-axis, assemble its batches (prefetched and placed on the mesh on a host thread), run the ONE jitted
-round through the :class:`~feddat_jax.fl.registry.ClientRegistry` (gather the cohort's private
-state, round, scatter it back), check for NaN, log, evaluate every client every ``eval_every``
-rounds and after the last, checkpoint every ``checkpoint_every`` rounds and after the last.
+axis, gather the cohort's private state from the :class:`~feddat_jax.fl.registry.ClientRegistry`,
+run the round (``fl.segments.SegmentedRound``: one jitted call, or ``segment_steps``-step segments
+whose batches are read, placed on the mesh and prefetched on a host thread one segment ahead; the
+progress bar moves per segment), scatter the private state back, check for NaN, log, evaluate
+every client every ``eval_every`` rounds and after the last (``eval_clients_per_call`` at a
+time), checkpoint every ``checkpoint_every`` rounds and after the last.
 Restarting with the same workdir resumes from the newest whole checkpoint and reproduces the
 uninterrupted run exactly.
 
