@@ -202,13 +202,14 @@ _INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = .*? ([a-z][\w-]*)\(")
 def parse_hlo(text: str) -> dict[str, dict]:
     """Per instruction of the optimized HLO: its opcode, JAX op_name and the ops it fuses."""
     comps: dict[str, list[str]] = {}
+    comp_names: dict[str, list[str]] = {}  # the JAX op_names of a computation's instructions
     instrs: dict[str, dict] = {}
     current = None
     for line in text.splitlines():
         head = re.match(r"^(?:ENTRY )?%(\S+) .*\{$", line)
         if head:
             current = head.group(1)
-            comps[current] = []
+            comps[current], comp_names[current] = [], []
             continue
         m = _INSTR.match(line)
         if not m or current is None:
@@ -223,30 +224,31 @@ def parse_hlo(text: str) -> dict[str, dict]:
             "op_name": op_name.group(1) if op_name else "",
             "ynn": "__ynn_fusion" in line,
         }
+        comp_names[current].append(instrs[name]["op_name"])
     for ins in instrs.values():
         ins["fused_ops"] = set(comps.get(ins["calls"] or "", ()))
+        ins["fused_names"] = " ".join(comp_names.get(ins["calls"] or "", ()))
     return instrs
 
 
 def category(ins: dict) -> str:
     """A coarse label: matmul (fwd/bwd), attention softmax, layer norm, optimizer, ..."""
     ops, name = ins["fused_ops"] | {ins["op"]}, ins["op_name"]
+    inner = ins["fused_names"]  # what the fused instructions were in the JAX program
     bwd = "transpose(" in name
     if ins["ynn"] or "dot" in ops or "convolution" in ops:
         what = " attention core" if "BNTS" in name or "BTNH,BSNH" in name else ""
         return "matmul" + what + (" bwd" if bwd else " fwd")
-    if "apply_adamw" in name or "scale_by_adam" in name or "add_decayed_weights" in name:
-        return "optimizer"
+    if "/erf" in name or "/erf" in inner:  # erf or erfc: the exact GELU and its derivative
+        return "gelu" + (" bwd" if bwd else "")
     for key, label in (
         ("dot_product_attention", "attention (softmax, mask)"),
         ("LayerNorm", "layer norm"),
         ("layernorm", "layer norm"),
-        ("gelu", "gelu"),
-        ("erf", "gelu"),
         ("gather", "gather"),
         ("scatter", "scatter"),
     ):
-        if key in name or key in ops:
+        if key in name or key in ops or key in inner:
             return label + (" bwd" if bwd else "")
     if ins["op"] in ("copy", "transpose") or ops <= {"copy", "transpose", "bitcast", "parameter"}:
         return "copy / transpose"

@@ -169,8 +169,9 @@ class SegmentedRound:
         on_segment: Callable[[int], None] | None = None,
     ) -> tuple[ServerState, PyTree, dict]:
         """One round. ``segments`` yields each window's batches ``[C, K, B, ...]`` in order (one
-        ``[C, S, B, ...]`` batch when ``segment_steps`` is 0); ``on_segment(k)`` is called once
-        segment k has finished on the device (for progress bars)."""
+        ``[C, S, B, ...]`` batch when ``segment_steps`` is 0); it is asked for segment k + 1 once
+        k is dispatched and k - 1 has finished, so inputs do not pile up on the device however
+        fast the host is. ``on_segment(k)`` is called once segment k has finished (progress)."""
         if not self.segment_steps:
             (batches,) = list(segments)
             out = self.round_fn(frozen, server, private_C, tasks_C, client_ids_C, batches)
@@ -191,8 +192,8 @@ class SegmentedRound:
                 frozen, server, local_C, tasks_C, client_ids_C, batches, first_step
             )
             sums_C = seg_sums if sums_C is None else self.add_fn(sums_C, seg_sums)
-            if pending is not None:  # segment k is queued: wait for k - 1 only
-                _finished(pending, on_segment)
+            if pending is not None:  # k is queued behind k - 1: wait for k - 1 only (inputs on
+                _finished(pending, on_segment)  # device: k - 1, k and the one prefetched next)
             pending = (k, seg_sums)
         if local_C is None:
             raise ValueError("SegmentedRound: a round needs at least one segment of batches")
@@ -211,7 +212,7 @@ def _donation_where_it_fits():
 
 
 def _finished(pending: tuple[int, PyTree], on_segment: Callable[[int], None] | None) -> None:
+    index, outputs = pending
+    jax.block_until_ready(outputs)
     if on_segment is not None:
-        index, outputs = pending
-        jax.block_until_ready(outputs)
         on_segment(index)
