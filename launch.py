@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import jax
+from jax.experimental import multihost_utils
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -71,11 +72,16 @@ def run(config, workdir: Path) -> str:
                 f"process(es), strategy {experiment.strategy})"
             )
         runs[method] = train(experiment, workdir / method)
+    if primary:  # the reference rows are single-process host work
+        for name in check_references(config.get("references", ())):
+            print(f"== reference {name} -> {workdir / name}")
+            runs[name] = run_reference(name, config, workdir / name)
+    if jax.process_count() > 1:
+        # peers wait for them: a process that exits early starts the distributed shutdown
+        # barrier, which aborts every process once it times out
+        multihost_utils.sync_global_devices("feddat_jax references")
     if not primary:
         return ""
-    for name in check_references(config.get("references", ())):
-        print(f"== reference {name} -> {workdir / name}")
-        runs[name] = run_reference(name, config, workdir / name)
     table = write_report(runs, clients, workdir)
     print(table)
     print(

@@ -229,7 +229,8 @@ def test_albef_smoke_config_runs_one_round_through_launch(cache, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert list(results) == ["feddat"] and results["feddat"]["round"] == 1
+    assert list(results) == ["feddat", "blind"]  # the smoke config's one reference row
+    assert results["feddat"]["round"] == 1
     rows = [json.loads(line) for line in (tmp_path / "run" / "feddat" / "metrics.jsonl").open()]
     assert len(rows) == 1 and np.isfinite(rows[0]["score/mean/dat"])
     print(f"launch.py albef smoke: {time.perf_counter() - start:.0f} s")

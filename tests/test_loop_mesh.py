@@ -101,7 +101,8 @@ def metric_rows(workdir: Path, method: str) -> list[dict]:
 def assert_same_run(a: Path, b: Path, rounds: int = 1) -> None:
     ra = json.loads((a / "results.json").read_text())
     rb = json.loads((b / "results.json").read_text())
-    assert set(ra) == set(rb) == set(METHODS)
+    assert set(ra) == set(rb) == {*METHODS, "blind"}  # the smoke config's reference row
+    assert ra["blind"]["mean"] == rb["blind"]["mean"]  # host work, the same on every mesh
     for method in METHODS:
         assert ra[method]["clients"].keys() == rb[method]["clients"].keys()
         for client, score in ra[method]["clients"].items():

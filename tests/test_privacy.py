@@ -41,6 +41,13 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def assert_trees_close(a, b, atol=1e-6):
+    """For runs whose vmapped shapes differ: XLA may fuse and round a padded batch differently."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol)
+
+
 def random_deltas(key, num_clients, scale=1.0):
     k1, k2 = jax.random.split(key)
     return {
@@ -149,7 +156,7 @@ def test_poisson_padded_cohort_equals_the_unpadded_round(feddat_setup, plain_rou
         ref_server.shared["adapter_shared"]["bias"],
         atol=1e-6,
     )
-    assert_trees_equal(jax.tree.map(lambda x: x[mask], new_private), ref_private)
+    assert_trees_close(jax.tree.map(lambda x: x[mask], new_private), ref_private)
 
 
 # ----------------------------------------------------------------------------- the aggregator
