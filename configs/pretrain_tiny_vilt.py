@@ -24,7 +24,7 @@ def get_config(arg: str = ""):
     c.num_layers = 4
     c.num_heads = 4
     c.batch_size = 64
-    c.steps = 6000
+    c.steps = 5000
     c.learning_rate = 1e-3
     c.log_every = 500
     if arg == "smoke":
