@@ -118,15 +118,15 @@ def test_segmented_run_equals_one_call_run_and_resumes_across_segment_sizes(expe
 
 
 def test_evaluation_in_chunks_of_clients_equals_one_call(experiment, tmp_path):
-    assert len(experiment.client_names) == 5  # chunks of 2: 2 + 2 + 1 (padded)
+    assert len(experiment.client_names) == 4  # chunks of 3: 3 + 1 (padded)
     whole = loop.train(with_rounds(experiment, 1), tmp_path / "whole", show_progress=False)
     cfg = with_rounds(experiment, 1).config
-    cfg.eval_clients_per_call = 2
+    cfg.eval_clients_per_call = 3
     chunked = loop.train(
         dataclasses.replace(experiment, config=cfg), tmp_path / "chunked", show_progress=False
     )
     scores = {k: v for k, v in whole[-1].items() if k.startswith("score/")}
-    assert len(scores) == 3 * 5 + 3 and scores.keys() <= chunked[-1].keys()  # + 3 means
+    assert len(scores) == 3 * 4 + 3 and scores.keys() <= chunked[-1].keys()  # + 3 means
     for key, value in scores.items():
         assert chunked[-1][key] == pytest.approx(value, abs=1e-4), key
 
