@@ -1,10 +1,14 @@
-r"""Pretrain the demo's tiny ViLT backbone on the embedded world (MLM + ITM); writes a checkpoint.
+r"""Pretrain the demo's tiny ViLT backbone on the embedded world, in two stages; writes a checkpoint.
 
+  python launch.py --config configs/pretrain_tiny_vilt.py:stage1 --workdir runs/tiny_vilt_stage1
   python launch.py --config configs/pretrain_tiny_vilt.py --workdir feddat_jax/assets/tiny_vilt
   python launch.py --config configs/pretrain_tiny_vilt.py:smoke --workdir /tmp/pretrain_smoke
 
-The committed feddat_jax/assets/tiny_vilt/ was made by exactly the first command (see its
-provenance.json for the held-out scores along the way and the time it took on 2 CPU cores).
+Stage 1 (5,000 steps): masked words, image-text matching and region labels, which teach the
+backbone to see. Stage 2 (3,000 steps, continuing from stage 1's folder, ``init_from``) adds
+image question answering on the pooled output, the token every downstream head reads. The
+committed feddat_jax/assets/tiny_vilt/ was made by exactly the first two commands (its
+provenance.json has both stages' configs, the held-out scores along the way and the times).
 """
 
 import ml_collections
@@ -24,12 +28,19 @@ def get_config(arg: str = ""):
     c.num_layers = 4
     c.num_heads = 4
     c.batch_size = 64
-    c.steps = 5000
     c.learning_rate = 1e-3
     c.log_every = 500
-    if arg == "smoke":
+    # stage 2: half the batch captions (MLM + ITM), 30% questions the pooled output answers, the
+    # rest question-answer texts (MLM); it continues from stage 1's checkpoint
+    c.steps = 3000
+    c.caption_share = 0.5
+    c.qa_share = 0.3
+    c.init_from = "runs/tiny_vilt_stage1"  # a checkpoint folder to continue from; "" = scratch
+    if arg == "stage1":
+        c.steps, c.caption_share, c.qa_share, c.init_from = 5000, 0.625, 0.0, ""
+    elif arg == "smoke":
         c.num_scenes, c.held_out_scenes, c.steps, c.log_every = 40, 20, 4, 2
-        c.hidden_size, c.num_layers, c.batch_size = 32, 1, 8
+        c.hidden_size, c.num_layers, c.batch_size, c.init_from = 32, 1, 8, ""
     elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")
+        raise ValueError(f"unknown config argument {arg!r}; allowed: '', 'stage1' or 'smoke'")
     return c

@@ -1,4 +1,4 @@
-"""Pretrain the demo's tiny ViLT on the embedded world, as ViLT itself was pretrained: MLM + ITM.
+"""Pretrain the demo's tiny ViLT on the embedded world: MLM + ITM + region labels + image QA.
 
 FedDAT finetunes a *foundation* model; a backbone that does not see the images would make every
 comparison meaningless. So the project pretrains its own tiny ViLT on a pooled corpus of the
@@ -9,8 +9,13 @@ convention) with ViLT's two objectives, on two kinds of text:
   (colours, shapes, sizes, digits, counts, positions: each must be read off the image) and
   image-text matching against a random other image or a caption with one fact changed (the hard
   negatives that make ITM accuracy a measure of seeing);
-* question-answer texts: MLM only, with the answer masked half the time (this teaches the words of
-  the questions, as a real model's pretraining text would).
+* question-answer texts: MLM, with the answer masked half the time (this teaches the words of
+  the questions, as a real model's pretraining text would);
+* image question answering on the pooled output (the question alone in, the answer out of the
+  corpus' answer list), as LXMERT pretrains with VQA-style data: the downstream heads read only
+  the pooled token, and without this objective nothing teaches it to carry the answer (the v2
+  backbone, trained without it, let adapters memorise but not generalise: docs/BENCHMARK.md).
+  ``qa_share`` of each batch; its head is discarded like the others.
 
 The backbone is saved in the transformers ViltModel layout (config.json + model.safetensors) with
 its word-level BERT vocabulary (vocab.txt), so the benchmarks load it through the same code path
@@ -34,8 +39,12 @@ from tqdm import tqdm
 
 from feddat_jax.data.embedded_captions import MAYBE, TARGET, caption
 from feddat_jax.models.inputs import to_model_inputs
-from feddat_jax.models.vilt import ViltConfig, ViltModel
-from feddat_jax.models.vilt_checkpoint import save_vilt_checkpoint
+from feddat_jax.models.vilt import ViltConfig, ViltModel, VqaHead
+from feddat_jax.models.vilt_checkpoint import (
+    CheckpointError,
+    load_vilt_params,
+    save_vilt_checkpoint,
+)
 from feddat_jax.train.pretrain_corpus import Corpus, build_corpus, corpus_texts
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -47,10 +56,11 @@ REGION_CLASSES = {"shape": 7, "colour": 6, "size": 2, "digit": 10}
 
 class PretrainViLT(nn.Module):
     """The backbone plus the pretraining heads (discarded after pretraining): MLM on the text
-    tokens, ITM on the pooled output, and region labels (what each grid cell holds) on the image
-    tokens of each cell."""
+    tokens, ITM on the pooled output, region labels (what each grid cell holds) on the image
+    tokens of each cell, and image QA on the pooled output (the downstream VqaHead's shape)."""
 
     config: ViltConfig
+    num_answers: int
 
     @nn.compact
     def __call__(self, inputs):
@@ -65,7 +75,8 @@ class PretrainViLT(nn.Module):
         cells_Bx4xD = patches.mean(axis=(2, 4)).reshape(B, 4, D)
         r = nn.LayerNorm(name="region_norm")(nn.gelu(nn.Dense(D, name="region_dense")(cells_Bx4xD)))
         regions = {k: nn.Dense(n, name=f"region_{k}")(r) for k, n in REGION_CLASSES.items()}
-        return mlm_BxLxV, itm_Bx2, regions
+        qa_BxA = VqaHead(self.num_answers, name="qa")(pooled_BxD)
+        return mlm_BxLxV, itm_Bx2, regions, qa_BxA
 
 
 def build_tokenizer(texts: list[str], folder: Path):
@@ -87,8 +98,9 @@ class BatchMaker:
 
     ``caption_share`` of a batch are captions (ITM: half matched, a quarter with another
     scene's image, a quarter with one fact changed; MLM on matched captions: the target fact
-    always, the other content words 15% of the time), the rest question-answer texts (MLM; the
-    answer masked half the time, 15% of the other words).
+    always, the other content words 15% of the time), ``qa_share`` are questions alone whose
+    answer (its index in ``answers``) the pooled output must give, the rest question-answer
+    texts (MLM; the answer masked half the time, 15% of the other words).
     """
 
     def __init__(
@@ -98,11 +110,15 @@ class BatchMaker:
         max_len: int,
         seed: int,
         batch_size: int,
-        caption_share: float = 0.625,
+        answers: list[str],
+        caption_share: float = 0.5,
+        qa_share: float = 0.3,
     ):
         self.corpus, self.tok, self.max_len = corpus, tokenizer, max_len
         self.seed, self.batch_size = seed, batch_size
+        self.answer_index = {a: i for i, a in enumerate(answers)}
         self.num_captions = round(caption_share * batch_size)
+        self.num_qa = round(qa_share * batch_size)
         self.mask_id = tokenizer.convert_tokens_to_ids("[MASK]")
         punct = [tokenizer.convert_tokens_to_ids(p) for p in _PUNCTUATION if p in tokenizer.vocab]
         self.no_mask = np.array(sorted(set(range(len(SPECIAL_TOKENS))) | set(punct)))
@@ -143,6 +159,7 @@ class BatchMaker:
                 "mlm_labels": np.where(chosen & matched[:, None], ids, -1),
                 "itm_labels": matched.astype(np.int32),
                 "itm_weight": np.ones(n, np.float32),
+                "qa_labels": np.full(n, -1, np.int32),
                 "kind": kind,
             },
             np.where(kind == 1, other, scenes),
@@ -170,15 +187,39 @@ class BatchMaker:
                 "mlm_labels": np.where(chosen, ids, -1),
                 "itm_labels": np.ones(n, np.int32),
                 "itm_weight": np.zeros(n, np.float32),
+                "qa_labels": np.full(n, -1, np.int32),
                 "kind": np.full(n, 3),
+            },
+            scenes,
+        )
+
+    def answering(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        """Questions alone, labelled with their answer's index (-1 for an answer outside the list,
+        which only a held-out corpus can have)."""
+        scenes = rng.choice(len(self.corpus.scenes), n)
+        pairs = [self.corpus.qa[s][int(rng.integers(len(self.corpus.qa[s])))] for s in scenes]
+        ids, attn = self._encode([q for q, _ in pairs])
+        return self._with_cells(
+            {
+                "input_ids": ids,
+                "attention_mask": attn,
+                "image": self.corpus.images[scenes],
+                "mlm_labels": np.full(ids.shape, -1, ids.dtype),
+                "itm_labels": np.ones(n, np.int32),
+                "itm_weight": np.zeros(n, np.float32),
+                "qa_labels": np.array([self.answer_index.get(a, -1) for _, a in pairs], np.int32),
+                "kind": np.full(n, 4),
             },
             scenes,
         )
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, step])
-        captions = self.num_captions
-        parts = [self.captions(rng, captions), self.questions(rng, self.batch_size - captions)]
+        rest = self.batch_size - self.num_captions - self.num_qa
+        parts = [self.captions(rng, self.num_captions)]
+        if self.num_qa:  # stage 1 draws exactly what it drew before this objective existed
+            parts.append(self.answering(rng, self.num_qa))
+        parts.append(self.questions(rng, rest))
         batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         batch["pixel_mask"] = np.ones(batch["image"].shape[:3], np.uint8)
         return batch
@@ -203,7 +244,7 @@ def _region_loss(regions: dict, batch: dict) -> tuple[jax.Array, jax.Array]:
 
 
 def _losses(model, params, batch):
-    mlm, itm, regions = model.apply({"params": params}, to_model_inputs(batch))
+    mlm, itm, regions, qa = model.apply({"params": params}, to_model_inputs(batch))
     labels = batch["mlm_labels"]
     weight = labels >= 0
     logp = jax.nn.log_softmax(mlm)
@@ -219,13 +260,20 @@ def _losses(model, params, batch):
         "itm_acc": jnp.sum((itm.argmax(-1) == batch["itm_labels"]) * itm_w) / n_itm,
     }
     metrics["region_loss"], metrics["region_shape_acc"] = _region_loss(regions, batch)
-    return metrics["mlm_loss"] + metrics["itm_loss"] + metrics["region_loss"], metrics
+    qa_labels = batch["qa_labels"]
+    qa_w = qa_labels >= 0
+    qa_nll = optax.softmax_cross_entropy_with_integer_labels(qa, jnp.maximum(qa_labels, 0))
+    n_qa = jnp.maximum(qa_w.sum(), 1)
+    metrics["qa_loss"] = jnp.sum(qa_nll * qa_w) / n_qa
+    metrics["qa_acc"] = jnp.sum((qa.argmax(-1) == qa_labels) * qa_w) / n_qa
+    total = metrics["mlm_loss"] + metrics["itm_loss"] + metrics["region_loss"] + metrics["qa_loss"]
+    return total, metrics
 
 
 def held_out_scores(model, params, maker: BatchMaker, num_batches: int = 8) -> dict[str, float]:
     """On held-out scenes (``maker``'s corpus): ITM accuracy on matched captions, against another
     scene's image and against a one-fact-changed caption; MLM accuracy of masked caption words and
-    of masked answers."""
+    of masked answers; the pooled output's answers to questions alone (``qa_acc``)."""
     apply = jax.jit(lambda p, x: model.apply({"params": p}, to_model_inputs(x)))
     hits: dict[str, list] = {}
     for b in range(num_batches):
@@ -233,10 +281,14 @@ def held_out_scores(model, params, maker: BatchMaker, num_batches: int = 8) -> d
         batches = {  # only the target fact of a caption, only the answer of a question
             "caption": maker.captions(rng, 64, maybe_rate=0.0),
             "answer": maker.questions(rng, 64, answer_rate=1.0, other_rate=0.0),
+            "qa": maker.answering(rng, 64),
         }
         for name, batch in batches.items():
             batch["pixel_mask"] = np.ones(batch["image"].shape[:3], np.uint8)
-            mlm, itm, regions = jax.device_get(apply(params, batch))
+            mlm, itm, regions, qa = jax.device_get(apply(params, batch))
+            if name == "qa":
+                hits.setdefault("qa_acc", []).extend(qa.argmax(-1) == batch["qa_labels"])
+                continue
             w = batch["mlm_labels"] >= 0
             hits.setdefault(f"mlm_acc_{name}", []).extend(
                 (mlm.argmax(-1) == batch["mlm_labels"])[w]
@@ -253,6 +305,12 @@ def held_out_scores(model, params, maker: BatchMaker, num_batches: int = 8) -> d
 def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | Path) -> dict:
     """Pretrain and save the backbone into ``out_dir``; returns the provenance record."""
     out = Path(out_dir)
+    if cfg.init_from and not (Path(cfg.init_from) / "provenance.json").is_file():
+        raise CheckpointError(
+            f"config.init_from={cfg.init_from!r} holds no earlier pretraining stage (no "
+            "provenance.json); run stage 1 into it first: python launch.py --config "
+            f"configs/pretrain_tiny_vilt.py:stage1 --workdir {cfg.init_from}"
+        )
     t0 = time.time()
     corpus = build_corpus(cfg.num_scenes, cfg.image_size, cfg.corpus_seed)
     held_out = build_corpus(cfg.held_out_scenes, cfg.image_size, cfg.corpus_seed + 1)
@@ -268,14 +326,27 @@ def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | Path) -> dict:
         patch_size=cfg.patch_size,
         image_size=cfg.image_size,
     )
-    model = PretrainViLT(config)
-    maker = BatchMaker(corpus, tokenizer, cfg.max_text_len, cfg.seed, cfg.batch_size)
-    eval_maker = BatchMaker(held_out, tokenizer, cfg.max_text_len, cfg.seed + 1, cfg.batch_size)
+    answers = sorted({a for pairs in corpus.qa for _, a in pairs})
+    model = PretrainViLT(config, num_answers=len(answers))
+    shares = {"caption_share": cfg.caption_share, "qa_share": cfg.qa_share}
+    maker = BatchMaker(
+        corpus, tokenizer, cfg.max_text_len, cfg.seed, cfg.batch_size, answers, **shares
+    )
+    eval_maker = BatchMaker(
+        held_out, tokenizer, cfg.max_text_len, cfg.seed + 1, cfg.batch_size, answers, **shares
+    )
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, cfg.steps // 20, cfg.steps
     )
     tx = optax.adamw(schedule, weight_decay=0.01)
     params = jax.jit(model.init)(jax.random.key(cfg.seed), to_model_inputs(maker(0)))["params"]
+    earlier = {}
+    if cfg.init_from:  # a second stage: the backbone continues, the pretraining heads restart
+        params = {
+            **params,
+            "vilt": load_vilt_params(cfg.init_from, {"vilt": params["vilt"]})["vilt"],
+        }
+        earlier = json.loads((Path(cfg.init_from) / "provenance.json").read_text())
     opt_state = tx.init(params)
 
     @jax.jit
@@ -297,13 +368,23 @@ def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | Path) -> dict:
     provenance = {
         "what": "tiny ViLT backbone pretrained by feddat_jax on the embedded world",
         "objectives": "MLM (caption content words; QA texts, answer masked half the time) + ITM "
-        "(captions vs another image or a one-fact-changed caption)",
+        "(captions vs another image or a one-fact-changed caption) + region labels (each grid "
+        "cell's shape, colour, size, digit) + image QA on the pooled output (question alone in)",
         "config": json.loads(cfg.to_json()),
+        "init_from": earlier.get("config")
+        and {
+            "config": earlier["config"],
+            "seconds": earlier.get("seconds"),
+            "final": earlier.get("final"),
+        },
         "corpus_scenes": len(corpus.scenes),
         "vocab_size": len(tokenizer),
         "parameters": int(sum(x.size for x in jax.tree.leaves(params["vilt"]))),
         "corpus_seconds": round(corpus_seconds, 1),
         "seconds": round(time.time() - t0, 1),
+        "total_seconds": round(
+            time.time() - t0 + (earlier.get("total_seconds") or earlier.get("seconds") or 0), 1
+        ),
         "final": history[-1] if history else {},
         "history": history,
     }
