@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import jax
 
+from feddat_jax.errors import ConfigError
 from feddat_jax.fl import local_optim
 from feddat_jax.fl.algorithms import FedAvg, FedAvgConfig, FedDAT, FedDATConfig, LocalAlgorithm
 from feddat_jax.fl.algorithms.base import Forward
@@ -64,7 +65,9 @@ METHODS: dict[str, Method] = {
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(sorted(METHODS))}")
+        raise ConfigError(
+            f"unknown method {name!r}", "config.method", f"choose from: {', '.join(METHODS)}"
+        )
     return METHODS[name]
 
 

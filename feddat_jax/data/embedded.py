@@ -31,6 +31,7 @@ from feddat_jax.data.embedded_lexicon import Lexicon, group_of
 from feddat_jax.data.embedded_questions import QUESTIONS, Question
 from feddat_jax.data.embedded_statements import STATEMENTS
 from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, answer_vocabulary
+from feddat_jax.errors import ConfigError
 from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
 
 GENERATOR_VERSION = 2
@@ -111,19 +112,19 @@ def _check(
     top_k: int,
 ) -> None:
     if patch_size < 1 or image_size < 16 or image_size % patch_size:
-        raise ValueError(
+        raise ConfigError(
             f"image_size={image_size} must be >= 16 and a multiple of "
             f"patch_size={patch_size} (e.g. {max(16, patch_size) * 2})"
         )
     if train_per_client < 1 or test_per_client < 1:
-        raise ValueError(
+        raise ConfigError(
             f"train_per_client={train_per_client} and test_per_client="
             f"{test_per_client} must both be >= 1"
         )
     if not 0.0 <= size_spread < 1.0:
-        raise ValueError(f"size_spread={size_spread} is not in [0, 1)")
+        raise ConfigError(f"size_spread={size_spread} is not in [0, 1)")
     if not 1 <= top_k <= 100:
-        raise ValueError(f"top_k={top_k} is not in 1..100")
+        raise ConfigError(f"top_k={top_k} is not in 1..100")
 
 
 def make_benchmark(

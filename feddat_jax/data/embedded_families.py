@@ -22,6 +22,7 @@ import dataclasses
 
 from feddat_jax.data import embedded_world as world
 from feddat_jax.data.embedded_lexicon import Convention, convention_for
+from feddat_jax.errors import ConfigError
 
 DEFAULT_CLIENTS = 12
 MAX_CLIENTS = 20
@@ -140,9 +141,13 @@ ALL_STYLES = DOMAIN_STYLES + tuple(style for *_, style in SCENES)
 def family_clients(family: str, num_clients: int = DEFAULT_CLIENTS) -> tuple[ClientDef, ...]:
     """The first ``num_clients`` clients of ``family``."""
     if family not in KINDS:
-        raise ValueError(f"unknown benchmark family {family!r}; choose one of {sorted(KINDS)}")
+        raise ConfigError(
+            f"unknown benchmark family {family!r}",
+            "config.data.family",
+            f"choose one of {sorted(KINDS)}",
+        )
     if not 1 <= num_clients <= MAX_CLIENTS:
-        raise ValueError(
+        raise ConfigError(
             f"num_clients={num_clients} is not in 1..{MAX_CLIENTS} (the embedded families define "
             f"up to {MAX_CLIENTS} clients; 0 in a config means {DEFAULT_CLIENTS})"
         )

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feddat_jax.errors import DataError
 from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark
 
 FORMAT_VERSION = 2
@@ -34,7 +35,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
-class StoreError(ValueError):
+class StoreError(DataError):
     """A stored benchmark that is missing, incomplete or corrupt; the message names the file."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
+from feddat_jax.errors import ConfigError
 from feddat_jax.fl import placement
 
 PyTree = Any
@@ -31,7 +32,11 @@ def client_weights(num_examples_C: jax.Array, kind: str) -> jax.Array:
     if kind == "uniform":
         real = (num_examples_C > 0).astype(jnp.float32)
         return real / jnp.maximum(jnp.sum(real), 1.0)
-    raise ValueError(f"unknown aggregation {kind!r}; allowed: {', '.join(AGGREGATION_WEIGHTS)}")
+    raise ConfigError(
+        f"unknown aggregation {kind!r}",
+        "config.aggregation",
+        f"choose one of: {', '.join(AGGREGATION_WEIGHTS)}",
+    )
 
 
 class Aggregator(Protocol):
@@ -47,7 +52,7 @@ class MeanAggregator:
 
     def __init__(self, weights: str = "weighted"):
         if weights not in AGGREGATION_WEIGHTS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown aggregation {weights!r}; allowed: {', '.join(AGGREGATION_WEIGHTS)}"
             )
         self.weights = weights

@@ -9,8 +9,11 @@ and data, and fills its own slots of each round's cohort (:func:`plan_cohort`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from feddat_jax.errors import ConfigError, DistributedError
 from feddat_jax.fl import sampling
 from feddat_jax.fl.mesh import clients_size, config_fields
 from feddat_jax.fl.placement import CLIENTS_AXIS
@@ -162,7 +166,7 @@ def plan_cohort(
     sizes = np.diff(blocks)
     want = sizes if c == num_clients else _balanced(c, procs)
     if np.any(want == 0) or np.any(want > sizes):
-        raise ValueError(
+        raise ConfigError(
             f"a cohort of {c} clients does not split over {procs} processes owning "
             f"{sizes.tolist()} clients (each process needs at least one cohort client)"
         )
@@ -252,7 +256,10 @@ def initialize_distributed(cfg: Any = None, env: Mapping[str, str] | None = None
     """``jax.distributed.initialize`` from ``config.distributed`` and the environment.
 
     Call it before anything touches a JAX device. Returns True for a multi-process run, False
-    when the run is single-process (nothing configured): then it does nothing.
+    when the run is single-process (nothing configured): then it does nothing. Missing settings
+    raise :class:`DistributedError`; a process that cannot join within
+    ``initialization_timeout`` seconds prints one line naming the coordinator address and its
+    process id and exits with status 2 (see :func:`_join_watchdog`).
     """
     c = DistributedConfig.from_config(cfg)
     env = os.environ if env is None else env
@@ -265,8 +272,16 @@ def initialize_distributed(cfg: Any = None, env: Mapping[str, str] | None = None
         return jax.process_count() > 1
     if c.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", c.cpu_collectives)
+    if c.initialization_timeout <= 0:
+        raise DistributedError(
+            f"initialization_timeout={c.initialization_timeout} must be > 0 seconds",
+            "config.distributed.initialization_timeout",
+            "set it to the seconds every process may take to start (default 300)",
+        )
     kwargs = {
-        "initialization_timeout": c.initialization_timeout,
+        # JAX aborts the whole process (a C++ check failure) at its own deadline: give it a
+        # margin so that the watchdog below reports the failure first, in one line
+        "initialization_timeout": c.initialization_timeout + JOIN_MARGIN_S,
         "heartbeat_timeout_seconds": c.heartbeat_timeout_seconds,
         "shutdown_timeout_seconds": c.shutdown_timeout_seconds,
     }
@@ -275,16 +290,73 @@ def initialize_distributed(cfg: Any = None, env: Mapping[str, str] | None = None
     if c.local_device_ids:
         kwargs["local_device_ids"] = list(c.local_device_ids)
     if not c.auto_detect and not (address and num and pid >= 0):
-        raise ValueError(
-            "a multi-process run needs coordinator_address, num_processes and "
-            f"process_id (got {address!r}, {num}, {pid}); set them in "
-            "config.distributed or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
-            "JAX_PROCESS_ID, or set auto_detect for SLURM / MPI / TPU pods"
+        raise DistributedError(
+            "a multi-process run needs coordinator_address, num_processes and process_id "
+            f"(got {address!r}, {num}, {pid})",
+            "config.distributed",
+            "set all three there or in JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / "
+            "JAX_PROCESS_ID, or set config.distributed.auto_detect=True on SLURM / MPI / TPU pods",
         )
-    jax.distributed.initialize(
-        coordinator_address=address or None,
-        num_processes=num or None,
-        process_id=pid if pid >= 0 else None,
-        **kwargs,
+    where = f"process {pid if pid >= 0 else '?'} of {num or '?'}, coordinator {address or '(auto)'}"
+    if address and not _is_host_port(address):
+        raise DistributedError(
+            f"coordinator address {address!r} is not host:port",
+            "config.distributed.coordinator_address",
+            "give process 0's host and a free port, e.g. 10.0.0.1:1234",
+        )
+    fix = (
+        "start every other process with the same coordinator_address and num_processes"
+        if pid == 0
+        else "check that process 0 runs and that its address is reachable from this host"
     )
+    with _join_watchdog(c.initialization_timeout, where, fix):
+        try:
+            jax.distributed.initialize(
+                coordinator_address=address or None,
+                num_processes=num or None,
+                process_id=pid if pid >= 0 else None,
+                **kwargs,
+            )
+        except Exception as err:  # a malformed address, a port in use, an undetected cluster
+            raise DistributedError(
+                f"could not join the multi-process run: {type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}",
+                where,
+                "check config.distributed.coordinator_address (host:port of process 0)",
+            ) from err
     return jax.process_count() > 1
+
+
+JOIN_MARGIN_S = 30
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit()
+
+
+@contextlib.contextmanager
+def _join_watchdog(timeout_s: float, where: str, fix: str):
+    """Report a join that takes longer than ``timeout_s`` in one line and exit with status 2.
+
+    ``jax.distributed.initialize`` cannot be interrupted, and at its own deadline it aborts the
+    process with a C++ stack trace that never names the address; this thread speaks first.
+    """
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(timeout_s):
+            print(
+                f"error: this process did not join the multi-process run within {timeout_s:g} s "
+                f"({where}); {fix}, or raise config.distributed.initialization_timeout",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(2)
+
+    thread = threading.Thread(target=watch, name="join-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()

@@ -48,6 +48,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from feddat_jax.errors import ConfigError
 from feddat_jax.fl.placement import CLIENTS_AXIS
 
 PyTree = Any
@@ -89,11 +90,11 @@ def round_fn_kwargs(strategy: str, chunk_size: int | None = None) -> dict[str, A
     if strategy == "scan":
         return {"chunk_size": 1}
     if strategy == "loop":
-        raise ValueError(
+        raise ConfigError(
             "the 'loop' strategy is the benchmark's sequential baseline; the training "
             "loop runs 'vmap' or 'scan' inside one jitted round"
         )
-    raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+    raise ConfigError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
 
 
 # ------------------------------------------------------------------------------------- the mesh
@@ -141,15 +142,17 @@ def make_mesh(clients: int = -1, model: int = 1, devices=None) -> Mesh:
     """
     devices = list(jax.devices() if devices is None else devices)
     if model < 1:
-        raise ValueError(f"mesh model axis must be >= 1, got {model}")
+        raise ConfigError(f"mesh model axis must be >= 1, got {model}")
     if clients == -1:
         if len(devices) % model:
-            raise ValueError(f"{len(devices)} devices do not split into a model axis of {model}")
+            raise ConfigError(f"{len(devices)} devices do not split into a model axis of {model}")
         clients = len(devices) // model
     if clients < 1 or clients * model > len(devices):
-        raise ValueError(
+        raise ConfigError(
             f"mesh ({clients} clients x {model} model) needs {clients * model} devices; "
-            f"{len(devices)} available"
+            f"{len(devices)} available",
+            "config.mesh",
+            "set config.mesh.clients=-1 (every device) or a count the devices allow",
         )
     return jax.make_mesh(
         (clients, model),

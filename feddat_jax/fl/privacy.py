@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from feddat_jax.errors import ConfigError
 from feddat_jax.fl import placement
 from feddat_jax.fl.aggregation import client_weights
 
@@ -53,7 +54,7 @@ def _is_number(x) -> bool:
 def check_clip_norm(clip_norm) -> float:
     """S > 0 (``inf`` allowed: no clipping)."""
     if not _is_number(clip_norm) or not clip_norm > 0:  # also rejects NaN
-        raise ValueError(
+        raise ConfigError(
             f"dp.clip_norm must be a number in (0, inf] (the L2 bound S on each "
             f"client's shared-adapter delta); got {clip_norm!r}"
         )
@@ -67,7 +68,7 @@ def check_noise_multiplier(noise_multiplier) -> float:
         or not noise_multiplier >= 0
         or not math.isfinite(noise_multiplier)
     ):
-        raise ValueError(
+        raise ConfigError(
             f"dp.noise_multiplier must be a finite number in [0, inf) (the noise std "
             f"in units of clip_norm); got {noise_multiplier!r}"
         )
@@ -77,7 +78,7 @@ def check_noise_multiplier(noise_multiplier) -> float:
 def check_delta(delta) -> float:
     """δ in the open interval (0, 1)."""
     if not _is_number(delta) or not 0.0 < delta < 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"dp.delta must be a number in the open interval (0, 1) (typically below "
             f"1 / number of clients); got {delta!r}"
         )
@@ -87,7 +88,7 @@ def check_delta(delta) -> float:
 def check_sample_rate(sample_rate) -> float:
     """q in (0, 1]."""
     if not _is_number(sample_rate) or not 0.0 < sample_rate <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"sample_rate (the client sampling probability q) must be a number in "
             f"(0, 1]; got {sample_rate!r}"
         )
@@ -96,7 +97,7 @@ def check_sample_rate(sample_rate) -> float:
 
 def check_accountant(method) -> str:
     if method not in ACCOUNTANT_METHODS:
-        raise ValueError(
+        raise ConfigError(
             f"dp.accountant must be one of {', '.join(ACCOUNTANT_METHODS)}; got {method!r}"
         )
     return method
@@ -104,7 +105,7 @@ def check_accountant(method) -> str:
 
 def check_sampling(sampling) -> str:
     if sampling not in SAMPLING_MODES:
-        raise ValueError(
+        raise ConfigError(
             f"client sampling for DP must be one of {', '.join(SAMPLING_MODES)}; got {sampling!r}"
         )
     return sampling
@@ -175,14 +176,14 @@ class DPGaussianAggregator:
         self.clip_norm = check_clip_norm(clip_norm)
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         if weights == "weighted":
-            raise ValueError(
+            raise ConfigError(
                 "DP aggregation needs weights='uniform': with size weights n_k / Σn one client's "
                 "influence on the mean grows with its own example count and Σn depends on every "
                 "client's data, so it is not bounded by clip_norm / cohort_size and the Gaussian "
                 "noise would not give the accounted privacy. Set aggregation to 'uniform' with DP."
             )
         if weights != "uniform":
-            raise ValueError(
+            raise ConfigError(
                 f"unknown aggregation {weights!r}; DP aggregation allows only 'uniform'"
             )
         self.weights = weights
@@ -196,7 +197,7 @@ class DPGaussianAggregator:
                 f"> 0, or None for fixed-size cohorts; got {expected_cohort_size!r}"
             )
         if self.noise_multiplier > 0 and math.isinf(self.clip_norm):
-            raise ValueError(
+            raise ConfigError(
                 "dp.noise_multiplier > 0 needs a finite dp.clip_norm: the noise std is "
                 "noise_multiplier · clip_norm and without clipping the sensitivity is "
                 "unbounded"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from feddat_jax.errors import ConfigError
+
 
 def cohort_size(num_registered: int, clients_per_round: int | float) -> int:
     """Resolve a count (int) or a fraction in (0, 1] (float) into a cohort size C.
@@ -17,17 +19,17 @@ def cohort_size(num_registered: int, clients_per_round: int | float) -> int:
         )
     if isinstance(clients_per_round, float) and clients_per_round > 1.0:
         if not clients_per_round.is_integer():
-            raise ValueError(
+            raise ConfigError(
                 f"clients_per_round={clients_per_round} is neither a fraction in (0, 1] nor a "
                 "whole number of clients"
             )
         clients_per_round = int(clients_per_round)
     if isinstance(clients_per_round, float):
         if not 0.0 < clients_per_round <= 1.0:
-            raise ValueError(f"clients_per_round fraction {clients_per_round} is outside (0, 1]")
+            raise ConfigError(f"clients_per_round fraction {clients_per_round} is outside (0, 1]")
         return max(1, int(round(clients_per_round * num_registered)))
     if not 1 <= clients_per_round <= num_registered:
-        raise ValueError(
+        raise ConfigError(
             f"clients_per_round={clients_per_round} but only {num_registered} clients "
             f"are registered (allowed: 1..{num_registered})"
         )

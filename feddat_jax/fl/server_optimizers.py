@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from feddat_jax.errors import ConfigError
+
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
@@ -65,4 +67,8 @@ def make_server_optimizer(
         return optax.sgd(learning_rate, momentum=momentum)
     if name in ("fedadam", "fedyogi", "fedadagrad"):
         return optax.chain(scale_by_reddi(name, b1, b2, tau), optax.scale(-learning_rate))
-    raise ValueError(f"unknown server optimizer {name!r}; allowed: {', '.join(SERVER_OPTIMIZERS)}")
+    raise ConfigError(
+        f"unknown server optimizer {name!r}",
+        "config.server.optimizer",
+        f"choose one of: {', '.join(SERVER_OPTIMIZERS)}",
+    )

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from feddat_jax.errors import CheckpointError, ConfigError
 from feddat_jax.data.records import ClientSplit, FederatedBenchmark
 from feddat_jax.data.tokenize import (
     CLS,
@@ -58,7 +59,9 @@ class Backbone(NamedTuple):
 
 def choice(value: str, allowed, key: str) -> str:
     if value not in allowed:
-        raise ValueError(f"config.{key}={value!r} is not one of {tuple(allowed)}")
+        raise ConfigError(
+            f"{value!r} is not a valid {key}", f"config.{key}", f"choose one of {tuple(allowed)}"
+        )
     return value
 
 
@@ -85,9 +88,10 @@ def _tokenizer_folder(config: ml_collections.ConfigDict) -> str:
     folder = config.model.get("tokenizer", "")
     if folder or model_name(config) == "vilt" or Path(config.model.checkpoint).is_dir():
         return folder or config.model.checkpoint
-    raise ValueError(
-        f"ALBEF checkpoint {config.model.checkpoint!r} is a file: set "
-        "--config.model.tokenizer=PATH/bert-base-uncased (a folder with vocab.txt)"
+    raise ConfigError(
+        f"ALBEF checkpoint {config.model.checkpoint!r} is a file and carries no tokenizer",
+        "config.model.tokenizer",
+        "set --config.model.tokenizer=PATH/bert-base-uncased (a folder with vocab.txt)",
     )
 
 
@@ -189,9 +193,10 @@ def albef_config(
     size = choice(config.model.size, MODEL_SIZES, "model.size")
     height, width = config.model.image_hw
     if height != width:
-        raise ValueError(
-            f"config.model.image_hw={tuple(config.model.image_hw)}: ALBEF resizes every "
-            "image to a square, e.g. (384, 384)"
+        raise ConfigError(
+            "ALBEF resizes every image to a square",
+            f"config.model.image_hw={tuple(config.model.image_hw)}",
+            "use a square size, e.g. '(384, 384)'",
         )
     base = AlbefConfig.tiny() if size == "tiny" else AlbefConfig()
     if config.model.checkpoint:
@@ -224,13 +229,13 @@ def _albef(
 ) -> Backbone:
     albef = albef_config(config, encoder.vocab_size, answer_len)
     if config.model.checkpoint and encoder.vocab_size != albef.vocab_size:
-        raise ValueError(
+        raise CheckpointError(
             f"the tokenizer has {encoder.vocab_size} tokens but the ALBEF checkpoint's "
             f"BERT has {albef.vocab_size}: use bert-base-uncased's vocab.txt"
         )
     longest = max(answer_len, config.model.max_text_len)
     if longest > albef.max_position_embeddings:
-        raise ValueError(
+        raise ConfigError(
             f"texts of {longest} tokens (model.max_text_len or an answer) exceed "
             f"ALBEF's {albef.max_position_embeddings} positions"
         )

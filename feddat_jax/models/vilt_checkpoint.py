@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from feddat_jax.errors import CheckpointError  # a missing or mismatched checkpoint
 from feddat_jax.models.vilt import ViltConfig
 from feddat_jax.peft.partition import PEFT_PATTERN, flatten, unflatten
 from feddat_jax.models.torch_layout import from_torch, to_torch
@@ -38,10 +39,6 @@ _RENAMES = (
     (r"^embeddings\.patch_embeddings\.", "embeddings.patch_embeddings.projection."),
 )
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that is missing, not ViLT, or does not match the model."""
 
 
 def hf_name(path: str) -> str:

@@ -2,37 +2,55 @@
 
 A checkpoint holds the server state (round, global shared params, server optimizer state, rng),
 EVERY registered client's private state (A_c, heads, local optimizer states), and a JSON ``meta``
-record: the config fingerprint and the metrics so far. Data order and client sampling are
-functions of (seed, round), so nothing else is needed for a bit-exact resume.
+record: the fingerprints and the metrics so far. Data order and client sampling are functions of
+(seed, round), so nothing else is needed for a bit-exact resume.
+
+The fingerprint has two halves: the config's (every field that changes the numbers) and the
+state tree's (structure, shape and dtype of every saved leaf). A checkpoint whose fingerprint
+differs belongs to another experiment and is refused before anything is written, even when the
+difference is only a shape (another adapter size, another answer count).
 
 Saves are synchronous and atomic (orbax writes to a temporary folder and renames it), so a run
 killed at any point, even with ``kill -9``, leaves only whole checkpoints. A checkpoint that fails
-to restore (corrupt or truncated) is reported and the previous good one is used.
+to restore (corrupt or truncated) gets one warning line and is moved aside to
+``<checkpoints>_unreadable/`` (nothing is deleted); the previous good one is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from feddat_jax.errors import CheckpointMismatchError
 
 PyTree = Any
 log = logging.getLogger(__name__)
-
-
-class CheckpointMismatchError(ValueError):
-    """The workdir holds checkpoints of a different experiment."""
+__all__ = ["CheckpointMismatchError", "RoundCheckpointer", "config_fingerprint", "tree_fingerprint"]
 
 
 def config_fingerprint(config_json: str) -> str:
     """A short hash of the parts of the config that change the numbers (not the workdir, logging)."""
     return hashlib.sha256(config_json.encode()).hexdigest()[:16]
+
+
+def tree_fingerprint(tree: PyTree) -> str:
+    """A short hash of the tree's structure and every leaf's shape and dtype (not its values)."""
+    leaves = jax.tree_util.tree_flatten_with_path(_to_savable(tree))[0]
+    spec = [
+        (jax.tree_util.keystr(path), tuple(np.shape(x)), str(np.dtype(x.dtype)))
+        for path, x in leaves
+    ]
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 
 def _to_savable(tree: PyTree) -> PyTree:
@@ -46,21 +64,67 @@ def _to_savable(tree: PyTree) -> PyTree:
     return jax.tree.map(leaf, tree)
 
 
-class RoundCheckpointer:
-    """Saves every ``every`` rounds (and the last); restores the newest checkpoint that is whole."""
+@contextlib.contextmanager
+def quiet_logging():
+    """Silence every logger (orbax and absl log whole tracebacks for a damaged folder)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
-    def __init__(self, directory: str | Path, fingerprint: str, max_to_keep: int = 3):
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _all_agree(ok: bool) -> bool:
+    """True when ``ok`` holds on every process (a collective in a multi-process run)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+class RoundCheckpointer:
+    """Saves every ``every`` rounds (and the last); restores the newest checkpoint that is whole.
+
+    ``config_fp`` is :func:`config_fingerprint` of the run's config; the state tree's half of the
+    fingerprint comes from the state given to :meth:`save` / :meth:`restore_latest`.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        config_fp: str,
+        max_to_keep: int = 3,
+        *,
+        read_only: bool = False,
+    ):
         self.directory = Path(directory).absolute()
-        self.fingerprint = fingerprint
+        self.config_fp = config_fp
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )
 
+    def fingerprint(self, state: PyTree) -> str:
+        return f"{self.config_fp}-{tree_fingerprint(state)}"
+
     def save(self, round_index: int, state: PyTree, meta: dict) -> None:
-        meta = {**meta, "fingerprint": self.fingerprint, "round": round_index}
+        meta = {
+            **meta,
+            "fingerprint": self.fingerprint(state),
+            "config_fingerprint": self.config_fp,
+            "round": round_index,
+        }
         self.manager.save(
             round_index,
             args=ocp.args.Composite(
@@ -69,41 +133,85 @@ class RoundCheckpointer:
         )
         self.manager.wait_until_finished()
 
+    def read_metas(self) -> dict[int, dict | None]:
+        """Every step's meta record, newest first (None where it cannot be read)."""
+        metas = {}
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                with quiet_logging():
+                    restored = self.manager.restore(
+                        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+                    )
+                metas[step] = dict(restored["meta"])
+            except Exception:  # orbax raises many types for a damaged folder
+                metas[step] = None
+        return metas
+
+    def check_config(self, metas: dict[int, dict | None] | None = None) -> None:
+        """Raise :class:`CheckpointMismatchError` if a readable checkpoint has another config."""
+        for step, meta in (self.read_metas() if metas is None else metas).items():
+            if meta is not None:
+                got = meta.get("config_fingerprint") or meta.get("fingerprint", "").split("-")[0]
+                if got != self.config_fp:
+                    raise self._mismatch(step, "a different config")
+
     def restore_latest(self, target: PyTree) -> tuple[int, PyTree, dict] | None:
         """``(round, state, meta)`` of the newest whole checkpoint, or None for a fresh workdir.
 
-        ``target`` is a state of the right structure (typed keys are converted back). A checkpoint of
-        another experiment raises :class:`CheckpointMismatchError`; a broken one is skipped.
+        ``target`` is a state of the right structure (typed keys are converted back). If any
+        checkpoint belongs to another experiment, :class:`CheckpointMismatchError` is raised before
+        anything is touched; a damaged one is moved aside with one warning line.
         """
-        savable_target = _to_savable(target)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, savable_target)
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                    ),
-                )
-            except Exception as err:  # orbax raises many types for a damaged folder
-                log.warning(
-                    "checkpoint of round %d in %s is unreadable (%s: %s); trying an older one",
-                    step,
-                    self.directory,
-                    type(err).__name__,
-                    err,
-                )
-                continue
-            meta = dict(restored["meta"])
-            if meta.get("fingerprint") != self.fingerprint:
-                raise CheckpointMismatchError(
-                    f"{self.directory} holds checkpoints of a different config (fingerprint "
-                    f"{meta.get('fingerprint')} != {self.fingerprint}); use another --workdir or the "
-                    "same config"
-                )
-            state = jax.tree.map(_restore_leaf, target, restored["state"])
-            return step, state, meta
+        want = self.fingerprint(target)
+        metas = self.read_metas()
+        self.check_config(metas)
+        for step, meta in metas.items():
+            if meta is not None and meta.get("fingerprint") != want:
+                raise self._mismatch(step, "another state layout (parameter shapes or dtypes)")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_savable(target))
+        for step, meta in metas.items():
+            restored, problem = None, "its meta record is unreadable"
+            if meta is not None:
+                try:
+                    with quiet_logging():
+                        restored = self.manager.restore(
+                            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                        )
+                except Exception as err:  # orbax raises many types for a damaged folder
+                    problem = _first_line(err)
+            if _all_agree(restored is not None):
+                state = jax.tree.map(_restore_leaf, target, restored["state"])
+                return step, state, meta
+            self._set_aside(step, problem)
         return None
+
+    def _mismatch(self, step: int, what: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(
+            f"the checkpoint of round {step} was written by a run with {what}",
+            str(self.directory),
+            "use another --workdir, or rerun with the config that wrote it",
+        )
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        """Move a damaged checkpoint out of orbax's folder (so the round can be saved again)."""
+        aside = self.directory.parent / f"{self.directory.name}_unreadable"
+        target = aside / str(step)
+        if jax.process_index() == 0:
+            aside.mkdir(exist_ok=True)
+            suffix = 0
+            while target.exists():
+                suffix += 1
+                target = aside / f"{step}.{suffix}"
+            (self.directory / str(step)).rename(target)
+            print(
+                f"warning: the checkpoint of round {step} in {self.directory} is unreadable "
+                f"({problem}); moved it to {target} and trying an older one",
+                file=sys.stderr,
+                flush=True,
+            )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"feddat_set_aside_{step}")
+        self.manager.reload()
 
 
 def _restore_leaf(target_leaf, restored_leaf):
@@ -112,7 +220,3 @@ def _restore_leaf(target_leaf, restored_leaf):
     ):
         return jax.random.wrap_key_data(np.asarray(restored_leaf))
     return restored_leaf
-
-
-def describe(meta: dict) -> str:
-    return json.dumps({k: meta[k] for k in ("round", "fingerprint") if k in meta})

@@ -74,9 +74,16 @@ def base_config() -> ml_collections.ConfigDict:
     # when it fits in a quarter of a device's memory, 2 GiB where unknown; host with processes > 1)
     c.client_storage = "auto"
     # multi-process runs (fl.distributed.initialize_distributed); empty = one process, or the environment
-    # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); auto_detect: SLURM / MPI / TPU
+    # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); auto_detect: SLURM / MPI / TPU;
+    # initialization_timeout: seconds every process may take to join before the run gives up
     c.distributed = ml_collections.ConfigDict(
-        dict(coordinator_address="", num_processes=0, process_id=-1, auto_detect=False)
+        dict(
+            coordinator_address="",
+            num_processes=0,
+            process_id=-1,
+            auto_detect=False,
+            initialization_timeout=300,
+        )
     )
     # central DP of the shared channel (docs/PRIVACY.md); needs aggregation="uniform". sampling:
     # "fixed" (clients_per_round clients each round) or "poisson" (each client independently with

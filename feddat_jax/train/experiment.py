@@ -22,6 +22,7 @@ from feddat_jax.data import source as source_lib
 from feddat_jax.data.client_store import ClientDataStore, RowStore
 from feddat_jax.data.pipeline import eval_rows, gather_rows, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
+from feddat_jax.errors import ConfigError
 from feddat_jax.fl import communication, local_optim
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl import sampling as sampling_lib
@@ -234,7 +235,7 @@ def build_aggregation(
     dp = config.dp
     if sampling == "poisson":
         if jax.process_count() > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"config.dp.sampling='poisson' supports one process only; this run has "
                 f"{jax.process_count()} processes (use dp.sampling='fixed')"
             )

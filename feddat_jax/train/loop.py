@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from feddat_jax.data.pipeline import Prefetcher, cohort_batches
+from feddat_jax.errors import NonFiniteLossError, RunInterrupted
 from feddat_jax.fl import distributed, sampling
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.accounting import max_poisson_cohort, pad_cohort, poisson_sample
@@ -41,6 +42,7 @@ from feddat_jax.train import scores as scores_lib
 from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
 from feddat_jax.train.config_base import fingerprint_json
 from feddat_jax.train.experiment import Experiment, poisson_sample_rate, poisson_sampling
+from feddat_jax.train.interrupt import StopRequest
 from feddat_jax.train.metrics import MetricsWriter, Record
 
 log = logging.getLogger(__name__)
@@ -51,18 +53,16 @@ DEVICE_STORAGE_SHARE = 0.25
 DEVICE_STORAGE_FALLBACK_BYTES = 2 << 30
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A client's loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def check_finite(metrics_C: dict, cohort: np.ndarray, names: list[str], round_index: int) -> None:
+def check_finite(metrics_C: dict, cohort: np.ndarray, names: list[str], round_number: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the round (numbered from 1) and the clients."""
     for key, values in metrics_C.items():
         bad = ~np.isfinite(np.asarray(values, np.float64))
         if bad.any():
             who = [names[cohort[i]] for i in np.flatnonzero(bad)]
             raise NonFiniteLossError(
-                f"round {round_index}: {key} is not finite for client(s) {who}; the run stopped and "
-                "the last good checkpoint is kept (lower the learning rate or check the data)"
+                f"round {round_number}: {key} is not finite for client(s) {who}",
+                "the run stopped; the last good checkpoint is kept",
+                "lower config.optim.learning_rate or check the data, then rerun",
             )
 
 
@@ -77,7 +77,9 @@ def round_record(
         "cohort": ",".join(names[k] for k in cohort),
     }
     if len(cohort) == 0:  # an empty Poisson cohort: the round released noise only
-        log.info("round %d: empty Poisson cohort (the server update is DP noise only)", round_index)
+        log.info(
+            "round %d: empty Poisson cohort (the server update is DP noise only)", round_index + 1
+        )
     for key, values in metrics_C.items():
         if len(values):
             record[f"train/{key}"] = float(np.mean(values))
@@ -183,8 +185,18 @@ class _HistoryOnly:
         pass
 
 
-def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -> list[Record]:
-    """Run (or resume) ``exp`` in ``workdir``; returns the per-round metrics history."""
+def train(
+    exp: Experiment,
+    workdir: str | Path,
+    *,
+    show_progress: bool = True,
+    stop: StopRequest | None = None,
+) -> list[Record]:
+    """Run (or resume) ``exp`` in ``workdir``; returns the per-round metrics history.
+
+    ``stop`` (see :mod:`feddat_jax.train.interrupt`) is asked between rounds; when it says so,
+    the last finished round is checkpointed and :class:`RunInterrupted` is raised.
+    """
     cfg, mesh = exp.config, exp.mesh
     if mesh is None:
         mesh = mesh_lib.make_mesh(1, 1, jax.devices()[:1])
@@ -198,13 +210,20 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
         start, state, meta = restored
         server = mesh_lib.put_replicated(state["server"], mesh)
         private_N, history = state["private"], meta["history"]
-        log.info("resumed %s from round %d", workdir, start)
     writer = (
         MetricsWriter(workdir, history, tensorboard=cfg.tensorboard)
         if primary
         else _HistoryOnly(history)
     )
     start = int(mesh_lib.fetch_replicated(server.round))
+    if primary and restored is not None:
+        print(
+            f"{cfg.method} already complete ({start} rounds)"
+            if start >= cfg.rounds
+            else f"resumed {cfg.method} at round {start + 1} of {cfg.rounds} "
+            f"(checkpoint of round {start})",
+            flush=True,
+        )
     n = len(exp.client_names)
     static_steps = exp.train_store.max_steps(cfg.batch_size)
 
@@ -324,12 +343,29 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
         disable=not (show_progress and primary),
         dynamic_ncols=True,
     )
+    saved = done = start
 
     def segment_done(k: int) -> None:
         bar.update(windows[k][1] - windows[k][0])
 
+    def save(rounds_done: int) -> None:
+        nonlocal saved
+        ckpt.save(
+            rounds_done,
+            # host copies: the checkpoint does not depend on the mesh or process count
+            {"server": host_rows(server), "private": all_clients(registry, n)},
+            {"history": writer.history},
+        )
+        saved = rounds_done
+
     with Prefetcher(build, successor=next_segment) as prefetch:
         for r in range(start, cfg.rounds):
+            if stop is not None and stop.requested():
+                if saved < r:
+                    save(r)
+                bar.close()
+                writer.close()
+                raise RunInterrupted(cfg.method, r)
             ids, mask, mine = plan(r)
             cohort = ids[mask]
             traffic = round_traffic(server.shared, len(cohort))
@@ -361,7 +397,7 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
                 "clients": {k: v[mask] for k, v in host_rows(metrics["clients"]).items()},
                 "server": host_rows(metrics["server"]),
             }
-            check_finite(metrics["clients"], cohort, exp.client_names, r)
+            check_finite(metrics["clients"], cohort, exp.client_names, r + 1)
             comm_total += traffic.total_bytes
             record = round_record(exp, r, cohort, metrics, time.perf_counter() - t0)
             record.update(traffic.metrics(comm_total))
@@ -372,13 +408,11 @@ def train(exp: Experiment, workdir: str | Path, *, show_progress: bool = True) -
                 record.update(evaluate(round_start_shared))
             writer.write(record)
             if (r + 1) % cfg.checkpoint_every == 0 or r + 1 == cfg.rounds:
-                ckpt.save(
-                    r + 1,
-                    # host copies: the checkpoint does not depend on the mesh or process count
-                    {"server": host_rows(server), "private": all_clients(registry, n)},
-                    {"history": writer.history},
-                )
+                save(r + 1)
+            done = r + 1
             bar.set_postfix(round=r + 1, **_headline(record))
+    if saved < done:  # stopped early by the communication budget between checkpoints
+        save(done)
     bar.close()
     writer.close()
     return writer.history

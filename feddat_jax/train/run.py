@@ -1,0 +1,134 @@
+"""One invocation of ``launch.py``: claim the workdir, train every method, write the report.
+
+Order matters, so that a bad input costs nothing and no run touches another's files:
+validate the whole config (no device touched), join the other processes, check the workdir is
+writable, lock it, check that it holds no other run's files, write ``config.json``, and only then
+build and train each method in ``<workdir>/<method>``, then the reference rows in
+``<workdir>/<reference>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from feddat_jax.errors import ConfigError, FeddatError, RunInterrupted, WorkdirError
+from feddat_jax.fl import distributed
+from feddat_jax.fl import mesh as mesh_lib
+from feddat_jax.train import workdir as workdir_lib
+from feddat_jax.train.experiment import build_experiment
+from feddat_jax.train.interrupt import StopRequest
+from feddat_jax.train.loop import train
+from feddat_jax.train.references import check_references, run_reference
+from feddat_jax.train.report import write_report
+from feddat_jax.train.validate import run_methods, validate_config
+
+
+def launch(config: ml_collections.ConfigDict, workdir: str | Path, stop: StopRequest) -> None:
+    """Everything ``launch.py`` does after parsing its flags."""
+    validate_config(config)
+    # before anything touches a JAX device: a multi-process run joins its peers here
+    distributed.initialize_distributed(config.get("distributed"))
+    path = workdir_lib.prepare_workdir(workdir)
+    if config.get("kind") == "pretrain":
+        from feddat_jax.train.pretrain import pretrain
+
+        with workdir_lib.WorkdirLock(path):
+            print(json.dumps(pretrain(config, path)["final"]))
+        return
+    # the method folders and the reference rows' folders (both are this run's files)
+    folders = run_methods(config) + list(config.get("references", ()))
+    lock = claim_workdir(path, config, folders)
+    try:
+        run(config, path, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_workdir(
+    workdir: Path, config: ml_collections.ConfigDict, methods: list[str]
+) -> workdir_lib.WorkdirLock | None:
+    """Process 0 locks the workdir, checks it holds no other run, and writes ``config.json``;
+    the other processes learn whether it succeeded (and stop with it if not)."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = workdir_lib.WorkdirLock(workdir)
+            lock.acquire()
+            workdir_lib.check_ownership(workdir, config, methods)
+            workdir_lib.write_config(workdir, config)
+        except FeddatError as err:
+            error = err
+            if lock is not None:
+                lock.release()
+    if jax.process_count() > 1:
+        ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not ok and error is None:
+            error = WorkdirError(
+                "process 0 could not claim the workdir", str(workdir), "see process 0's error"
+            )
+    if error is not None:
+        raise error
+    return lock
+
+
+def run(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest | None = None) -> str:
+    """Train every method of the config, then write and return the comparison table.
+
+    The mesh is built once, over every device of every process (``config.mesh``); in a
+    multi-process run every process runs this and only process 0 writes the report.
+    """
+    primary = jax.process_index() == 0
+    try:
+        mesh = mesh_lib.mesh_from_config(config.mesh)
+    except ConfigError as err:
+        raise ConfigError(err.what, err.where or f"config.mesh={config.mesh.to_dict()}", err.fix)
+    runs, clients = {}, []
+    for method in run_methods(config):
+        if stop is not None and stop.requested():
+            raise RunInterrupted(method, 0)
+        method_config = config.copy_and_resolve_references()
+        method_config.method = method
+        experiment = build_experiment(method_config, mesh)
+        clients = experiment.client_names
+        if primary:
+            print(
+                f"== {method}: {len(clients)} clients, {config.rounds} rounds -> "
+                f"{workdir / method} (mesh {dict(mesh.shape)} over {jax.process_count()} "
+                f"process(es), strategy {experiment.strategy})",
+                flush=True,
+            )
+        runs[method] = train(experiment, workdir / method, stop=stop)
+    names = list(check_references(config.get("references", ())))
+    pending = list(names)
+    if primary:  # the reference rows are single-process host work
+        for name in list(pending):
+            if stop is not None and stop.requested_here():
+                break
+            print(f"== reference {name} -> {workdir / name}", flush=True)
+            runs[name] = run_reference(name, config, workdir / name)
+            pending.remove(name)
+    if jax.process_count() > 1:
+        # peers wait for them: a process that exits early starts the distributed shutdown
+        # barrier, which aborts every process once it times out
+        multihost_utils.sync_global_devices("feddat_jax references")
+    # every process asks (a collective, so the condition is the same everywhere); a peer's
+    # ``pending`` is every reference, the primary's those it skipped
+    stopped = bool(names) and stop is not None and stop.requested()
+    if stopped and pending:
+        raise RunInterrupted(pending[0], 0)
+    if not primary:
+        return ""
+    table = write_report(runs, clients, workdir)
+    print(table)
+    print(
+        f"\nresults: {workdir / 'results.json'}; plots: {workdir / 'scores.png'}, "
+        f"{workdir / 'communication.png'}"
+    )
+    return table
