@@ -11,21 +11,29 @@ The schedule restarts every round. Two schedules (``LocalOptimConfig.schedule``)
 * ``"fair"`` (for comparisons): the counter counts batches, so every parameter group of every
   method gets the same learning rate at the same batch (FedDAT's two sub-steps share it), and the
   warmup lasts ``warmup_fraction`` of ONE epoch, so it completes inside every round.
- Parameters named ``bias`` or ``scale`` (biases and LayerNorm
-scales) get no weight decay, as in the official code.
+
+Weight decay follows the official code's mask, which is a rule on PyTorch parameter names: no
+decay where the name contains ``bias`` or ``LayerNorm.weight``, decay for everything else. So
+BERT-style ``…embeddings.LayerNorm`` scales are exempt, while the head's LayerNorm scale and ViLT's
+lower-case ``layernorm_before`` / ``layernorm_after`` / final ``layernorm`` scales (and ALBEF's
+ViT ``norm1`` / ``norm2`` / ``norm``) ARE decayed. Our Flax paths are renamed to PyTorch names by
+the checkpoint loaders' own mappings (:mod:`feddat_jax.models.torch_names`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from feddat_jax.models.torch_names import torch_name
+
 PyTree = Any
-_NO_DECAY_LEAVES = ("bias", "scale")
+NO_DECAY_NAME_PARTS = ("bias", "LayerNorm.weight")  # the official rule, on PyTorch names
 SCHEDULES = ("official", "fair")
 
 
@@ -51,18 +59,33 @@ class LocalOptimConfig:
             raise ValueError(f"schedule_epochs must be > 0, got {self.schedule_epochs}")
 
 
-def decay_mask(params: PyTree) -> PyTree:
-    """True for leaves that get weight decay (not biases, not LayerNorm scales)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) not in _NO_DECAY_LEAVES, params
-    )
+def param_path(key_path, under: str = "") -> str:
+    """A leaf's path in the model's tree ("vilt/encoder/…"): its dict keys, after ``under`` (the
+    subtree the optimizer sees, e.g. "head"); tuple positions such as FedAvg's (shared, private)
+    are not part of it."""
+    keys = [str(k.key) for k in key_path if isinstance(k, jax.tree_util.DictKey)]
+    return "/".join([under, *keys] if under else keys)
 
 
-def adamw_direction(cfg: LocalOptimConfig) -> optax.GradientTransformation:
-    """AdamW's update before the learning rate: ``m̂/(sqrt(v̂)+eps) + wd·p`` (PyTorch AdamW)."""
+def decays(path: str) -> bool:
+    """Whether the parameter at ``path`` gets weight decay (the official name rule)."""
+    name = torch_name(path)
+    return not any(part in name for part in NO_DECAY_NAME_PARTS)
+
+
+def decay_mask(params: PyTree, under: str = "") -> PyTree:
+    """True for the leaves that get weight decay; ``params`` sits at ``under`` in the model."""
+    return jax.tree_util.tree_map_with_path(lambda kp, _: decays(param_path(kp, under)), params)
+
+
+def adamw_direction(cfg: LocalOptimConfig, under: str = "") -> optax.GradientTransformation:
+    """AdamW's update before the learning rate: ``m̂/(sqrt(v̂)+eps) + wd·p`` (PyTorch AdamW), for
+    parameters that sit at ``under`` in the model's tree ("" = its root)."""
     return optax.chain(
         optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
-        optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+        optax.add_decayed_weights(
+            cfg.weight_decay, mask=functools.partial(decay_mask, under=under)
+        ),
     )
 
 

@@ -111,9 +111,10 @@ class RoundCheckpointer:
             read_only=read_only,
             enable_async_checkpointing=False,
         )
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
-        )
+        with quiet_logging():  # orbax logs an error per damaged folder it lists
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=("state", "meta")
+            )
 
     def fingerprint(self, state: PyTree) -> str:
         return f"{self.config_fp}-{tree_fingerprint(state)}"
@@ -136,7 +137,9 @@ class RoundCheckpointer:
     def read_metas(self) -> dict[int, dict | None]:
         """Every step's meta record, newest first (None where it cannot be read)."""
         metas = {}
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        with quiet_logging():
+            steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
             try:
                 with quiet_logging():
                     restored = self.manager.restore(
@@ -211,7 +214,8 @@ class RoundCheckpointer:
             )
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"feddat_set_aside_{step}")
-        self.manager.reload()
+        with quiet_logging():
+            self.manager.reload()
 
 
 def _restore_leaf(target_leaf, restored_leaf):
