@@ -1,4 +1,5 @@
-"""FedDAT's local update against a plain, un-vmapped reference written here from SPEC §1."""
+"""FedDAT's local update against a plain, un-vmapped reference written here from the method's
+definition (docs/METHOD.md)."""
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,10 @@ B1, B2, EPS, WD = OPTIM.b1, OPTIM.b2, OPTIM.eps, OPTIM.weight_decay
 
 
 def hand_adamw(params, grads, state, lr):
-    """PyTorch AdamW, leaf by leaf: decoupled decay except on biases and LayerNorm scales."""
+    """PyTorch AdamW, leaf by leaf, with the official decay mask: no decay where the PyTorch name
+    holds "bias" or "LayerNorm.weight" (here: our leaves named bias, and the scales of modules
+    named LayerNorm, BERT-style; ViLT's lower-case layernorm_* and the head's LayerNorm ARE
+    decayed)."""
     new_p, new_s = {}, dict(state)
     for path, p in params.items():
         m, v, t = state.get(path, (jnp.zeros_like(p), jnp.zeros_like(p), 0))
@@ -27,7 +31,7 @@ def hand_adamw(params, grads, state, lr):
         t += 1
         m = B1 * m + (1 - B1) * g
         v = B2 * v + (1 - B2) * g * g
-        decay = 0.0 if path.endswith(("bias", "scale")) else WD
+        decay = 0.0 if path.endswith(("bias", "LayerNorm/scale")) else WD
         p = p * (1 - lr * decay)
         new_p[path] = p - lr * (m / (1 - B1**t)) / (jnp.sqrt(v / (1 - B2**t)) + EPS)
         new_s[path] = (m, v, t)
@@ -60,7 +64,7 @@ def hand_lr(tick, total):
 
 
 def reference_round(forward, frozen, hat, a_c, head, batches, mask, kind, num_batches):
-    """SPEC §1 literally: teacher, step 1 on {A_s, h}, step 2 on {A_c, h}, two ticks per batch."""
+    """The method literally: teacher, step 1 on {A_s, h}, step 2 on {A_c, h}, two ticks per batch."""
     a_s, state, tick, T = hat, {}, 0, 3.0
     total = np.floor(OPTIM.schedule_epochs * num_batches)
     for batch in batches:
@@ -279,3 +283,38 @@ def test_feddat_on_tiny_vilt_equals_reference():
         jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), local["shared"], shared)
     )
     assert max(float(m) for m in moved) > 1e-3
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["vqa", "classification"])
+def test_padded_examples_change_nothing(kind):
+    """The loop pads every client's epoch to a static [S, B]: the padded rows (example_mask 0)
+    hold garbage here, and the local epoch must equal the reference on the unpadded batches,
+    so FedDAT's task and KD losses must both honour the example mask."""
+    ex, frozen, shared, private, _, task = toy_setup(kind=kind)
+    padded = toy.batch_epoch(ex, 4, 3)  # 10 examples: the last batch has 2 padded rows
+    rng = np.random.default_rng(7)
+    pad = padded["example_mask"] == 0
+    assert pad.sum() == 2
+    padded["image"][pad] = rng.integers(0, 256, padded["image"][pad].shape, dtype=np.uint8)
+    padded["input_ids"][pad] = rng.integers(1, 20, padded["input_ids"][pad].shape)
+    padded["targets"][pad] = rng.uniform(0.0, 1.0, padded["targets"][pad].shape)
+    algo = FedDAT(toy.forward, FedDATConfig(optim=OPTIM))
+    ctx = client_context(frozen, shared, task, 4, jnp.int32(0))
+    local = algo.begin_round(ctx, algo.init_private(shared, private))
+    for s in range(3):
+        local, _ = algo.local_step(ctx, local, {k: v[s] for k, v in padded.items()}, None)
+    client_part = {"adapter_client": private["adapter_client"]}
+    ref_s, ref_c, ref_h = reference_round(
+        toy.forward,
+        frozen,
+        shared,
+        client_part,
+        private["head"],
+        toy.unpadded_batches(ex, 4),
+        task.answer_mask,
+        task.task_kind,
+        3,
+    )
+    for got, want in [(local["shared"], ref_s), (local["client"], ref_c), (local["head"], ref_h)]:
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, atol=1e-6, rtol=0)

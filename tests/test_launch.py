@@ -70,7 +70,7 @@ def assert_bitwise_equal(a, b):
     assert len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
 
 
-def test_resume_and_corrupt_checkpoint_equal_uninterrupted_run(experiment, tmp_path):
+def test_resume_and_corrupt_checkpoint_equal_uninterrupted_run(experiment, tmp_path, capsys):
     full = loop.train(with_rounds(experiment, 3), tmp_path / "full", show_progress=False)
     part = tmp_path / "part"
     loop.train(with_rounds(experiment, 2), part, show_progress=False)
@@ -82,10 +82,15 @@ def test_resume_and_corrupt_checkpoint_equal_uninterrupted_run(experiment, tmp_p
     for f in glob.glob(str(part / "checkpoints" / "3" / "**"), recursive=True):
         if os.path.isfile(f):
             Path(f).write_bytes(Path(f).read_bytes()[:7])
-    round_restored, _, _ = final_state(experiment, part)
-    assert round_restored == 2
+    capsys.readouterr()
     again = loop.train(with_rounds(experiment, 3), part, show_progress=False)
     assert numbers(again) == numbers(full)
+    warnings = capsys.readouterr().err.strip().splitlines()  # one line, no orbax tracebacks
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"warning: the checkpoint of round 3 in {part / 'checkpoints'} is unreadable"
+    )
+    assert (part / "checkpoints_unreadable" / "3").is_dir()  # moved aside, not deleted
+    assert final_state(experiment, part)[0] == 3  # and the round saved again
 
     # outputs: metrics files parse, plots exist
     rows = read_jsonl(tmp_path / "full" / "metrics.jsonl")
@@ -153,7 +158,8 @@ def test_nan_loss_stops_naming_round_and_client_and_keeps_last_checkpoint(experi
     broken = dataclasses.replace(
         with_rounds(experiment, 2), train_store=dataclasses.replace(store, arrays=arrays)
     )
-    with pytest.raises(loop.NonFiniteLossError, match=r"round 1: .*\['clean_00'\]"):
+    # rounds are numbered from 1, as in the metrics: the broken round is the second
+    with pytest.raises(loop.NonFiniteLossError, match=r"round 2: .*\['clean_00'\]"):
         loop.train(broken, tmp_path, show_progress=False)
     round_restored, _, meta = final_state(experiment, tmp_path)
     assert round_restored == 1 and len(meta["history"]) == 1
@@ -222,3 +228,48 @@ def test_every_config_loads_and_its_smoke_variant_runs_one_round(name, tmp_path)
     if name != "pretrain_tiny_vilt.py":
         results = json.loads((tmp_path / "run" / "results.json").read_text())
         assert all(r["round"] == 1 for r in results.values())
+
+
+def test_resume_keeps_a_stateful_server_optimizer(tmp_path):
+    """FedAdam's server moments are part of the resumed state (FedAvg's server has none)."""
+    exp = build_experiment(smoke_config(tmp_path, method="fedadam_adapter", tensorboard=False))
+    full = loop.train(with_rounds(exp, 2), tmp_path / "full", show_progress=False)
+    loop.train(with_rounds(exp, 1), tmp_path / "part", show_progress=False)
+    resumed = loop.train(with_rounds(exp, 2), tmp_path / "part", show_progress=False)
+    assert numbers(resumed) == numbers(full)
+    a, b = final_state(exp, tmp_path / "full"), final_state(exp, tmp_path / "part")
+    moments_a = jax.tree.leaves(a[1]["server"].opt_state)
+    assert moments_a and any(np.any(np.asarray(m) != 0) for m in moments_a)
+    assert all(
+        np.array_equal(x, y) for x, y in zip(moments_a, jax.tree.leaves(b[1]["server"].opt_state))
+    )
+    assert_bitwise_equal(a, b)
+
+
+def test_the_loop_builds_each_round_with_its_round_index_and_reshuffles(
+    experiment, tmp_path, monkeypatch
+):
+    """Data order is a function of (seed, round): the loop must pass the real round, and by
+    default every round sees a new order (faithful.same_order_each_round reproduces the
+    official code's fixed order)."""
+    from feddat_jax.data.pipeline import cohort_batches
+
+    built = {}
+
+    def spy(*args, **kwargs):
+        batch = cohort_batches(*args, **kwargs)
+        built[kwargs["round_index"]] = np.asarray(batch["input_ids"])
+        return batch
+
+    monkeypatch.setattr(loop, "cohort_batches", spy)
+    loop.train(with_rounds(experiment, 3), tmp_path, show_progress=False)
+    assert sorted(built) == [0, 1, 2]
+    assert not np.array_equal(built[0], built[1]) and not np.array_equal(built[1], built[2])
+    store, ids = experiment.train_store, np.arange(len(experiment.client_names))
+    default = [cohort_batches(store, ids, 4, seed=0, round_index=r)["input_ids"] for r in (0, 1)]
+    assert not np.array_equal(*default)
+    fixed = [
+        cohort_batches(store, ids, 4, seed=0, round_index=r, same_order_each_round=True)
+        for r in (0, 1)
+    ]
+    assert np.array_equal(fixed[0]["input_ids"], fixed[1]["input_ids"])

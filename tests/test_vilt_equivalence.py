@@ -168,3 +168,60 @@ def test_vilt_b32_forward_backward_on_cpu():
     assert len(leaves) == 12 * 4 and all(np.isfinite(g).all() for g in leaves)
     assert any(np.abs(g).max() > 0 for g in leaves)
     assert not any(flatten(mask(params, rules, "shared"))[p] for p in flatten(frozen))
+
+
+def _torch_adapter(site: dict):
+    """a(u) = W_up · ReLU(W_down · u + b_down) + b_up from one of our adapters' params."""
+    t = lambda x: torch.tensor(np.asarray(x))
+    down_w, down_b = t(site["down"]["kernel"]), t(site["down"]["bias"])
+    up_w, up_b = t(site["up"]["kernel"]), t(site["up"]["bias"])
+    return lambda u: torch.relu(u @ down_w + down_b) @ up_w + up_b
+
+
+@pytest.mark.parametrize("mode", ["shared", "client", "dat"])
+def test_adapters_sit_after_the_ffn_residual_with_the_default_half_half_mix(hf_folder, mode):
+    """A hand-placed reference: transformers' ViLT with a hook on every layer's ``ViltOutput``,
+    whose output is ``y = FFN(LN(h)) + h``, adding ``a(y)`` (DAT: ``½·a_c(y) + ½·a_s(y)``).
+    The adapters are random and non-zero, so the placement and the mix both show in the logits
+    (a zero up-projection would hide them)."""
+    folder, hf = hf_folder
+    inputs = make_inputs()
+    model = ViltVQA(
+        ViltConfig.tiny(), PeftConfig(adapters=("shared", "client")), num_answers=NUM_ANSWERS
+    )
+    params = load_vilt_params(folder, init_params(model, inputs))
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(  # big enough to matter
+        lambda path, x: (
+            x + 0.3 * rng.standard_normal(x.shape).astype(x.dtype)
+            if "adapter_" in jax.tree_util.keystr(path)
+            else x
+        ),
+        params,
+    )
+    ours = jax.jit(model.apply, static_argnames="adapter_mode")(
+        {"params": params}, inputs, adapter_mode=mode
+    )
+
+    weights = {"shared": {"shared": 1.0}, "client": {"client": 1.0}}.get(
+        mode, {"client": 0.5, "shared": 0.5}
+    )
+    hooks = []
+    for i, layer in enumerate(hf.vilt.encoder.layer):
+        sites = params["vilt"]["encoder"][f"layer_{i}"]
+        adapters = {name: _torch_adapter(sites[f"adapter_{name}"]) for name in weights}
+
+        def add_adapters(module, args, y, adapters=adapters):
+            return y + sum(w * adapters[name](y) for name, w in weights.items())
+
+        hooks.append(layer.output.register_forward_hook(add_adapters))
+    try:
+        with torch.no_grad():
+            want = hf(**torch_inputs(inputs)).logits.numpy()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.no_grad():
+        plain = hf(**torch_inputs(inputs)).logits.numpy()
+    assert np.abs(want - plain).max() > 1e-2  # the adapters change the logits
+    np.testing.assert_allclose(ours, want, atol=1e-4, rtol=0)

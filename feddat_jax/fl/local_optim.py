@@ -23,7 +23,6 @@ the checkpoint loaders' own mappings (:mod:`feddat_jax.models.torch_names`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -59,12 +58,11 @@ class LocalOptimConfig:
             raise ValueError(f"schedule_epochs must be > 0, got {self.schedule_epochs}")
 
 
-def param_path(key_path, under: str = "") -> str:
-    """A leaf's path in the model's tree ("vilt/encoder/…"): its dict keys, after ``under`` (the
-    subtree the optimizer sees, e.g. "head"); tuple positions such as FedAvg's (shared, private)
-    are not part of it."""
-    keys = [str(k.key) for k in key_path if isinstance(k, jax.tree_util.DictKey)]
-    return "/".join([under, *keys] if under else keys)
+def param_path(key_path) -> str:
+    """A leaf's path ("vilt/encoder/…") from its dict keys; tuple positions such as FedAvg's
+    (shared, private) are not part of it. A subtree (FedDAT's head group) gets its path inside
+    the subtree, which :func:`~feddat_jax.models.torch_names.torch_name` names generically."""
+    return "/".join(str(k.key) for k in key_path if isinstance(k, jax.tree_util.DictKey))
 
 
 def decays(path: str) -> bool:
@@ -73,19 +71,16 @@ def decays(path: str) -> bool:
     return not any(part in name for part in NO_DECAY_NAME_PARTS)
 
 
-def decay_mask(params: PyTree, under: str = "") -> PyTree:
-    """True for the leaves that get weight decay; ``params`` sits at ``under`` in the model."""
-    return jax.tree_util.tree_map_with_path(lambda kp, _: decays(param_path(kp, under)), params)
+def decay_mask(params: PyTree) -> PyTree:
+    """True for the leaves that get weight decay."""
+    return jax.tree_util.tree_map_with_path(lambda kp, _: decays(param_path(kp)), params)
 
 
-def adamw_direction(cfg: LocalOptimConfig, under: str = "") -> optax.GradientTransformation:
-    """AdamW's update before the learning rate: ``m̂/(sqrt(v̂)+eps) + wd·p`` (PyTorch AdamW), for
-    parameters that sit at ``under`` in the model's tree ("" = its root)."""
+def adamw_direction(cfg: LocalOptimConfig) -> optax.GradientTransformation:
+    """AdamW's update before the learning rate: ``m̂/(sqrt(v̂)+eps) + wd·p`` (PyTorch AdamW)."""
     return optax.chain(
         optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
-        optax.add_decayed_weights(
-            cfg.weight_decay, mask=functools.partial(decay_mask, under=under)
-        ),
+        optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
     )
 
 

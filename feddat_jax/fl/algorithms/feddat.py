@@ -78,7 +78,6 @@ class FedDAT(LocalAlgorithm):
         self.forward = forward
         self.config = config
         self.tx = local_optim.adamw_direction(config.optim)
-        self.tx_head = local_optim.adamw_direction(config.optim, under="head")  # decay mask
 
     # ---- state ---------------------------------------------------------------------------------
     def _fresh_opt(self, shared: PyTree, private_params: PyTree) -> PyTree:
@@ -86,7 +85,7 @@ class FedDAT(LocalAlgorithm):
         return {
             "shared": self.tx.init(shared),
             "client": self.tx.init(client),
-            "head": self.tx_head.init(head),
+            "head": self.tx.init(head),
         }
 
     def init_private(self, shared, private_params):
@@ -169,9 +168,7 @@ class FedDAT(LocalAlgorithm):
         shared, opt_shared = local_optim.apply_adamw(
             self.tx, g_shared, opt["shared"], local["shared"], lr
         )
-        head, opt_head = local_optim.apply_adamw(
-            self.tx_head, g_head, opt["head"], local["head"], lr
-        )
+        head, opt_head = local_optim.apply_adamw(self.tx, g_head, opt["head"], local["head"], lr)
         local = {
             **local,
             "shared": shared,
@@ -196,9 +193,7 @@ class FedDAT(LocalAlgorithm):
             frozen_now = ctx.round > 0
             client = _select(frozen_now, local["client"], client)
             opt_client = _select(frozen_now, opt["client"], opt_client)
-        head, opt_head = local_optim.apply_adamw(
-            self.tx_head, g_head, opt["head"], local["head"], lr
-        )
+        head, opt_head = local_optim.apply_adamw(self.tx, g_head, opt["head"], local["head"], lr)
         local = {
             **local,
             "client": client,
