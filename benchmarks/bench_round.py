@@ -3,7 +3,7 @@
     python benchmarks/bench_round.py                          # CPU default, tiny ViLT, ~3 min
     python benchmarks/bench_round.py --size base --image 384x640 --cohorts 1,4,16   # ViLT-B/32
 
-Strategies (the same FedDAT local epoch, SPEC §1, on the same synthetic cohort):
+Strategies (the same FedDAT local epoch, METHOD.md §1, on the same synthetic cohort):
   vmap  one jitted round, all cohort clients at once (make_round_fn, chunk_size=None)
   scan  one jitted round, one client after another inside it (chunk_size=1: lax.map)
   loop  the sequential baseline: a Python loop over clients and steps, one jitted call per step

@@ -1,4 +1,4 @@
-r"""FedDAT with ALBEF (14M, ViT-B/16 at 384x384) on the paper's Domain benchmark (SPEC §2, 20 rounds).
+r"""FedDAT with ALBEF (14M, ViT-B/16 at 384x384) on the paper's Domain benchmark (METHOD.md §2, 20 rounds).
 
   python -m feddat_jax.data.build --benchmark domain --raw_dir RAW --out data/domain
   python launch.py --config configs/albef_domain.py --workdir runs/albef_domain \

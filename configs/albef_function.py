@@ -1,4 +1,4 @@
-r"""FedDAT with ALBEF (14M, ViT-B/16 at 384x384) on the paper's Function benchmark (SPEC §2, 20 rounds).
+r"""FedDAT with ALBEF (14M, ViT-B/16 at 384x384) on the paper's Function benchmark (METHOD.md §2, 20 rounds).
 
   python -m feddat_jax.data.build --benchmark function --raw_dir RAW --out data/function
   python launch.py --config configs/albef_function.py --workdir runs/albef_function \

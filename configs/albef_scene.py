@@ -1,4 +1,4 @@
-r"""FedDAT with ALBEF (14M, ViT-B/16 at 384x384) on the paper's Scene benchmark (SPEC §2, 20 rounds).
+r"""FedDAT with ALBEF (14M, ViT-B/16 at 384x384) on the paper's Scene benchmark (METHOD.md §2, 20 rounds).
 
   python -m feddat_jax.data.build --benchmark scene --raw_dir RAW --out data/scene
   python launch.py --config configs/albef_scene.py --workdir runs/albef_scene \

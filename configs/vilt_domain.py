@@ -1,4 +1,4 @@
-r"""FedDAT with ViLT-B/32 on the paper's Domain benchmark (SPEC §2 hyperparameters, 30 rounds).
+r"""FedDAT with ViLT-B/32 on the paper's Domain benchmark (METHOD.md §2 hyperparameters, 30 rounds).
 
   python -m feddat_jax.data.build --benchmark domain --raw_dir RAW --out data/domain
   python launch.py --config configs/vilt_domain.py --workdir runs/vilt_domain \

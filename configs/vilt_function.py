@@ -1,4 +1,4 @@
-r"""FedDAT with ViLT-B/32 on the paper's Function benchmark (SPEC §2 hyperparameters, 30 rounds).
+r"""FedDAT with ViLT-B/32 on the paper's Function benchmark (METHOD.md §2 hyperparameters, 30 rounds).
 
   python -m feddat_jax.data.build --benchmark function --raw_dir RAW --out data/function
   python launch.py --config configs/vilt_function.py --workdir runs/vilt_function \

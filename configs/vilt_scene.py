@@ -1,4 +1,4 @@
-r"""FedDAT with ViLT-B/32 on the paper's Scene benchmark (SPEC §2 hyperparameters, 30 rounds).
+r"""FedDAT with ViLT-B/32 on the paper's Scene benchmark (METHOD.md §2 hyperparameters, 30 rounds).
 
   python -m feddat_jax.data.build --benchmark scene --raw_dir RAW --out data/scene
   python launch.py --config configs/vilt_scene.py --workdir runs/vilt_scene \

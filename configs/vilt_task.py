@@ -1,4 +1,4 @@
-r"""FedDAT with ViLT-B/32 on the paper's Task benchmark (SPEC §2 hyperparameters, 30 rounds).
+r"""FedDAT with ViLT-B/32 on the paper's Task benchmark (METHOD.md §2 hyperparameters, 30 rounds).
 
   python -m feddat_jax.data.build --benchmark task --raw_dir RAW --out data/task
   python launch.py --config configs/vilt_task.py --workdir runs/vilt_task \

@@ -37,7 +37,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    # FedDAT and its ablations (SPEC §4).
+    # FedDAT and its ablations (METHOD.md §4).
     "feddat": Method("feddat", "feddat", _BOTH),
     "feddat_no_mkd": Method(
         "feddat", "feddat", _BOTH, options={"kd_to_shared": False, "kd_to_dat": False}

@@ -74,5 +74,5 @@ def test_method_builds_and_one_local_step_trains_what_it_should(name):
 
 
 def test_unknown_method_lists_choices():
-    with pytest.raises(ValueError, match="allowed: .*feddat"):
+    with pytest.raises(ValueError, match="choose from: .*feddat"):
         methods.get_method("fedsgd")

@@ -1,4 +1,4 @@
-"""The paper's four real benchmarks (SPEC section 5): which sources make which clients.
+"""The paper's four real benchmarks (METHOD.md §5): which sources make which clients.
 
 One client per source. Each client names the reader (``feddat_jax.data.readers`` registry) and its
 options, the folder under ``--raw_dir`` holding that source's released files, and the source

@@ -15,7 +15,7 @@ For every client (one source each), with ``K = --top_k``, ``N_train = --train``,
 ``N_test = --test``:
 
 1. Read the client's source *train* split (``ClientSource.train_split``) and its held-out split
-   (``test_split``, e.g. the source's val or test file). Soft scores per source (SPEC section 5):
+   (``test_split``, e.g. the source's val or test file). Soft scores per source (METHOD.md §5):
    VQAv2 ``min(1, count/3)`` over its 10 annotators; VQA Abstract and VizWiz {0.3, 0.6, 0.9, 1.0}
    for 1/2/3/>=4 annotators (the official FedDAT ``get_score``); 1.0 for the single-answer
    sources (GQA, COCO-QA, AQUA, CLOVE); one-hot for the classification tasks.

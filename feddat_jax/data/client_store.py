@@ -48,7 +48,7 @@ def decode_image(data: bytes, height: int, width: int) -> tuple[np.ndarray, np.n
 
 def _targets(client: ClientSplit, part: str, num_answers: int) -> np.ndarray:
     """Soft scores (or one-hot) at each answer's index in the client's own vocabulary; answers
-    outside the vocabulary carry no target (the SPEC's top-K rule)."""
+    outside the vocabulary carry no target (the top-K rule of METHOD.md §5)."""
     index = {a: j for j, a in enumerate(client.answers)}
     examples = getattr(client, part)
     out = np.zeros((len(examples), num_answers), np.float32)

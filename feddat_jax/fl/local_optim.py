@@ -1,7 +1,7 @@
 """The clients' local optimizer: AdamW with a warmup + linear-decay schedule.
 
 The learning rate is applied outside the optax chain because its horizon differs per client:
-``S = schedule_epochs × batches per epoch`` of *that* client (SPEC §2), a traced value under vmap.
+``S = schedule_epochs × batches per epoch`` of *that* client (METHOD.md §2), a traced value under vmap.
 The schedule restarts every round. Two schedules (``LocalOptimConfig.schedule``):
 
 * ``"official"`` (the paper configs): the official code's. Warmup lasts ``warmup_fraction × S``

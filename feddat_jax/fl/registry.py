@@ -177,7 +177,7 @@ class ClientRegistry:
         storage: str = "host",
         mesh: Mesh | None = None,
     ) -> ClientRegistry:
-        """Every client starts from the same private state (SPEC §1: all A_c start identical), built
+        """Every client starts from the same private state (METHOD.md §1: all A_c start identical), built
         once with ``algorithm.init_private`` and repeated over the N rows of ``tasks``."""
         n = int(np.shape(tasks.num_examples)[0])
         one = algorithm.init_private(shared, private_params)

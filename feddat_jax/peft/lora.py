@@ -1,7 +1,7 @@
 """LoRA: a low-rank update ADDED to a frozen pretrained projection.
 
 The official FedDAT code replaced the pretrained query/value projections by the LoRA layer; the
-method (and our baseline) keeps them and adds B·A·x · alpha / r (SPEC §4, §8).
+method (and our baseline) keeps them and adds B·A·x · alpha / r (METHOD.md §4, §8).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Following the official code, every prompt set is an embedding table of `num` tok
 Linear(H→prompt_hidden) → tanh → Linear(prompt_hidden→H), and the tokens are inserted right after
 the modality's CLS token (so the pooler still reads the text CLS at index 0) with attention-mask
 ones. Unlike the official ViLT code, which reused the text MLP for the visual prompts, the visual
-prompts get their own MLP (SPEC §8).
+prompts get their own MLP (METHOD.md §8).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The defaults every experiment config starts from (SPEC §2 hyperparameters).
+"""The defaults every experiment config starts from (METHOD.md §2 hyperparameters).
 
 Each file in ``configs/`` calls :func:`base_config` and changes what its experiment needs; any
 field can be overridden on the command line (``--config.rounds=10``). The config is locked, so a
@@ -212,7 +212,7 @@ def _smoke(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
 
 
 def paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
-    """ViLT on one of the paper's benchmarks with SPEC §2 hyperparameters.
+    """ViLT on one of the paper's benchmarks with METHOD.md §2 hyperparameters.
 
     ``arg`` is "" (the real run: pass --config.data.tfds_dir and --config.model.checkpoint) or
     "smoke" (the same experiment shrunk to one round of a tiny random ViLT on the embedded
@@ -228,7 +228,7 @@ def paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
 
 
 def albef_paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
-    """ALBEF (ViT-B/16 + BERT, the 14M ``ALBEF.pth``) on one of the paper's benchmarks: SPEC §2
+    """ALBEF (ViT-B/16 + BERT, the 14M ``ALBEF.pth``) on one of the paper's benchmarks: METHOD.md §2
     hyperparameters, 20 rounds, images resized to 384x384, answers ranked over each client's list.
 
     ``arg`` is "" (the real run: pass --config.data.tfds_dir, --config.model.checkpoint=ALBEF.pth

@@ -1,6 +1,6 @@
 """FedDAT: Dual-Adapter Teacher + Mutual Knowledge Distillation (Chen et al., AAAI 2024).
 
-Per batch (SPEC §1), with Â_s the frozen copy of the global shared adapter received this round:
+Per batch (METHOD.md §1), with Â_s the frozen copy of the global shared adapter received this round:
 
     z_T = sg f(x; DAT(A_c, Â_s), h)                                      teacher for step 1
     step 1 on {A_s, h}:  L_s   = ½ [task(f(x; A_s, h), y) + KD(f(x; A_s, h), z_T)]
