@@ -96,7 +96,7 @@ def test_foreign_files_without_a_config_are_refused(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     config = one_round_config(tmp_path)
     with pytest.raises(WorkdirError, match=r"holds run files \(results\.json\) but no config"):
-        workdir_lib.check_ownership(tmp_path, config, ["fedavg_adapter"])
+        workdir_lib.check_ownership(tmp_path, config)
     assert (tmp_path / "results.json").read_text() == "{}"
 
 
@@ -104,7 +104,21 @@ def test_the_same_config_with_more_rounds_may_resume(finished_run):
     root, config = finished_run
     more = config.copy_and_resolve_references()
     more.rounds = 5  # a field that does not change the numbers
-    workdir_lib.check_ownership(root / "run", more, ["fedavg_adapter"])
+    workdir_lib.check_ownership(root / "run", more)
+
+
+def test_a_config_without_outputs_claims_nothing(tmp_path):
+    """A run that failed before its first round (say, a bad adapter size found while building)
+    leaves only config.json: the corrected command may take the workdir."""
+    config = one_round_config(tmp_path)
+    workdir_lib.write_config(tmp_path, config)
+    other = config.copy_and_resolve_references()
+    other.peft.adapter_reduction = 4
+    workdir_lib.check_ownership(tmp_path, other)
+    (tmp_path / "fedavg_adapter").mkdir()
+    (tmp_path / "fedavg_adapter" / "metrics.jsonl").write_text("")
+    with pytest.raises(WorkdirError, match="another config"):
+        workdir_lib.check_ownership(tmp_path, other)
 
 
 # ------------------------------------------------------------------------------ item 4

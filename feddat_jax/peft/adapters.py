@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from feddat_jax.errors import ConfigError
 from feddat_jax.peft.config import PeftConfig
 
 ADAPTER_MODES = ("none", "shared", "client", "dat")
@@ -29,8 +30,10 @@ class Adapter(nn.Module):
         hidden = u_BxTxD.shape[-1]
         bottleneck = hidden // self.reduction
         if bottleneck < 1:
-            raise ValueError(
-                f"adapter bottleneck hidden // reduction = {hidden} // {self.reduction} is 0"
+            raise ConfigError(
+                f"adapter bottleneck hidden // reduction = {hidden} // {self.reduction} is 0",
+                "config.peft.adapter_reduction",
+                f"use a reduction of at most {hidden}",
             )
         dense = lambda features, name: nn.Dense(
             features, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02), name=name

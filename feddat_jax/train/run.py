@@ -41,9 +41,7 @@ def launch(config: ml_collections.ConfigDict, workdir: str | Path, stop: StopReq
         with workdir_lib.WorkdirLock(path):
             print(json.dumps(pretrain(config, path)["final"]))
         return
-    # the method folders and the reference rows' folders (both are this run's files)
-    folders = run_methods(config) + list(config.get("references", ()))
-    lock = claim_workdir(path, config, folders)
+    lock = claim_workdir(path, config)
     try:
         run(config, path, stop)
     finally:
@@ -52,7 +50,7 @@ def launch(config: ml_collections.ConfigDict, workdir: str | Path, stop: StopReq
 
 
 def claim_workdir(
-    workdir: Path, config: ml_collections.ConfigDict, methods: list[str]
+    workdir: Path, config: ml_collections.ConfigDict
 ) -> workdir_lib.WorkdirLock | None:
     """Process 0 locks the workdir, checks it holds no other run, and writes ``config.json``;
     the other processes learn whether it succeeded (and stop with it if not)."""
@@ -61,7 +59,7 @@ def claim_workdir(
         try:
             lock = workdir_lib.WorkdirLock(workdir)
             lock.acquire()
-            workdir_lib.check_ownership(workdir, config, methods)
+            workdir_lib.check_ownership(workdir, config)
             workdir_lib.write_config(workdir, config)
         except FeddatError as err:
             error = err

@@ -221,23 +221,34 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def check_ownership(workdir: Path, config: ml_collections.ConfigDict, methods: list[str]) -> None:
-    """Refuse (:class:`WorkdirError`) a workdir holding files of a run with other numbers.
+def run_outputs(workdir: Path) -> list[str]:
+    """The training outputs in ``workdir``: report files and method folders with results."""
+    found = [name for name in REPORT_FILES if (workdir / name).exists()]
+    if workdir.is_dir():
+        found += sorted(
+            f"{d.name}/"
+            for d in workdir.iterdir()
+            if d.is_dir() and any((d / f).exists() for f in METHOD_FILES)
+        )
+    return found
 
-    Reads only. ``methods`` are the method folders this run will write.
+
+def check_ownership(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Refuse (:class:`WorkdirError`) a workdir holding outputs of a run with other numbers.
+
+    Reads only. A ``config.json`` without any output (a run that failed before its first round)
+    claims nothing worth keeping, so another config may take the workdir over.
     """
-    saved = workdir / CONFIG_NAME
-    ours = [p.name for p in map(workdir.joinpath, REPORT_FILES) if p.exists()]
-    ours += [f"{m}/" for m in methods if any((workdir / m / f).exists() for f in METHOD_FILES)]
-    if not saved.exists():
-        if ours:
-            raise WorkdirError(
-                f"{workdir} holds run files ({', '.join(ours[:4])}) but no {CONFIG_NAME}, so they "
-                "cannot be told apart from another run's",
-                str(workdir),
-                "use another --workdir, or move those files away",
-            )
+    saved, outputs = workdir / CONFIG_NAME, run_outputs(workdir)
+    if not outputs:
         return
+    if not saved.exists():
+        raise WorkdirError(
+            f"{workdir} holds run files ({', '.join(outputs[:4])}) but no {CONFIG_NAME}, so they "
+            "cannot be told apart from another run's",
+            str(workdir),
+            "use another --workdir, or move those files away",
+        )
     try:
         previous = json.loads(saved.read_text())
     except (OSError, ValueError) as err:
