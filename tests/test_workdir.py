@@ -19,7 +19,7 @@ from test_launch import ROOT, smoke_config
 
 from feddat_jax.errors import CheckpointMismatchError, WorkdirError
 from feddat_jax.train import loop, workdir as workdir_lib
-from feddat_jax.train.checkpoints import tree_fingerprint
+from feddat_jax.train.checkpoints import RoundCheckpointer, tree_fingerprint
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.interrupt import StopRequest
 from feddat_jax.train.run import launch
@@ -75,6 +75,22 @@ def test_a_checkpoint_of_another_state_layout_is_refused_without_touching_it(fin
     with pytest.raises(CheckpointMismatchError, match="different config"):
         loop.train(build_experiment(other), method_dir, show_progress=False)
     assert snapshot(method_dir) == before
+
+
+def test_a_checkpoint_of_another_state_layout_is_refused_by_the_checkpointer(tmp_path):
+    """The same config, other shapes (e.g. a benchmark rebuilt with more answers): refused, not
+    mistaken for a damaged checkpoint and silently replaced."""
+    ckpt = RoundCheckpointer(tmp_path / "checkpoints", "same-config")
+    ckpt.save(1, {"head": np.zeros((4, 16), np.float32)}, {"history": []})
+    before = snapshot(tmp_path)
+    target = {"head": np.zeros((4, 8), np.float32)}
+    with pytest.raises(CheckpointMismatchError, match="another state layout"):
+        RoundCheckpointer(tmp_path / "checkpoints", "same-config").restore_latest(target)
+    assert snapshot(tmp_path) == before
+    step, state, _ = RoundCheckpointer(tmp_path / "checkpoints", "same-config").restore_latest(
+        {"head": np.ones((4, 16), np.float32)}
+    )
+    assert step == 1 and not np.any(state["head"])
 
 
 def test_tree_fingerprint_covers_structure_shapes_and_dtypes_not_values():
