@@ -4,6 +4,7 @@ that covers the state's shapes. (The runs are the 1-round smoke config on a rand
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import socket
@@ -192,6 +193,20 @@ def test_a_second_launch_on_a_locked_workdir_exits_with_one_line(tmp_path):
     )
     assert lines[0].endswith("; wait for it to finish, or use another --workdir")
     assert not (tmp_path / "config.json").exists()
+
+
+def test_a_run_that_is_still_writing_its_lock_holds_it(tmp_path):
+    """Between creating the lock file and writing its owner a run holds only the flock: an empty
+    lock file is not a stale one then."""
+    fd = os.open(tmp_path / workdir_lib.LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(WorkdirError, match="in use by another run .a run that is starting."):
+            WorkdirLock(tmp_path).acquire()
+    finally:
+        os.close(fd)
+    with WorkdirLock(tmp_path):  # once that flock is gone, the empty file is stale
+        pass
 
 
 def _foreign_lock(folder: Path, age_s: float) -> Path:
