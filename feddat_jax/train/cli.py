@@ -85,8 +85,16 @@ def _summary(path: Path) -> str:
 
 
 def fail(message: str) -> None:
+    _close_progress_bars()
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_ERROR)
+
+
+def _close_progress_bars() -> None:
+    """End an open tqdm bar's line, so that the message starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def parse_flags(argv: list[str], load_config) -> list[str]:
@@ -169,6 +177,7 @@ def error_boundary(debug: bool = False):
             raise
         fail(str(err))
     except RunInterrupted as stop:
+        _close_progress_bars()
         print(
             f"interrupted after round {stop.rounds_done} ({stop.method}); rerun the same "
             "command to resume",
