@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from feddat_jax.errors import DistributedError
 from feddat_jax.fl import mesh as mesh_lib
 
 from feddat_jax.fl import distributed
@@ -160,7 +161,7 @@ def test_sample_cohort():
 
 def test_distributed_config_from_env():
     assert distributed.initialize_distributed(None, env={}) is False
-    with pytest.raises(ValueError, match="needs coordinator_address"):
+    with pytest.raises(DistributedError, match="needs coordinator_address"):
         distributed.initialize_distributed(None, env={"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"})
     c = distributed.DistributedConfig.from_config({"num_processes": 2, "local_device_ids": [0]})
     assert c.num_processes == 2 and c.local_device_ids == (0,) and c.cpu_collectives == "gloo"
