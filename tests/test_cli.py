@@ -166,7 +166,7 @@ def test_library_errors_for_user_input_are_project_errors():
     [
         ("eval_every", 0, r"eval_every must be >= 1, got 0 \(config\.eval_every\)"),
         ("checkpoint_every", 0, r"checkpoint_every must be >= 1"),
-        ("clients_per_round", 7.0, r"only 5 clients .*\(config\.clients_per_round=7\.0\)"),
+        ("clients_per_round", 7.0, r"only 4 clients .*\(config\.clients_per_round=7\.0\)"),
         ("optim.learning_rate", -1.0, r"\(config\.optim\.learning_rate=-1\.0\)"),
         ("optim.b2", 1.5, r"optim\.b2 must be in \[0, 1\)"),
         ("server.optimizer", "sgd", r"'sgd' is not a valid server\.optimizer"),
@@ -175,7 +175,14 @@ def test_library_errors_for_user_input_are_project_errors():
         ("dp.enabled", True, r"DP needs every client to weigh the same"),
         ("model.checkpoint", "/nonexistent", r"\(config\.model\.checkpoint='/nonexistent'\)"),
         ("data.family", "medical", r"unknown benchmark family 'medical'"),
-        ("data.num_clients", 9, r"data\.num_clients must be in 0\.\.5"),
+        ("data.num_clients", 21, r"data\.num_clients must be in 0\.\.20"),
+        ("data.read_threads", 0, r"data\.read_threads must be >= 1"),
+        ("data.decoded_cache_mb", -1, r"data\.decoded_cache_mb must be >= 0"),
+        ("references", ("blind", "oracle"), r"unknown reference\(s\) \['oracle'\]"),
+        ("references", ("blind", "blind"), r"a reference is listed twice"),
+        ("optim.schedule", "cosine", r"'cosine' is not a valid optim\.schedule"),
+        ("segment_steps", -1, r"segment_steps must be >= 0"),
+        ("eval_clients_per_call", -1, r"eval_clients_per_call must be >= 0"),
         ("strategy", "pmap", r"'pmap' is not a valid strategy"),
         ("distributed.coordinator_address", "nohost", r"'nohost' is not host:port"),
     ],
@@ -189,6 +196,20 @@ def test_validation_names_the_key(key, value, match, tmp_path):
         node = node[part]
     node[leaf] = value
     with pytest.raises(FeddatError, match=match):
+        validate_config(config)
+
+
+def test_validation_of_the_pretraining_config():
+    sys.path.insert(0, str(ROOT / "configs"))
+    import pretrain_tiny_vilt  # configs/ is not a package
+
+    config = pretrain_tiny_vilt.get_config("smoke")
+    validate_config(config)
+    config.num_heads = 3  # hidden_size 32
+    with pytest.raises(ConfigError, match=r"hidden_size must be a multiple of num_heads=3"):
+        validate_config(config)
+    config.num_heads, config.held_out_scenes = 4, 0
+    with pytest.raises(ConfigError, match=r"held_out_scenes must be >= 1"):
         validate_config(config)
 
 

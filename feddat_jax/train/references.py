@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from feddat_jax.errors import ConfigError
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.models import registry
 from feddat_jax.train.blind import blind_history
@@ -26,8 +27,8 @@ def check_references(names) -> tuple[str, ...]:
     names = tuple(names)
     unknown = [n for n in names if n not in REFERENCES]
     if unknown:
-        raise ValueError(
-            f"unknown reference(s) {unknown} in config.references; allowed: {REFERENCES}"
+        raise ConfigError(
+            f"unknown reference(s) {unknown}", "config.references", f"choose from {REFERENCES}"
         )
     return names
 

@@ -24,9 +24,9 @@ from feddat_jax.train import workdir as workdir_lib
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.interrupt import StopRequest
 from feddat_jax.train.loop import train
-from feddat_jax.train.references import check_references, run_reference
+from feddat_jax.train.references import run_reference
 from feddat_jax.train.report import write_report
-from feddat_jax.train.validate import run_methods, validate_config
+from feddat_jax.train.validate import run_methods, run_references, validate_config
 
 
 def launch(config: ml_collections.ConfigDict, workdir: str | Path, stop: StopRequest) -> None:
@@ -103,7 +103,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest | No
                 flush=True,
             )
         runs[method] = train(experiment, workdir / method, stop=stop)
-    names = list(check_references(config.get("references", ())))
+    names = run_references(config)
     pending = list(names)
     if primary:  # the reference rows are single-process host work
         for name in list(pending):

@@ -17,17 +17,19 @@ from pathlib import Path
 import ml_collections
 
 from feddat_jax import methods as methods_lib
-from feddat_jax.data import embedded, tfds_store
+from feddat_jax.data import tfds_store
+from feddat_jax.data.embedded_families import DEFAULT_CLIENTS, MAX_CLIENTS, family_clients
 from feddat_jax.errors import CheckpointError, ConfigError, DataError, FeddatError
 from feddat_jax.fl import privacy, sampling
 from feddat_jax.fl.aggregation import AGGREGATION_WEIGHTS
 from feddat_jax.fl.algorithms.feddat import FedDATConfig
-from feddat_jax.fl.local_optim import LocalOptimConfig
+from feddat_jax.fl.local_optim import SCHEDULES, LocalOptimConfig
 from feddat_jax.fl.server_optimizers import SERVER_OPTIMIZERS
 from feddat_jax.models import registry
 from feddat_jax.peft.config import PeftConfig
 from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES
 from feddat_jax.train.experiment import DATA_SOURCES
+from feddat_jax.train.references import check_references
 
 BUILD_HINT = "python -m feddat_jax.data.build --benchmark NAME --raw_dir RAW --out DIR"
 
@@ -90,6 +92,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         return _pretrain(config)
     _schedule(config)
     names = run_methods(config)
+    run_references(config)
     _optimizers(config)
     _peft_and_model(config, names)
     _privacy(config)
@@ -117,6 +120,18 @@ def run_methods(config: ml_collections.ConfigDict) -> list[str]:
     return names
 
 
+def run_references(config: ml_collections.ConfigDict) -> list[str]:
+    """The reference rows a run computes after its methods (``references``), each checked."""
+    names = tuple(config.get("references", ()))
+    with _guard("references", names):
+        check_references(names)
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            "a reference is listed twice", _at("references", names), "list each one once"
+        )
+    return list(names)
+
+
 def _schedule(c: ml_collections.ConfigDict) -> None:
     for key, example in (
         ("rounds", 30),
@@ -128,6 +143,8 @@ def _schedule(c: ml_collections.ConfigDict) -> None:
         _at_least(c, key, 1, example)
     _at_least(c, "seed", 0, 0)
     _at_least(c, "comm_max_bytes", 0, 0)
+    _at_least(c, "segment_steps", 0, 100)  # 0: the whole epoch in one call
+    _at_least(c, "eval_clients_per_call", 0, 0)  # 0: a training cohort's size
     _at_least(c, "fedprox_mu", 0, 0.01)
     _choice(c, "aggregation", AGGREGATION_WEIGHTS)
 
@@ -138,6 +155,7 @@ def _unit(c: ml_collections.ConfigDict, key: str, example: float) -> None:
 
 
 def _optimizers(c: ml_collections.ConfigDict) -> None:
+    _choice(c, "optim.schedule", SCHEDULES)
     optim = dict(c.optim)
     with _guard("optim", optim):
         LocalOptimConfig(**optim)
@@ -269,16 +287,19 @@ def _data(c: ml_collections.ConfigDict) -> int:
     """Check the data fields and folder; returns the number of clients the run registers."""
     data = c.data
     source = _choice(c, "data.source", DATA_SOURCES)
+    _at_least(c, "data.read_threads", 1, 8)
+    _at_least(c, "data.decoded_cache_mb", 0, 0)
     if source == "tfds":
         return _tfds_clients(data.tfds_dir)
     with _guard("data.family", data.family):
-        clients = len(embedded.family_clients(data.family))
+        family_clients(data.family)
     _need(
-        0 <= data.num_clients <= clients,
+        0 <= data.num_clients <= MAX_CLIENTS,
         "data.num_clients",
         data.num_clients,
-        f"must be in 0..{clients} (family {data.family!r} has {clients} clients; 0: all)",
-        f"e.g. --config.data.num_clients={clients}",
+        f"must be in 0..{MAX_CLIENTS} (the embedded families define up to {MAX_CLIENTS} "
+        f"clients; 0: {DEFAULT_CLIENTS})",
+        f"e.g. --config.data.num_clients={DEFAULT_CLIENTS}",
     )
     _at_least(c, "data.train_per_client", 1, 300)
     _at_least(c, "data.test_per_client", 1, 100)
@@ -290,7 +311,7 @@ def _data(c: ml_collections.ConfigDict) -> int:
         "e.g. --config.data.image_size=64",
     )
     _at_least(c, "data.seed", 0, 0)
-    return data.num_clients or clients
+    return data.num_clients or DEFAULT_CLIENTS
 
 
 def _tfds_clients(folder: str) -> int:
@@ -321,7 +342,8 @@ def _tfds_clients(folder: str) -> int:
 
 def _pretrain(c: ml_collections.ConfigDict) -> None:
     for key in (
-        "examples_per_client",
+        "num_scenes",
+        "held_out_scenes",
         "image_size",
         "patch_size",
         "max_text_len",
@@ -333,13 +355,14 @@ def _pretrain(c: ml_collections.ConfigDict) -> None:
         "log_every",
     ):
         _at_least(c, key, 1, 1)
+    _at_least(c, "corpus_seed", 0, 1234)
     _above(c, "learning_rate", 0, 1e-3)
     _need(
-        0 < c.mask_rate < 1,
-        "mask_rate",
-        c.mask_rate,
-        "must be in (0, 1)",
-        "e.g. --config.mask_rate=0.15",
+        c.hidden_size % c.num_heads == 0,
+        "hidden_size",
+        c.hidden_size,
+        f"must be a multiple of num_heads={c.num_heads}",
+        f"e.g. --config.hidden_size={32 * c.num_heads}",
     )
     _need(
         c.image_size % c.patch_size == 0,
