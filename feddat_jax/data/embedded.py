@@ -31,8 +31,8 @@ from feddat_jax.data.embedded_lexicon import Lexicon, group_of
 from feddat_jax.data.embedded_questions import QUESTIONS, Question
 from feddat_jax.data.embedded_statements import STATEMENTS
 from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, answer_vocabulary
-from feddat_jax.errors import ConfigError
 from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
+from feddat_jax.errors import ConfigError
 
 GENERATOR_VERSION = 2
 _SCORE = {1: 0.3, 2: 0.6, 3: 0.9}  # METHOD.md §5: 1/2/3/>=4 annotators -> 0.3/0.6/0.9/1.0
@@ -42,7 +42,8 @@ GENERATORS = {**QUESTIONS, **STATEMENTS}
 
 
 def _annotate(q: Question, rng: np.random.Generator, noise: float) -> dict[str, float]:
-    """Ten simulated annotators, each wrong with probability ``noise``; the soft scores of METHOD.md §5."""
+    """Ten simulated annotators, each wrong with probability ``noise``; the soft scores of
+    METHOD.md §5."""
     wrong = [a for a in q.alternatives if a != q.answer]
     votes = [
         q.answer if rng.random() >= noise else wrong[int(rng.integers(len(wrong)))]
@@ -145,7 +146,8 @@ def make_benchmark(
     Client k gets :func:`train_size` training examples (16 to 64 with the defaults: too few to
     learn the visual concepts alone) and ``test_per_client`` test examples. Its answer vocabulary
     is its top-``top_k`` train answers followed by the unseen rest of its label space; examples
-    with an answer outside the vocabulary are dropped (the recipe of METHOD.md §5; only for small ``top_k``).
+    with an answer outside the vocabulary are dropped (the recipe of METHOD.md §5; only for small
+    ``top_k``).
     """
     _check(image_size, patch_size, train_per_client, test_per_client, size_spread, top_k)
     defs = family_clients(family, num_clients or DEFAULT_CLIENTS)

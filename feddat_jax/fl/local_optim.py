@@ -1,8 +1,8 @@
 """The clients' local optimizer: AdamW with a warmup + linear-decay schedule.
 
 The learning rate is applied outside the optax chain because its horizon differs per client:
-``S = schedule_epochs × batches per epoch`` of *that* client (METHOD.md §2), a traced value under vmap.
-The schedule restarts every round. Two schedules (``LocalOptimConfig.schedule``):
+``S = schedule_epochs × batches per epoch`` of *that* client (METHOD.md §2), a traced value under
+vmap. The schedule restarts every round. Two schedules (``LocalOptimConfig.schedule``):
 
 * ``"official"`` (the paper configs): the official code's. Warmup lasts ``warmup_fraction × S``
   ticks, 1.5 epochs with the defaults, and a method's counter ticks once per optimizer step. A

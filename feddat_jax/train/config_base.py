@@ -165,7 +165,7 @@ def embedded_config(family: str, arg: str = "") -> ml_collections.ConfigDict:
     c.eval_every = 5
     c.batch_size = 8
     c.eval_batch_size = 100
-    c.optim.learning_rate = 1e-3  # SPEC's 1e-4 is for ViLT-B; everything else is SPEC §2
+    c.optim.learning_rate = 1e-3  # METHOD.md §2's 1e-4 is for ViLT-B; everything else is as there
     c.optim.schedule = "fair"
     c.peft.adapter_reduction = 8  # width 128 -> bottleneck 16
     c.model.checkpoint = TINY_VILT if Path(TINY_VILT).is_dir() else ""
@@ -228,8 +228,8 @@ def paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
 
 
 def albef_paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
-    """ALBEF (ViT-B/16 + BERT, the 14M ``ALBEF.pth``) on one of the paper's benchmarks: METHOD.md §2
-    hyperparameters, 20 rounds, images resized to 384x384, answers ranked over each client's list.
+    """ALBEF (ViT-B/16 + BERT, the 14M ``ALBEF.pth``) on one of the paper's benchmarks:
+    METHOD.md §2 hyperparameters, 20 rounds, images resized to 384x384, answers ranked over each client's list.
 
     ``arg`` is "" (the real run: pass --config.data.tfds_dir, --config.model.checkpoint=ALBEF.pth
     and --config.model.tokenizer=a bert-base-uncased folder) or "smoke" (one round of a tiny
