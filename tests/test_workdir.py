@@ -124,6 +124,23 @@ def test_the_same_config_with_more_rounds_may_resume(finished_run):
     workdir_lib.check_ownership(root / "run", more)
 
 
+def test_how_the_data_is_read_is_not_part_of_the_numbers(finished_run):
+    """Fields of a block (``data.read_threads`` …) leave the claim and the fingerprint alone;
+    the block's other fields still count."""
+    from feddat_jax.train.config_base import fingerprint_json
+
+    root, config = finished_run
+    other = config.copy_and_resolve_references()
+    other.data.read_threads, other.data.decoded_cache_mb = 2, 64
+    other.data.cache_dir = str(root / "elsewhere")
+    workdir_lib.check_ownership(root / "run", other)
+    assert fingerprint_json(other) == fingerprint_json(config)
+    other.data.seed = 1
+    with pytest.raises(WorkdirError, match=r"data\.seed: 0 -> 1"):
+        workdir_lib.check_ownership(root / "run", other)
+    assert fingerprint_json(other) != fingerprint_json(config)
+
+
 def test_a_config_without_outputs_claims_nothing(tmp_path):
     """A run that failed before its first round (say, a bad adapter size found while building)
     leaves only config.json: the corrected command may take the workdir."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import ml_collections
 
 from feddat_jax.errors import WorkdirError
-from feddat_jax.train.config_base import NON_NUMERIC_FIELDS
+from feddat_jax.train.config_base import without_non_numeric
 
 LOCK_NAME = "feddat.lock"
 HEARTBEAT_S = 30.0
@@ -212,7 +212,7 @@ def numeric_config(config_dict: dict) -> dict:
         else:
             flat[prefix[:-1]] = value
 
-    walk("", {k: v for k, v in config_dict.items() if k not in NON_NUMERIC_FIELDS})
+    walk("", without_non_numeric(config_dict))
     return flat
 
 
