@@ -1,8 +1,8 @@
 """The workdir: writable, locked by one live run, and never another run's files.
 
 A run owns its workdir through ``config.json``, the first file it writes: a later run may resume
-in it only if its config has the same numbers (:data:`~feddat_jax.train.config_base.NON_NUMERIC_FIELDS`
-such as ``rounds`` may change). A workdir that holds another run's files is refused before
+in it only if its config has the same numbers (the fields of
+:data:`~feddat_jax.train.config_base.NON_NUMERIC_FIELDS` such as ``rounds`` may change). A workdir that holds another run's files is refused before
 anything is written, naming the first differing keys.
 
 The lock (``feddat.lock``) records the holder's process id, host and start time and is held with
