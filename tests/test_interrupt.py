@@ -114,3 +114,31 @@ def test_ctrl_c_in_a_launch_exits_130_and_the_same_command_resumes(tmp_path):
     assert f"resumed fedavg_adapter at round {done + 1} of 4" in out.stdout
     assert [r["round"] for r in read_jsonl(metrics)] == [1, 2, 3, 4]
     assert json.loads((workdir / "results.json").read_text())["fedavg_adapter"]["round"] == 4
+
+
+def test_a_stop_after_the_methods_skips_the_reference_rows_and_the_rerun_adds_them(
+    tmp_path, monkeypatch
+):
+    from test_launch import smoke_config
+
+    from feddat_jax.train import run as run_mod
+
+    config = smoke_config(tmp_path)
+    config.rounds, config.tensorboard = 1, False
+    config.compare_methods, config.references = ("fedavg_adapter",), ("blind",)
+    stop, train = StopRequest(), run_mod.train
+
+    def train_then_signal(*args, **kwargs):
+        history = train(*args, **kwargs)
+        stop.request()  # as if Ctrl-C came during the method's last round
+        return history
+
+    monkeypatch.setattr(run_mod, "train", train_then_signal)
+    workdir = tmp_path / "run"
+    with pytest.raises(RunInterrupted) as stopped:
+        run_mod.launch(config, workdir, stop)
+    assert stopped.value.method == "blind"
+    assert not (workdir / "blind").exists() and not (workdir / "results.json").exists()
+    monkeypatch.undo()
+    run_mod.launch(config, workdir, StopRequest())
+    assert set(json.loads((workdir / "results.json").read_text())) == {"fedavg_adapter", "blind"}
