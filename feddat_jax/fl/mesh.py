@@ -261,22 +261,54 @@ def put_cohort(tree_local: PyTree, mesh: Mesh, cohort_size: int | None = None) -
     return jax.tree.map(leaf, tree_local)
 
 
-def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a ``P("clients")``-sharded array, in global order, as numpy."""
+def replica_cohort_sharding(mesh: Mesh) -> NamedSharding:
+    """The layout of a sweep's cohort values ``[R, C, ...]``: every replica's cohort axis over
+    ``clients`` (each device holds its share of every replica's cohort)."""
+    return NamedSharding(mesh, P(None, CLIENTS_AXIS))
+
+
+def put_replica_cohort(tree_local: PyTree, mesh: Mesh, cohort_size: int | None = None) -> PyTree:
+    """A sweep's stacked cohort values ``[R, C_local, ...]`` (this process's slots of every
+    replica's cohort) -> global arrays ``[R, C, ...]`` sharded ``P(None, "clients")``."""
+    s = replica_cohort_sharding(mesh)
+    n = clients_size(mesh)
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return _put(x, s)
+        if _is_key(x):
+            return jax.random.wrap_key_data(
+                leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
+        x = np.asarray(x)
+        c = cohort_size or x.shape[1] * jax.process_count()
+        if c % n:
+            raise ValueError(
+                f"a cohort of {c} clients does not divide over the mesh's {n} "
+                f"'{CLIENTS_AXIS}' devices; pad it to a multiple (fl.registry.pad_ids)"
+            )
+        return jax.make_array_from_process_local_data(s, x, (x.shape[0], c) + x.shape[2:])
+
+    return jax.tree.map(leaf, tree_local)
+
+
+def local_rows(x: jax.Array, axis: int = 0) -> np.ndarray:
+    """This process's rows (along ``axis``, the clients axis: 1 for a sweep's ``[R, C, ...]``)
+    of an array sharded over ``clients``, in global order, as numpy."""
     if x.is_fully_addressable:
         return np.asarray(x)
     seen, parts = set(), []
-    for shard in sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0):
-        start = shard.index[0].start or 0
+    for shard in sorted(x.addressable_shards, key=lambda s: s.index[axis].start or 0):
+        start = shard.index[axis].start or 0
         if start in seen:  # a replica along the model axis
             continue
         seen.add(start)
         parts.append(np.asarray(shard.data))
-    return np.concatenate(parts)
+    return np.concatenate(parts, axis=axis)
 
 
-def local_tree(tree: PyTree) -> PyTree:
-    return jax.tree.map(local_rows, tree)
+def local_tree(tree: PyTree, axis: int = 0) -> PyTree:
+    return jax.tree.map(lambda x: local_rows(x, axis), tree)
 
 
 def fetch_replicated(tree: PyTree) -> PyTree:

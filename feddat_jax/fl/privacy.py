@@ -249,7 +249,8 @@ class DPGaussianAggregator:
             mean = jax.tree.map(reduce_leaf, clipped_C)
 
         noise_std = 0.0
-        if self.noise_multiplier > 0:
+        # a swept (traced) noise multiplier always draws: σ = 0 then adds exactly 0
+        if not _is_number(self.noise_multiplier) or self.noise_multiplier > 0:
             noise_std = self.noise_multiplier * self.clip_norm / denominator
             # N(0, (σS)²) on the sum is N(0, (σS/D)²) on the mean.
             noise = gaussian_noise_like(mean, noise_std, rng)

@@ -16,6 +16,10 @@ assignment per leaf. ``storage="device"`` keeps them on the
 (single) device when they fit: gather and scatter are then two small jitted programs (compiled
 once; scatter donates the stacked buffers, so it updates in place).
 
+A sweep (``fl.replicas``) keeps R federations' clients in one registry (``replicas=R``): every
+private leaf is ``[R, N, ...]`` (task metadata stays ``[N]``), cohorts are ``[R, C]`` ids (each
+replica its own) and gathered values are ``[R, C, ...]``, sharded ``P(None, "clients")``.
+
 In a multi-process run each process builds a registry of the clients it owns
 (``distributed.owned_clients``) and gathers only its own slots of the cohort; ``gather`` then assembles
 the global cohort arrays with ``jax.make_array_from_process_local_data`` and ``scatter`` reads back
@@ -108,6 +112,7 @@ class ClientRegistry:
       client_ids: global id of each row (sorted, unique); default ``0..N-1``.
       storage: ``"host"`` (numpy) or ``"device"`` (one process only).
       mesh: optional mesh: gathered cohorts are sharded ``P("clients")`` over it.
+      replicas: R for a sweep: ``private`` is stacked ``[R, N, ...]`` and cohorts are ``[R, C]``.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class ClientRegistry:
         client_ids=None,
         storage: str = "host",
         mesh: Mesh | None = None,
+        replicas: int | None = None,
     ):
         if storage not in STORAGES:
             raise ValueError(f"unknown storage {storage!r}; allowed: {', '.join(STORAGES)}")
@@ -129,12 +135,17 @@ class ClientRegistry:
         tasks = jax.tree.map(np.array, tasks)
         validate_tasks(tasks)
         n = int(tasks.num_examples.shape[0])
+        lead = (n,) if replicas is None else (replicas, n)
         for leaf in jax.tree.leaves(private):
-            if np.shape(leaf)[:1] != (n,):
+            if np.shape(leaf)[: len(lead)] != lead:
                 raise ValueError(
                     f"private leaf of shape {np.shape(leaf)} is not stacked over the "
+                    f"{lead} (replicas, clients) of the task metadata"
+                    if replicas
+                    else f"private leaf of shape {np.shape(leaf)} is not stacked over the "
                     f"{n} clients of the task metadata"
                 )
+        self.replicas = replicas
         ids = (
             np.arange(n, dtype=np.int64) if client_ids is None else np.asarray(client_ids, np.int64)
         )
@@ -154,12 +165,17 @@ class ClientRegistry:
             self.private = place(jax.tree.map(jnp.asarray, private))
             self.tasks = place(jax.tree.map(jnp.asarray, tasks))
             self._gather_fn = jax.jit(
-                lambda tree, rows: jax.tree.map(lambda x: x[rows], tree),
-                out_shardings=mesh_lib.clients_sharding(mesh) if mesh is not None else None,
+                lambda tree, rows: (
+                    jax.tree.map(lambda x: x[self._index(rows)], tree[0]),
+                    jax.tree.map(lambda x: x[rows], tree[1]),
+                ),
+                out_shardings=self._sharding() if mesh is not None else None,
             )
             self._scatter_fn = jax.jit(
                 lambda tree, rows, values: jax.tree.map(
-                    lambda x, v: x.at[rows].set(v.astype(x.dtype), mode="drop"), tree, values
+                    lambda x, v: x.at[self._index(rows)].set(v.astype(x.dtype), mode="drop"),
+                    tree,
+                    values,
                 ),
                 donate_argnums=(0,),
             )
@@ -225,20 +241,33 @@ class ClientRegistry:
         return rows
 
     # ---- the round's traffic ---------------------------------------------------------------------
+    def _index(self, rows):
+        """The private rows of cohort rows ``[C]`` (``[R, C]``: replica r's rows of its own)."""
+        if self.replicas is None:
+            return rows
+        return (np.arange(self.replicas)[:, None], rows)
+
+    def _sharding(self):
+        if self.replicas is None:
+            return mesh_lib.clients_sharding(self.mesh)
+        return mesh_lib.replica_cohort_sharding(self.mesh)
+
     def _place(self, tree_C: PyTree) -> PyTree:
-        if self.mesh is not None:
+        if self.mesh is None:
+            return jax.device_put(tree_C)
+        if self.replicas is None:
             return mesh_lib.put_cohort(tree_C, self.mesh)
-        return jax.device_put(tree_C)
+        return mesh_lib.put_replica_cohort(tree_C, self.mesh)
 
     def gather(self, ids, mask=None) -> tuple[PyTree, ClientTasks]:
         """The cohort's ``(private_C, tasks_C)`` on device (``P("clients")`` on a mesh).
 
-        ``ids`` are this process's cohort slots (global ids); slots with ``mask`` False are padding:
-        they get ``num_examples = 0``.
+        ``ids`` are this process's cohort slots (global ids; ``[R, C]`` in a sweep); slots with
+        ``mask`` False are padding: they get ``num_examples = 0``.
         """
-        rows = self.rows(ids)
+        rows = self.rows(ids).reshape(np.shape(ids))
         if self.storage == "host":
-            private_C = jax.tree.map(lambda x: x[rows], self.private)
+            private_C = jax.tree.map(lambda x: x[self._index(rows)], self.private)
             tasks_C = jax.tree.map(lambda x: x[rows], self.tasks)
             if mask is not None:
                 tasks_C = tasks_C.replace(
@@ -258,13 +287,20 @@ class ClientRegistry:
 
     def scatter(self, ids, private_C: PyTree, mask=None) -> None:
         """Write the cohort's new private rows back (padded slots are dropped)."""
-        rows = self.rows(ids)
+        rows = self.rows(ids).reshape(np.shape(ids))
         keep = np.ones(rows.shape, bool) if mask is None else np.asarray(mask, bool)
         if self.storage == "host":
-            values = mesh_lib.local_tree(private_C) if self.mesh is not None else private_C
+            axis = 0 if self.replicas is None else 1
+            values = mesh_lib.local_tree(private_C, axis) if self.mesh is not None else private_C
+            index = self._index(rows)
+            index = (
+                index[keep]
+                if self.replicas is None
+                else (np.broadcast_to(index[0], rows.shape)[keep], rows[keep])
+            )
 
             def write(x, v):
-                x[rows[keep]] = np.asarray(v)[keep]
+                x[index] = np.asarray(v)[keep]
 
             jax.tree.map(write, self.private, values)
             return
@@ -276,18 +312,27 @@ class ClientRegistry:
         return self._place(np.asarray(ids, np.int32))
 
     def run_round(
-        self, round_fn: Callable, frozen: PyTree, server: ServerState, ids, batches, mask=None
+        self,
+        round_fn: Callable,
+        frozen: PyTree,
+        server: ServerState,
+        ids,
+        batches,
+        mask=None,
+        hparams=None,
     ) -> tuple[ServerState, dict]:
-        """gather -> ``round_fn`` (``make_round_fn``'s) -> scatter; returns (server, metrics).
+        """gather -> ``round_fn`` (``make_round_fn``'s, or ``make_replica_round_fn``'s with
+        ``replicas``) -> scatter; returns (server, metrics).
 
         ``batches`` are this process's slots' host arrays ``[C_local,S,B,...]`` (placed here) or
-        already-placed device arrays.
+        already-placed device arrays; ``hparams`` the swept hyperparameters (``fl.hparams``).
         """
         private_C, tasks_C = self.gather(ids, mask)
         if any(not isinstance(x, jax.Array) for x in jax.tree.leaves(batches)):
             batches = self._place(batches)
+        extra = () if hparams is None else (hparams,)
         server, private_C, metrics = round_fn(
-            frozen, server, private_C, tasks_C, self.client_ids_array(ids), batches
+            frozen, server, private_C, tasks_C, self.client_ids_array(ids), batches, *extra
         )
         self.scatter(ids, private_C, mask)
         return server, metrics

@@ -1,6 +1,6 @@
 """One federated round as pure functions: begin, local steps (whole epoch or a segment), end.
 
-    run_round(frozen, server, private_C, tasks_C, client_ids_C, batches_CxS)
+    run_round(frozen, server, private_C, tasks_C, client_ids_C, batches_CxS, hparams={})
         -> (server, private_C, {"clients": metrics_C, "server": metrics})
 
 A round is three pieces (:func:`make_round_parts`), each ``map_clients`` (vmap over the cohort C)
@@ -20,6 +20,11 @@ no real example is a no-op (params, optimizer state and schedule counter unchang
 client gets exactly the numbers it would get alone, and a segment padded with empty steps changes
 nothing. Step ``i`` of a client draws its key from ``fold_in(fold_in(train_key, client_id), i)``,
 so how the epoch is cut into segments does not change the numbers.
+
+``hparams`` (``fl.hparams``) holds the scalar hyperparameters a sweep varies, as traced values;
+``{}`` or None (an unswept run) compiles the very program the config's constants describe. Every
+piece takes it last. The round is written for ONE federation; ``fl.replicas`` runs R of them (a
+sweep) as one program.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from feddat_jax.fl import hparams as hparams_lib
 from feddat_jax.fl import placement
 from feddat_jax.fl.aggregation import Aggregator, tree_delta
 from feddat_jax.fl.algorithms.base import ClientContext, LocalAlgorithm
@@ -113,14 +119,37 @@ def end_client(algorithm: LocalAlgorithm, frozen, server, local, sums, tasks, ba
     return tree_delta(shared, server.shared), private, metrics
 
 
+def server_step(
+    server_tx: optax.GradientTransformation,
+    aggregator: Aggregator,
+    server: ServerState,
+    delta_C,
+    num_examples_C,
+    agg_key,
+    hparams: hparams_lib.HParams,
+) -> tuple[ServerState, dict[str, jax.Array]]:
+    """Aggregate the cohort's deltas and step the server optimizer on ``-(mean delta)``."""
+    aggregator = hparams_lib.bind_aggregator(aggregator, hparams)
+    mean_delta, agg_metrics = aggregator(delta_C, num_examples_C, agg_key)
+    pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
+    updates, opt_state = server_tx.update(pseudo_grad, server.opt_state, server.shared)
+    updates = hparams_lib.scale_server_updates(updates, hparams)
+    server = server.replace(
+        round=server.round + 1,
+        shared=optax.apply_updates(server.shared, updates),
+        opt_state=opt_state,
+    )
+    return server, agg_metrics
+
+
 # ------------------------------------------------------------------------------- the cohort
 class RoundParts(NamedTuple):
     """The round's pure pieces over the cohort (unjitted; vmappable over a further axis).
 
-    begin(frozen, server, private_C, tasks_C, batch_size) -> local_C
-    segment(frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first_step)
+    begin(frozen, server, private_C, tasks_C, batch_size, hparams=None) -> local_C
+    segment(frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first_step, hparams=None)
         -> (local_C, sums_C)                       # sums of several segments: add_sums
-    end(frozen, server, local_C, sums_C, tasks_C, batch_size)
+    end(frozen, server, local_C, sums_C, tasks_C, batch_size, hparams=None)
         -> (server, private_C, {"clients": metrics_C, "server": metrics})
     """
 
@@ -142,39 +171,55 @@ def make_round_parts(
     def over_clients(fn, in_axes):
         return placement.map_clients(fn, in_axes=in_axes, mesh=mesh, chunk_size=chunk_size)
 
-    def begin(frozen, server: ServerState, private_C, tasks_C: ClientTasks, batch_size: int):
+    def begin(
+        frozen, server: ServerState, private_C, tasks_C: ClientTasks, batch_size: int, hparams=None
+    ):
+        bound = hparams_lib.bind_algorithm(algorithm, hparams or {})
         return over_clients(
-            lambda private, tasks: algorithm.begin_round(
+            lambda private, tasks: bound.begin_round(
                 _context(frozen, server, tasks, batch_size), private
             ),
             (0, 0),
         )(private_C, tasks_C)
 
     def segment(
-        frozen, server: ServerState, local_C, tasks_C, client_ids_C, batches_CxK, first_step
+        frozen,
+        server: ServerState,
+        local_C,
+        tasks_C,
+        client_ids_C,
+        batches_CxK,
+        first_step,
+        hparams=None,
     ):
+        bound = hparams_lib.bind_algorithm(algorithm, hparams or {})
         return over_clients(
             lambda local, tasks, client_id, batches: client_steps(
-                algorithm, frozen, server, local, tasks, client_id, batches, first_step
+                bound, frozen, server, local, tasks, client_id, batches, first_step
             ),
             (0, 0, 0, 0),
         )(local_C, tasks_C, client_ids_C, batches_CxK)
 
-    def end(frozen, server: ServerState, local_C, sums_C, tasks_C: ClientTasks, batch_size: int):
+    def end(
+        frozen,
+        server: ServerState,
+        local_C,
+        sums_C,
+        tasks_C: ClientTasks,
+        batch_size: int,
+        hparams=None,
+    ):
+        hparams = hparams or {}
+        bound = hparams_lib.bind_algorithm(algorithm, hparams)
         _, agg_key = round_keys(server)
         delta_C, private_C, metrics_C = over_clients(
             lambda local, sums, tasks: end_client(
-                algorithm, frozen, server, local, sums, tasks, batch_size
+                bound, frozen, server, local, sums, tasks, batch_size
             ),
             (0, 0, 0),
         )(local_C, sums_C, tasks_C)
-        mean_delta, agg_metrics = aggregator(delta_C, tasks_C.num_examples, agg_key)
-        pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
-        updates, opt_state = server_tx.update(pseudo_grad, server.opt_state, server.shared)
-        server = server.replace(
-            round=server.round + 1,
-            shared=optax.apply_updates(server.shared, updates),
-            opt_state=opt_state,
+        server, agg_metrics = server_step(
+            server_tx, aggregator, server, delta_C, tasks_C.num_examples, agg_key, hparams
         )
         return server, private_C, {"clients": metrics_C, "server": agg_metrics}
 
@@ -195,13 +240,20 @@ def make_round_fn(
     parts = make_round_parts(algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size)
 
     def run_round(
-        frozen, server: ServerState, private_C, tasks_C: ClientTasks, client_ids_C, batches_CxS
+        frozen,
+        server: ServerState,
+        private_C,
+        tasks_C: ClientTasks,
+        client_ids_C,
+        batches_CxS,
+        hparams: hparams_lib.HParams | None = None,
     ):
         batch_size = batches_CxS["example_mask"].shape[2]
-        local_C = parts.begin(frozen, server, private_C, tasks_C, batch_size)
+        local_C = parts.begin(frozen, server, private_C, tasks_C, batch_size, hparams)
+        first = jnp.zeros((), jnp.int32)
         local_C, sums_C = parts.segment(
-            frozen, server, local_C, tasks_C, client_ids_C, batches_CxS, jnp.zeros((), jnp.int32)
+            frozen, server, local_C, tasks_C, client_ids_C, batches_CxS, first, hparams
         )
-        return parts.end(frozen, server, local_C, sums_C, tasks_C, batch_size)
+        return parts.end(frozen, server, local_C, sums_C, tasks_C, batch_size, hparams)
 
     return jax.jit(run_round, donate_argnums=(2,)) if jit else run_round

@@ -52,9 +52,11 @@ ANSWER_KEYS = ("answer_input_ids", "answer_attention_mask")
 
 class Backbone(NamedTuple):
     model: Any  # a Flax module: apply(params, inputs, adapter_mode)
-    params: PyTree  # backbone + PEFT + head, pretrained where loaded
+    params: PyTree  # backbone + PEFT + head, pretrained where loaded (init of config.seed)
     inputs_fn: Callable[[dict], dict]  # pipeline batch -> model inputs (inside jit)
     patch_size: int
+    # params of another seed (a sweep's replicas): the same jitted init, the checkpoint loaded
+    init: Callable[[int], PyTree] | None = None
 
 
 def choice(value: str, allowed, key: str) -> str:
@@ -216,12 +218,15 @@ def _vilt(config, peft: PeftConfig, num_answers: int, encoder: TextEncoder, dtyp
         "image": np.zeros((1, height, width, 3), np.uint8),
         "pixel_mask": np.ones((1, height, width), np.uint8),
     }
-    params = jax.jit(lambda r, b: model.init(r, to_model_inputs(b), adapter_mode="none"))(
-        jax.random.key(config.seed), example
-    )["params"]
-    if config.model.checkpoint:
-        params = load_vilt_params(config.model.checkpoint, params, load_head=False)
-    return Backbone(model, params, to_model_inputs, model.config.patch_size)
+    init_fn = jax.jit(lambda r, b: model.init(r, to_model_inputs(b), adapter_mode="none"))
+
+    def init(seed: int) -> PyTree:
+        params = init_fn(jax.random.key(seed), example)["params"]
+        if config.model.checkpoint:
+            params = load_vilt_params(config.model.checkpoint, params, load_head=False)
+        return params
+
+    return Backbone(model, init(config.seed), to_model_inputs, model.config.patch_size, init)
 
 
 def _albef(
@@ -247,12 +252,15 @@ def _albef(
         num_answers=num_answers,
         answer_len=max(answer_len, 2),
     )
-    params = jax.jit(lambda r, x: model.init(r, x, adapter_mode="none"))(
-        jax.random.key(config.seed), example
-    )["params"]
-    if config.model.checkpoint:  # the LM head is ALBEF's own: loaded with the backbone
-        params = load_albef_params(config.model.checkpoint, params, albef, load_head=True)
-    return Backbone(model, params, to_albef_inputs, albef.patch_size)
+    init_fn = jax.jit(lambda r, x: model.init(r, x, adapter_mode="none"))
+
+    def init(seed: int) -> PyTree:
+        params = init_fn(jax.random.key(seed), example)["params"]
+        if config.model.checkpoint:  # the LM head is ALBEF's own: loaded with the backbone
+            params = load_albef_params(config.model.checkpoint, params, albef, load_head=True)
+        return params
+
+    return Backbone(model, init(config.seed), to_albef_inputs, albef.patch_size, init)
 
 
 def build_backbone(

@@ -150,6 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
     # (0 = none; enough for every client's rows decodes each image once)
     c.data.read_threads = 8
     c.data.decoded_cache_mb = 0
+    c.sweep = sweep_section(c)
     return c
 
 
@@ -192,8 +193,51 @@ def embedded_config(family: str, arg: str = "") -> ml_collections.ConfigDict:
     return c
 
 
+def sweep_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config.sweep``: a mirror of the config in which every field is an empty tuple.
+
+    Setting one to a tuple of values sweeps that field: the run trains one federation per value
+    (``--config.sweep.seed='(0,1,2)'``, ``--config.sweep.optim.learning_rate='(1e-3,3e-4)'``)
+    as ONE program on a replica axis (``train.sweep``, ``fl.replicas``). ``mode`` is "grid"
+    (every combination of the swept fields) or "zip" (their i-th values together). Only the
+    seed and the scalar hyperparameters of ``fl.hparams.SWEEPABLE`` can be swept; a field that
+    changes shapes or structure (method, model.*, peft.*, data.*, batch_size, rounds, ...) is
+    refused in one line (vary methods with ``compare_methods``). Every field is mirrored so that
+    the refusal names it rather than failing as an unknown key.
+    """
+
+    def mirror(node: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(
+            {
+                k: mirror(v) if isinstance(v, ml_collections.ConfigDict) else ()
+                for k, v in node.items()
+            }
+        )
+
+    section = mirror(config)
+    section.mode = "grid"
+    return section
+
+
+def _drop_empty_sweep(d: dict) -> None:
+    """Unset sweep fields leave the fingerprint alone (an unswept run's is what it always was)."""
+
+    def prune(node):
+        if not isinstance(node, dict):
+            return node
+        kept = {k: prune(v) for k, v in node.items()}
+        return {k: v for k, v in kept.items() if v not in ((), [], {})}
+
+    sweep = prune({k: v for k, v in d.get("sweep", {}).items() if k != "mode"})
+    if sweep:
+        d["sweep"] = {**sweep, "mode": d["sweep"].get("mode", "grid")}
+    else:
+        d.pop("sweep", None)
+
+
 def without_non_numeric(config_dict: dict) -> dict:
-    """A copy of the config's JSON data without :data:`NON_NUMERIC_FIELDS`."""
+    """A copy of the config's JSON data without :data:`NON_NUMERIC_FIELDS` and without the
+    unset fields of ``sweep`` (a sweep's values and mode stay: they change the numbers)."""
     d = json.loads(json.dumps(config_dict))
     for key in NON_NUMERIC_FIELDS:
         *blocks, field = key.split(".")
@@ -202,6 +246,7 @@ def without_non_numeric(config_dict: dict) -> dict:
             node = node.get(block) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(field, None)
+    _drop_empty_sweep(d)
     return d
 
 

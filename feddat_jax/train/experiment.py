@@ -2,11 +2,17 @@
 
 This is the only place where the config's names meet the library's objects, so a wrong key or
 value fails here, before any compute, with a message that names it.
+
+A config with a sweep (``train.sweep``) builds R replicas of the federation: the server state,
+every client's private state and the swept hyperparameters gain a leading replica axis R, and the
+round and evaluation functions are ``fl.replicas``' (one program for all R); the frozen backbone
+is built and placed once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from feddat_jax.data.pipeline import eval_rows, gather_rows, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
 from feddat_jax.errors import ConfigError
 from feddat_jax.fl import communication, local_optim
+from feddat_jax.fl import hparams as hparams_lib
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl import sampling as sampling_lib
 from feddat_jax.fl.accounting import PrivacyAccountant
@@ -31,14 +38,17 @@ from feddat_jax.fl.aggregation import Aggregator, MeanAggregator
 from feddat_jax.fl.algorithms import LocalAlgorithm
 from feddat_jax.fl.evaluation import make_eval_fn
 from feddat_jax.fl.privacy import make_dp_aggregator
+from feddat_jax.fl.replicas import DEFAULT_LAYOUT, make_replica_eval_fn, stack_replicas
 from feddat_jax.fl.segments import SegmentedRound
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
 from feddat_jax.models import registry
 from feddat_jax.train import scores
 from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES
+from feddat_jax.train.sweep import Sweep, SweepConfigError, sweep_from_config
 
 PyTree = Any
+log = logging.getLogger(__name__)
 DATA_SOURCES = ("embedded", "tfds")
 DP_SAMPLINGS = ("fixed", "poisson")
 # A backbone with at least this many frozen parameters counts as "base" size for the "auto"
@@ -58,16 +68,20 @@ class Experiment:
     tasks: ClientTasks  # [N]
     algorithm: LocalAlgorithm
     frozen: PyTree  # placed on the mesh (replicated, or split over "model")
-    server: ServerState  # the initial server state, replicated on the mesh
-    private_N: PyTree  # every client's initial private state, host numpy [N, ...]
-    segmented_round: SegmentedRound  # the round: config.segment_steps steps per call (0 = all)
-    eval_fn: Any
+    server: ServerState  # the initial server state, replicated on the mesh ([R, ...] in a sweep)
+    private_N: PyTree  # every client's initial private state, host numpy [N, ...] ([R, N, ...])
+    # the round: config.segment_steps steps per call (0 = all); a sweep's is the replica round
+    segmented_round: SegmentedRound
+    eval_fn: Any  # make_eval_fn (a sweep: make_replica_eval_fn)
     param_share: communication.ParameterShare
-    accountant: PrivacyAccountant | None
+    accountant: PrivacyAccountant | None  # (a sweep: replica 0's; every replica's in accountants)
     # ALBEF: every client's answer list [N, A, La] (registry.answer_lists); {} for ViLT
     answers_N: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     mesh: Mesh | None = None  # the ("clients", "model") mesh the run is placed on
     strategy: str = "vmap"  # the resolved config.strategy
+    sweep: Sweep = dataclasses.field(default_factory=Sweep)  # the replicas (R = 1 unswept)
+    hparams: dict[str, jax.Array] = dataclasses.field(default_factory=dict)  # swept scalars [R]
+    accountants: list[PrivacyAccountant | None] | None = None  # per replica (a sweep)
 
     @property
     def round_fn(self):
@@ -94,6 +108,9 @@ class Experiment:
     def eval_tags(self, client_ids) -> list[dict[str, np.ndarray]]:
         """Per client: its test rows' question type and group (host metadata, ``train.scores``)."""
         return scores.client_tags(self.test_store, client_ids)
+
+    def accountant_of(self, replica: int) -> PrivacyAccountant | None:
+        return self.accountants[replica] if self.accountants else self.accountant
 
     def with_answer_lists(self, batch: dict[str, np.ndarray], client_ids) -> dict[str, np.ndarray]:
         """A pipeline batch [C, S, B, ...] of these clients plus what the backbone needs per client
@@ -154,6 +171,8 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     mesh = mesh if mesh is not None else mesh_lib.mesh_from_config(config.mesh)
     registry.choice(config.client_storage, CLIENT_STORAGES, "client_storage")
     method = methods.get_method(config.method)
+    sweep = sweep_from_config(config, method)
+    replica_configs = [sweep.replica_config(config, r) for r in range(sweep.size)]
     benchmark = load_benchmark(config.data, registry.patch_size(config))
     encoder = registry.text_encoder(config, benchmark)
     clients = benchmark.clients
@@ -173,30 +192,54 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         **({"lora_rank": config.peft.lora_rank} if method.peft.get("lora_rank") else {}),
     )
     answer_len = answers_N["answer_input_ids"].shape[-1] if answers_N else 0
-    model, params, inputs_fn, _ = registry.build_backbone(
-        config, peft, num_answers, encoder, answer_len=answer_len
+    model, params, inputs_fn, _, init_params = registry.build_backbone(
+        replica_configs[0], peft, num_answers, encoder, answer_len=answer_len
     )
     frozen, shared, private = methods.split_params(method, params)
 
     forward = methods.make_forward(model, inputs_fn)
-    algorithm = methods.build_algorithm(
-        method,
-        forward,
-        local_optim.LocalOptimConfig(**config.optim),
-        **algorithm_options(config, method),
-    )
-    server_tx = make_server_optimizer(
-        config.server.optimizer or method.server_optimizer, **config.server.hyper
-    )
-    server = init_server_state(shared, server_tx, jax.random.key(config.seed + 1))
-    private_one = algorithm.init_private(shared, private)
-    private_N = jax.tree.map(
-        lambda x: np.repeat(np.asarray(x)[None], len(clients), axis=0), private_one
-    )
-    aggregator, accountant = build_aggregation(config, len(clients))
+    parts = [replica_parts(c, method, forward, len(clients), sweep) for c in replica_configs]
+    algorithm, server_tx, aggregator, _ = parts[0]
+    seeds = sweep.seeds(config)
+    if len(set(seeds)) > 1 and not config.model.checkpoint:
+        log.warning(
+            "model.checkpoint is empty: the frozen backbone is random, and every replica of the "
+            "sweep uses the one of seed %d (a separate run with another seed draws its own)",
+            seeds[0],
+        )
+    trainable = {seeds[0]: (shared, private)}
+    for seed in seeds[1:]:
+        if seed not in trainable:
+            trainable[seed] = methods.split_params(method, init_params(seed))[1:]
+    servers, privates = [], []
+    for seed in seeds:
+        shared_r, private_r = trainable[seed]
+        servers.append(init_server_state(shared_r, server_tx, jax.random.key(seed + 1)))
+        privates.append(
+            jax.tree.map(
+                lambda x: np.repeat(np.asarray(x)[None], len(clients), axis=0),
+                algorithm.init_private(shared_r, private_r),
+            )
+        )
     strategy = resolve_strategy(config, frozen)
     placement = mesh_lib.round_fn_kwargs(strategy, config.chunk_size or None)
     param_share = communication.parameter_share(frozen, shared, private)
+    segmented_round = SegmentedRound(
+        algorithm,
+        server_tx,
+        aggregator,
+        segment_steps=config.segment_steps,
+        mesh=mesh,
+        replica_layout=DEFAULT_LAYOUT if sweep.stacked else None,
+        **placement,
+    )
+    if sweep.stacked:
+        eval_fn = make_replica_eval_fn(algorithm, mesh=mesh, **placement)
+        server = stack_replicas(servers)
+        private_N = jax.tree.map(lambda *xs: np.stack(xs), *privates)
+    else:
+        eval_fn = make_eval_fn(algorithm, mesh=mesh, **placement)
+        server, private_N = servers[0], privates[0]
     return Experiment(
         config=config,
         method=method,
@@ -208,21 +251,49 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         frozen=mesh_lib.put_frozen(frozen, mesh, config.mesh.shard_frozen),
         server=mesh_lib.put_replicated(server, mesh),
         private_N=private_N,
-        segmented_round=SegmentedRound(
-            algorithm,
-            server_tx,
-            aggregator,
-            segment_steps=config.segment_steps,
-            mesh=mesh,
-            **placement,
-        ),
-        eval_fn=make_eval_fn(algorithm, mesh=mesh, **placement),
+        segmented_round=segmented_round,
+        eval_fn=eval_fn,
         param_share=param_share,
-        accountant=accountant,
+        accountant=parts[0][3],
         answers_N=answers_N,
         mesh=mesh,
         strategy=strategy,
+        sweep=sweep,
+        hparams=mesh_lib.put_replicated(sweep.hparams(), mesh),
+        accountants=[p[3] for p in parts] if sweep.stacked else None,
     )
+
+
+def replica_parts(
+    config: ml_collections.ConfigDict, method: methods.Method, forward, num_clients: int, sweep
+) -> tuple[LocalAlgorithm, Any, Aggregator, PrivacyAccountant | None]:
+    """One replica's (algorithm, server optimizer, aggregator, accountant), built from its own
+    config, so its values meet every check a plain run's do. A swept server learning rate is
+    applied in the round (``fl.hparams.scale_server_updates``): the optimizer gets 1."""
+    try:
+        algorithm = methods.build_algorithm(
+            method,
+            forward,
+            local_optim.LocalOptimConfig(**config.optim),
+            **algorithm_options(config, method),
+        )
+        name, hyper = config.server.optimizer or method.server_optimizer, dict(config.server.hyper)
+        server_tx = make_server_optimizer(name, **hyper)
+        if hparams_lib.SERVER_LEARNING_RATE in sweep.fields:
+            server_tx = make_server_optimizer(name, **{**hyper, "learning_rate": 1.0})
+        aggregator, accountant = build_aggregation(config, num_clients)
+    except ValueError as err:
+        if not sweep.stacked:
+            raise
+        values = {f: _get(config, f) for f in sweep.fields}
+        raise SweepConfigError(f"config.sweep: the replica with {values}: {err}") from err
+    return algorithm, server_tx, aggregator, accountant
+
+
+def _get(config: ml_collections.ConfigDict, path: str):
+    for key in path.split("."):
+        config = config[key]
+    return config
 
 
 def build_aggregation(

@@ -17,10 +17,17 @@ one process), builds only its cohort slots' batches, and the results are gathere
 process. Padded slots have ``num_examples = 0`` and an all-zero ``example_mask``: they train
 nothing, weigh nothing in the aggregation, and are dropped from the metrics and the scatter.
 Only process 0 writes metrics files; every process takes part in the (collective) checkpoints.
+
+A sweep (``train.sweep``) runs its R replicas through the same loop: each round every replica
+draws its own cohort (``train.cohorts``), ONE jitted call trains them all, and each replica writes
+its own metrics row (``replica``, its seed and swept values included). A checkpoint holds every
+replica, so a sweep resumes exactly like a single run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -31,17 +38,17 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from feddat_jax.data.pipeline import Prefetcher, cohort_batches
+from feddat_jax.data.pipeline import Prefetcher
 from feddat_jax.errors import NonFiniteLossError, RunInterrupted
 from feddat_jax.fl import distributed, sampling
 from feddat_jax.fl import mesh as mesh_lib
-from feddat_jax.fl.accounting import max_poisson_cohort, pad_cohort, poisson_sample
 from feddat_jax.fl.communication import CommunicationBudget, round_traffic
 from feddat_jax.fl.registry import ClientRegistry, pad_batches
 from feddat_jax.train import scores as scores_lib
 from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
+from feddat_jax.train.cohorts import CohortPlanner
 from feddat_jax.train.config_base import fingerprint_json
-from feddat_jax.train.experiment import Experiment, poisson_sample_rate, poisson_sampling
+from feddat_jax.train.experiment import Experiment
 from feddat_jax.train.interrupt import StopRequest
 from feddat_jax.train.metrics import MetricsWriter, Record
 
@@ -53,26 +60,35 @@ DEVICE_STORAGE_SHARE = 0.25
 DEVICE_STORAGE_FALLBACK_BYTES = 2 << 30
 
 
-def check_finite(metrics_C: dict, cohort: np.ndarray, names: list[str], round_number: int) -> None:
-    """Raise :class:`NonFiniteLossError` naming the round (numbered from 1) and the clients."""
+def check_finite(
+    metrics_C: dict, cohort: np.ndarray, names: list[str], round_number: int, where: str = ""
+) -> None:
+    """Raise :class:`NonFiniteLossError` naming the round (numbered from 1), the clients and
+    (in a sweep) the replica."""
     for key, values in metrics_C.items():
         bad = ~np.isfinite(np.asarray(values, np.float64))
         if bad.any():
             who = [names[cohort[i]] for i in np.flatnonzero(bad)]
             raise NonFiniteLossError(
-                f"round {round_number}: {key} is not finite for client(s) {who}",
+                f"round {round_number}: {key} is not finite for client(s) {who}{where}",
                 "the run stopped; the last good checkpoint is kept",
                 "lower config.optim.learning_rate or check the data, then rerun",
             )
 
 
 def round_record(
-    exp: Experiment, round_index: int, cohort: np.ndarray, metrics: dict, seconds: float
+    exp: Experiment,
+    round_index: int,
+    cohort: np.ndarray,
+    metrics: dict,
+    seconds: float,
+    replica: int = 0,
 ) -> Record:
     names = exp.client_names
     metrics_C = jax.device_get(metrics["clients"])
     record: Record = {
         "round": round_index + 1,
+        **exp.sweep.row_fields(exp.config, replica),
         "time/round_s": seconds,
         "cohort": ",".join(names[k] for k in cohort),
     }
@@ -88,8 +104,9 @@ def round_record(
     for key, value in jax.device_get(metrics["server"]).items():
         record[f"server/{key}"] = float(value)
     record.update(exp.param_share.metrics())
-    if exp.accountant is not None:
-        record.update(exp.accountant.metrics(round_index + 1))
+    accountant = exp.accountant_of(replica)
+    if accountant is not None:
+        record.update(accountant.metrics(round_index + 1))
     return record
 
 
@@ -155,19 +172,27 @@ def host_rows(tree: PyTree) -> PyTree:
 
 
 def all_clients(registry: ClientRegistry, num_clients: int) -> PyTree:
-    """Every registered client's private state as host numpy ``[N, ...]``, on every process (a
-    multi-process run gathers the processes' blocks: fine for the small N of one host's memory)."""
+    """Every registered client's private state as host numpy ``[N, ...]`` (``[R, N, ...]`` in a
+    sweep), on every process (a multi-process run gathers the processes' blocks: fine for the
+    small N of one host's memory)."""
     local = registry.states().private
     if jax.process_count() == 1:
         return local
+    axis = 0 if registry.replicas is None else 1
     blocks = distributed.client_blocks(num_clients)
     sizes, most = np.diff(blocks), int(np.max(np.diff(blocks)))
-    padded = jax.tree.map(
-        lambda x: np.concatenate([x, np.zeros((most - x.shape[0],) + x.shape[1:], x.dtype)]), local
-    )
-    stacked = multihost_utils.process_allgather(padded)  # [P, most, ...]
+
+    def pad(x):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, most - x.shape[axis])
+        return np.pad(x, widths)
+
+    stacked = multihost_utils.process_allgather(jax.tree.map(pad, local))  # [P, ..most..]
     return jax.tree.map(
-        lambda x: np.concatenate([np.asarray(x)[p, : sizes[p]] for p in range(len(sizes))]),
+        lambda x: np.concatenate(
+            [np.take(np.asarray(x)[p], np.arange(sizes[p]), axis) for p in range(len(sizes))],
+            axis,
+        ),
         stacked,
     )
 
@@ -192,14 +217,16 @@ def train(
     show_progress: bool = True,
     stop: StopRequest | None = None,
 ) -> list[Record]:
-    """Run (or resume) ``exp`` in ``workdir``; returns the per-round metrics history.
+    """Run (or resume) ``exp`` in ``workdir``; returns the per-round metrics history (a sweep:
+    one row per replica and round, ``train.stats.split_replicas`` splits it).
 
     ``stop`` (see :mod:`feddat_jax.train.interrupt`) is asked between rounds; when it says so,
     the last finished round is checkpointed and :class:`RunInterrupted` is raised.
     """
-    cfg, mesh = exp.config, exp.mesh
+    cfg, mesh, sweep = exp.config, exp.mesh, exp.sweep
     if mesh is None:
         mesh = mesh_lib.make_mesh(1, 1, jax.devices()[:1])
+        exp = dataclasses.replace(exp, mesh=mesh)
     primary = jax.process_index() == 0
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -210,12 +237,15 @@ def train(
         start, state, meta = restored
         server = mesh_lib.put_replicated(state["server"], mesh)
         private_N, history = state["private"], meta["history"]
+    runs = [sweep.label(i).replace(" ", ",") or "run" for i in range(sweep.size)]
     writer = (
-        MetricsWriter(workdir, history, tensorboard=cfg.tensorboard)
+        MetricsWriter(
+            workdir, history, tensorboard=cfg.tensorboard, runs=runs if sweep.stacked else None
+        )
         if primary
         else _HistoryOnly(history)
     )
-    start = int(mesh_lib.fetch_replicated(server.round))
+    start = int(np.max(mesh_lib.fetch_replicated(server.round)))  # every replica is at one round
     if primary and restored is not None:
         print(
             f"{cfg.method} already complete ({start} rounds)"
@@ -230,59 +260,27 @@ def train(
     # This process's clients (all of them in one process), in a fresh registry per call: the
     # host copy is the registry's own (it writes the cohort's rows in place).
     owned = distributed.owned_clients(n)
-    own = jax.tree.map(lambda x: np.array(np.asarray(x)[owned]), (private_N, exp.tasks))
+    axis = 1 if sweep.stacked else 0
+    own = (
+        jax.tree.map(lambda x: np.array(np.take(np.asarray(x), owned, axis)), private_N),
+        jax.tree.map(lambda x: np.array(np.asarray(x)[owned]), exp.tasks),
+    )
     storage = client_storage(cfg.client_storage, sum(x.nbytes for x in jax.tree.leaves(own)), mesh)
-    registry = ClientRegistry(own[0], own[1], client_ids=owned, storage=storage, mesh=mesh)
-
-    # DP with Poisson sampling: each round's cohort is poisson_sample(seed, r, N, q), padded to
-    # ONE static size for the whole run (the largest cohort of every round, rounded up to the
-    # mesh's clients axis) so the round compiles once. An empty cohort runs with every slot
-    # padded: the server update is then the noise alone (DP-FedAvg releases it, and it is
-    # accounted like every other round).
-    poisson_q = poisson_size = None
-    if poisson_sampling(cfg):
-        if jax.process_count() > 1:
-            raise ValueError("config.dp.sampling='poisson' supports one process only")
-        poisson_q = poisson_sample_rate(cfg, n)
-        devices = mesh_lib.clients_size(mesh)
-        largest = max_poisson_cohort(cfg.seed, cfg.rounds, n, poisson_q)
-        poisson_size = -(-largest // devices) * devices
-
-    def plan(r: int, clients_per_round=None):
-        """(global padded ids, mask, this process's slots) of round r's cohort (default: the
-        training cohort; ``clients_per_round`` given: that fixed-size cohort)."""
-        if clients_per_round is None and poisson_size is not None:
-            ids, mask = pad_cohort(poisson_sample(cfg.seed, r, n, poisson_q), poisson_size)
-        else:
-            cpr = cfg.clients_per_round if clients_per_round is None else clients_per_round
-            ids, mask = distributed.plan_cohort(cfg.seed, r, n, cpr, mesh)
-        return ids, mask, distributed.local_slots(mesh, len(ids))
+    registry = ClientRegistry(
+        own[0],
+        own[1],
+        client_ids=owned,
+        storage=storage,
+        mesh=mesh,
+        replicas=sweep.size if sweep.stacked else None,
+    )
+    planner = CohortPlanner(exp)
 
     # The local epoch runs in segments of at most config.segment_steps steps (one window = one
-    # call per round); each segment's rows are read, placed and prefetched on their own.
+    # call per round); each segment's rows (every replica's) are read, placed and prefetched on
+    # their own.
     segmented = exp.segmented_round
     windows = segmented.windows(static_steps)
-    window_steps = windows[0][1]
-
-    def build(key: tuple[int, int]) -> dict:  # on the prefetch thread: read, answer lists, placed
-        r, k = key
-        ids, mask, mine = plan(r)
-        real = ids[mine][mask[mine]]  # this process's real clients come first in its slots
-        batch = exp.with_answer_lists(
-            cohort_batches(
-                exp.train_store,
-                real,
-                cfg.batch_size,
-                seed=cfg.seed,
-                round_index=r,
-                num_steps=static_steps,
-                same_order_each_round=cfg.faithful.same_order_each_round,
-                window=windows[k],
-                window_steps=window_steps,
-            ),
-            real,
-        )
-        return mesh_lib.put_cohort(pad_batches(batch, len(ids[mine])), mesh, len(ids))
 
     def next_segment(key: tuple[int, int]) -> tuple[int, int] | None:
         r, k = key
@@ -292,8 +290,9 @@ def train(
 
     # Evaluation covers every client, config.eval_clients_per_call at a time (0: a training
     # cohort's size), each chunk padded like a cohort to one static shape (one compilation); a
-    # chunk's test data is read when it is evaluated, the next one prefetched meanwhile.
-    all_ids, all_mask, _ = plan(0, n)
+    # chunk's test data is read when it is evaluated (once for every replica of a sweep), the
+    # next one prefetched meanwhile.
+    all_ids, all_mask, _ = planner.plan(cfg.seed, 0, n)  # every client: the same in every replica
     chunk = cfg.eval_clients_per_call or sampling.cohort_size(n, cfg.clients_per_round)
     eval_chunks = [
         (ids, mask, distributed.local_slots(mesh, len(ids)))
@@ -306,12 +305,16 @@ def train(
         batch = pad_batches(exp.eval_batches(real), len(ids[mine]))
         return mesh_lib.put_cohort(batch, mesh, len(ids))
 
-    def evaluate(round_start_shared) -> Record:
-        per_client: dict[str, dict[int, np.ndarray]] = {}  # variant -> client -> scores
+    def evaluate(round_start_shared) -> list[Record]:
+        """One record per replica: its per-client, per-group and per-question-type scores."""
+        # replica -> variant -> client -> scores
+        per_client: list[dict[str, dict[int, np.ndarray]]] = [{} for _ in range(sweep.size)]
         tags: dict[int, dict[str, np.ndarray]] = {}
         with Prefetcher(build_eval, last_round=len(eval_chunks) - 1) as prefetch:
             for i, (ids, mask, mine) in enumerate(eval_chunks):
-                private_E, tasks_E = registry.gather(ids[mine], mask[mine])
+                private_E, tasks_E = registry.gather(
+                    sweep.stack([ids[mine]] * sweep.size), sweep.stack([mask[mine]] * sweep.size)
+                )
                 out = exp.eval_fn(
                     exp.frozen,
                     round_start_shared,
@@ -321,28 +324,38 @@ def train(
                     prefetch.get(i),
                 )
                 real = ids[mask].tolist()
-                chunk = client_scores(exp, {k: v[mask] for k, v in host_rows(out).items()}, real)
-                for variant, scores in chunk.items():
-                    per_client.setdefault(variant, {}).update(zip(real, scores))
+                for replica, scores in zip(per_client, sweep.unstack(host_rows(out))):
+                    chunk = client_scores(exp, {k: v[mask] for k, v in scores.items()}, real)
+                    for variant, values in chunk.items():
+                        replica.setdefault(variant, {}).update(zip(real, values))
                 tags.update(zip(real, exp.eval_tags(real)))
         everyone = list(range(n))
-        return summary_record(
-            exp,
-            {v: [by_client[k] for k in everyone] for v, by_client in per_client.items()},
-            everyone,
-            [tags[k] for k in everyone],
-        )
+        return [
+            summary_record(
+                exp,
+                {v: [by_client[k] for k in everyone] for v, by_client in replica.items()},
+                everyone,
+                [tags[k] for k in everyone],
+            )
+            for replica in per_client
+        ]
 
-    comm_total = history[-1]["comm/bytes_cumulative"] if history else 0
+    comm_totals = [0] * sweep.size
+    for record in history:
+        comm_totals[int(record.get("replica", 0))] = record["comm/bytes_cumulative"]
     budget = CommunicationBudget(cfg.comm_max_bytes or None)
+    shared_shapes = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[axis:], x.dtype), server.shared
+    )
     bar = tqdm(
         total=cfg.rounds * static_steps,
         initial=start * static_steps,
         unit="step",
-        desc=cfg.method,
+        desc=cfg.method + (f" x{sweep.size}" if sweep.stacked else ""),
         disable=not (show_progress and primary),
         dynamic_ncols=True,
     )
+
     saved = done = start
 
     def segment_done(k: int) -> None:
@@ -358,6 +371,7 @@ def train(
         )
         saved = rounds_done
 
+    build = functools.partial(planner.segment_batches, windows=windows)
     with Prefetcher(build, successor=next_segment) as prefetch:
         for r in range(start, cfg.rounds):
             if stop is not None and stop.requested():
@@ -366,51 +380,62 @@ def train(
                 bar.close()
                 writer.close()
                 raise RunInterrupted(cfg.method, r)
-            ids, mask, mine = plan(r)
-            cohort = ids[mask]
-            traffic = round_traffic(server.shared, len(cohort))
-            if budget.exhausted(comm_total, traffic.total_bytes):
+            ids, masks, mine = planner.plans(r)
+            cohorts = [i[m] for i, m in zip(ids, masks)]
+            traffic = [round_traffic(shared_shapes, len(c)) for c in cohorts]
+            if any(budget.exhausted(c, t.total_bytes) for c, t in zip(comm_totals, traffic)):
                 log.warning(
                     "communication budget of %d bytes reached after %d rounds (%d bytes used); "
                     "stopping",
                     cfg.comm_max_bytes,
                     r,
-                    comm_total,
+                    max(comm_totals),
                 )
                 break
             built, waited = prefetch.build_seconds, prefetch.wait_seconds
             t0 = time.perf_counter()
             round_start_shared = server.shared
-            private_C, tasks_C = registry.gather(ids[mine], mask[mine])
+            ids_local, masks_local = planner.local(ids, mine), planner.local(masks, mine)
+            private_C, tasks_C = registry.gather(ids_local, masks_local)
             server, private_C, metrics = segmented(
                 exp.frozen,
                 server,
                 private_C,
                 tasks_C,
-                registry.client_ids_array(ids[mine]),
+                registry.client_ids_array(ids_local),
                 (prefetch.get((r, k)) for k in range(len(windows))),
                 on_segment=segment_done,
+                hparams=exp.hparams,
             )
-            registry.scatter(ids[mine], private_C, mask[mine])
+            registry.scatter(ids_local, private_C, masks_local)
             jax.block_until_ready(server.shared)
-            metrics = {
-                "clients": {k: v[mask] for k, v in host_rows(metrics["clients"]).items()},
-                "server": host_rows(metrics["server"]),
-            }
-            check_finite(metrics["clients"], cohort, exp.client_names, r + 1)
-            comm_total += traffic.total_bytes
-            record = round_record(exp, r, cohort, metrics, time.perf_counter() - t0)
-            record.update(traffic.metrics(comm_total))
-            # host input time (built on the prefetch thread) vs what the device loop waited for it
-            record["time/input_build_s"] = prefetch.build_seconds - built
-            record["time/input_wait_s"] = prefetch.wait_seconds - waited
+            seconds = time.perf_counter() - t0
+            clients_R = sweep.unstack(host_rows(metrics["clients"]))
+            server_R = sweep.unstack(host_rows(metrics["server"]))
+            records = []
+            for i in range(sweep.size):
+                m = {
+                    "clients": {k: v[masks[i]] for k, v in clients_R[i].items()},
+                    "server": server_R[i],
+                }
+                where = f" (replica {i}: {sweep.label(i)})" if sweep.stacked else ""
+                check_finite(m["clients"], cohorts[i], exp.client_names, r + 1, where)
+                comm_totals[i] += traffic[i].total_bytes
+                record = round_record(exp, r, cohorts[i], m, seconds, i)
+                record.update(traffic[i].metrics(comm_totals[i]))
+                # host input time (built on the prefetch thread) vs what the round waited for it
+                record["time/input_build_s"] = prefetch.build_seconds - built
+                record["time/input_wait_s"] = prefetch.wait_seconds - waited
+                records.append(record)
             if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
-                record.update(evaluate(round_start_shared))
-            writer.write(record)
+                for record, scores in zip(records, evaluate(round_start_shared)):
+                    record.update(scores)
+            for record in records:
+                writer.write(record)
             if (r + 1) % cfg.checkpoint_every == 0 or r + 1 == cfg.rounds:
                 save(r + 1)
             done = r + 1
-            bar.set_postfix(round=r + 1, **_headline(record))
+            bar.set_postfix(round=r + 1, **_headline(records))
     if saved < done:  # stopped early by the communication budget between checkpoints
         save(done)
     bar.close()
@@ -418,9 +443,17 @@ def train(
     return writer.history
 
 
-def _headline(record: Record) -> dict[str, Any]:
-    scores = {
-        k.split("/")[-1]: round(v, 1) for k, v in record.items() if k.startswith("score/mean/")
+def _headline(records: list[Record]) -> dict[str, Any]:
+    """The progress bar's numbers: the loss and mean scores (averaged over a sweep's replicas)."""
+    keys = [
+        k
+        for k in records[0]
+        if k.startswith("score/mean/") or k in ("train/loss", "train/loss_dat")
+    ]
+    digits = {k: 1 if k.startswith("score/") else 3 for k in keys}
+    return {
+        k.split("/")[-1] if k.startswith("score/") else k: round(
+            float(np.mean([r[k] for r in records])), digits[k]
+        )
+        for k in keys
     }
-    loss = {k: round(v, 3) for k, v in record.items() if k in ("train/loss", "train/loss_dat")}
-    return {**loss, **scores}

@@ -3,6 +3,10 @@
 A record is a flat dict ``{"round": r, "name/sub": value, ...}``. The full history is kept in
 memory (it is small: one record per round) and goes into every checkpoint, so a resumed run
 rewrites the files from the checkpoint's history: no round is lost or written twice.
+
+A sweep's records also carry ``replica``, ``seed`` and the swept values (one row per replica and
+round in the same files); TensorBoard gets one run per replica (``tensorboard/<replica>_<values>``),
+so its UI overlays them. Only the ``name/sub`` metrics go to TensorBoard.
 """
 
 from __future__ import annotations
@@ -29,15 +33,25 @@ class MetricsWriter:
     """Writes ``metrics.jsonl``, ``metrics.csv`` and TensorBoard events into ``workdir``."""
 
     def __init__(
-        self, workdir: str | Path, history: list[Record] | None = None, tensorboard: bool = True
+        self,
+        workdir: str | Path,
+        history: list[Record] | None = None,
+        tensorboard: bool = True,
+        runs: list[str] | None = None,
     ):
+        """``runs``: a sweep's replica names, one TensorBoard run each (None: one run)."""
         self.workdir = Path(workdir)
         self.history: list[Record] = list(history or [])
-        self._tb = None
+        self._tb = []
         if tensorboard:
             from tensorboardX import SummaryWriter  # imported lazily: only the shell needs it
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            folder = self.workdir / "tensorboard"
+            self._tb = (
+                [SummaryWriter(str(folder / f"{i}_{name}")) for i, name in enumerate(runs)]
+                if runs
+                else [SummaryWriter(str(folder))]
+            )
         self._rewrite()
 
     def write(self, record: Record) -> None:
@@ -46,11 +60,12 @@ class MetricsWriter:
         with open(self.workdir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         self._write_csv()
-        if self._tb is not None:
+        if self._tb:
+            tb = self._tb[int(record.get("replica", 0))]
             for key, value in record.items():
-                if key != "round" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, record["round"])
-            self._tb.flush()
+                if "/" in key and isinstance(value, (int, float)) and math.isfinite(value):
+                    tb.add_scalar(key, value, record["round"])
+            tb.flush()
 
     def _rewrite(self) -> None:
         with open(self.workdir / "metrics.jsonl", "w") as f:
@@ -66,8 +81,8 @@ class MetricsWriter:
             writer.writerows(self.history)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tb in self._tb:
+            tb.close()
 
 
 def read_jsonl(path: str | Path) -> list[Record]:

@@ -1,11 +1,19 @@
-"""The end-of-run comparison: a table on the terminal, the same as JSON, and the PNG plots."""
+"""The end-of-run comparison: a table on the terminal, the same as JSON, and the PNG plots.
+
+Every row of the table is a *setting*: a method, or in a sweep a method with one value of each
+swept hyperparameter. A setting trained with several seeds reports the mean over its seeds, the
+sample std (``42.0±0.6``) and the half-width of the 95% t interval; ``results.json`` also holds
+every seed's score. A run without a sweep reports its scores as they are.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from feddat_jax.train import plots
+import numpy as np
+
+from feddat_jax.train import plots, stats
 from feddat_jax.train.metrics import Record
 from feddat_jax.train.scores import GROUPS
 
@@ -24,58 +32,121 @@ def _last_eval(history: list[Record]) -> Record:
     return evals[-1] if evals else {}
 
 
-def _with_prefix(record: Record, prefix: str, variant: str) -> dict[str, float]:
-    return {
-        k[len(prefix) : -len(variant) - 1]: v
-        for k, v in record.items()
+def _with_prefix(record: Record, prefix: str, variant: str) -> list[str]:
+    """The names ``x`` of the record's ``<prefix>x/<variant>`` keys (groups, question types)."""
+    return [
+        k[len(prefix) : -len(variant) - 1]
+        for k in record
         if k.startswith(prefix) and k.endswith(f"/{variant}")
+    ]
+
+
+def setting_groups(runs: dict[str, list[Record]]) -> dict[str, list[list[Record]]]:
+    """``{row name: [history of each seed]}``: a method, or ``method [lr=0.001]`` per swept
+    setting of a sweep."""
+    out = {}
+    for method, history in runs.items():
+        groups = stats.settings(history)
+        for values, _, histories in groups:
+            name = method if len(groups) == 1 else f"{method} [{stats.setting_label(values)}]"
+            out[name] = histories
+    return out
+
+
+def _scores(histories: list[list[Record]], key: str) -> dict:
+    return stats.summarize([_last_eval(h).get(key) for h in histories])
+
+
+def setting_scores(histories: list[list[Record]], clients: list[str]) -> dict:
+    """One setting's final scores: the mean over its seeds of every number (per client, per
+    question group, per question type, per variant), plus std, the 95% interval and each seed's
+    value of the headline mean."""
+    variant = headline_variant(histories[0])
+    last = _last_eval(histories[0])
+    mean = _scores(histories, f"score/mean/{variant}")
+    per_client = {c: _scores(histories, f"score/{c}/{variant}") for c in clients}
+    groups = {
+        g: _scores(histories, f"group/{g}/{variant}") for g in _with_prefix(last, "group/", variant)
+    }
+    qtypes = {
+        q: _scores(histories, f"qtype/{q}/{variant}") for q in _with_prefix(last, "qtype/", variant)
+    }
+    variants = sorted(k.split("/")[-1] for k in last if k.startswith("score/mean/"))
+    all_variants = {v: _scores(histories, f"score/mean/{v}") for v in variants}
+    comm = [h[-1].get("comm/bytes_cumulative", 0) / 1e6 if h else 0.0 for h in histories]
+    return {
+        "round": last.get("round"),
+        "variant": variant,
+        "clients": {c: s["mean"] for c, s in per_client.items()},
+        "mean": mean["mean"],
+        "groups": {g: s["mean"] for g, s in groups.items()},
+        "question_types": {q: s["mean"] for q, s in qtypes.items()},
+        "comm_mb": float(np.mean(comm)),
+        "all_variants": {v: s["mean"] for v, s in all_variants.items()},
+        "std": mean["std"],
+        "ci95": mean["ci95"],
+        "n": mean["n"],
+        "seeds": [h[0].get("seed") for h in histories] if "seed" in histories[0][0] else [],
+        "scores": mean["values"],
+        "values": stats.swept_values(histories[0]),
+        "clients_std": {c: s["std"] for c, s in per_client.items()},
+        "groups_std": {g: s["std"] for g, s in groups.items()},
+        "question_types_std": {q: s["std"] for q, s in qtypes.items()},
+        "all_variants_std": {v: s["std"] for v, s in all_variants.items()},
     }
 
 
 def final_scores(runs: dict[str, list[Record]], clients: list[str]) -> dict[str, dict]:
-    """Per method: round, the headline variant, per-client, per-group, per-question-type and mean
-    scores of the last evaluation, and every variant's mean."""
-    out = {}
-    for method, history in runs.items():
-        last, variant = _last_eval(history), headline_variant(history)
-        out[method] = {
-            "round": last.get("round"),
-            "variant": variant,
-            "clients": {c: last.get(f"score/{c}/{variant}") for c in clients},
-            "mean": last.get(f"score/mean/{variant}"),
-            "groups": _with_prefix(last, "group/", variant),
-            "question_types": _with_prefix(last, "qtype/", variant),
-            "comm_mb": history[-1].get("comm/bytes_cumulative", 0) / 1e6 if history else 0,
-            "all_variants": {
-                k.split("/")[-1]: v for k, v in last.items() if k.startswith("score/mean/")
-            },
-        }
-    return out
+    """Per setting (a method, or a method's swept setting): round, the headline variant,
+    per-client, per-group, per-question-type and mean scores of the last evaluation, averaged
+    over seeds (with std and CI), and every variant's mean."""
+    return {
+        name: setting_scores(histories, clients) for name, histories in setting_groups(runs).items()
+    }
+
+
+def _cell(value, std, several: bool) -> str:
+    """``42.0±0.6`` for a mean over several seeds, ``42.0`` for one value, ``-`` for none."""
+    if value is None:
+        return "-"
+    return f"{value:.1f}±{std:.1f}" if several and std is not None else f"{value:.1f}"
 
 
 def format_table(
     scores: dict[str, dict], clients: list[str], max_client_columns: int = MAX_CLIENT_COLUMNS
 ) -> str:
-    """One row per method: the headline variant's per-client scores (when few clients), mean,
-    per-group means (when the data are tagged) and megabytes communicated."""
+    """One row per setting: the headline variant's per-client scores (when few clients), mean,
+    per-group means (when the data are tagged) and megabytes communicated; mean ± std over seeds,
+    the 95% interval and the number of seeds when a setting has several."""
+    several = any(s.get("n", 1) > 1 for s in scores.values())
     shown = clients if len(clients) <= max_client_columns else []
-    groups = [g for g in GROUPS if any(g in s["groups"] for s in scores.values())]
-    width = max(10, *(len(c) for c in shown)) if shown else 10
-    head = f"{'method':<22}{'variant':<8}" + "".join(f"{c[:width]:>{width + 1}}" for c in shown)
-    head += f"{'mean':>8}" + "".join(f"{g:>9}" for g in groups) + f"{'comm MB':>9}"
+    groups = [g for g in GROUPS if any(g in s.get("groups", {}) for s in scores.values())]
+    name_w = max(22, *(len(n) + 2 for n in scores))
+    width = max(11 if several else 10, *(len(c) for c in shown)) if shown else 10
+    cell_w = 12 if several else 9
+    head = f"{'method':<{name_w}}{'variant':<8}" + "".join(
+        f"{c[:width]:>{width + 1}}" for c in shown
+    )
+    head += f"{'mean':>12}" if several else f"{'mean':>8}"
+    head += f"{'95% CI':>8}{'seeds':>6}" if several else ""
+    head += "".join(f"{g:>{cell_w}}" for g in groups) + f"{'comm MB':>9}"
     lines = [head, "-" * len(head)]
-    for method, s in scores.items():
-        cells = "".join(f"{_fmt(s['clients'][c]):>{width + 1}}" for c in shown)
-        group_cells = "".join(f"{_fmt(s['groups'].get(g)):>9}" for g in groups)
-        lines.append(
-            f"{method:<22}{s['variant']:<8}{cells}{_fmt(s['mean']):>8}{group_cells}"
-            f"{s['comm_mb']:>9.2f}"
+    for name, s in scores.items():
+        many = s.get("n", 1) > 1
+        std_c, std_g = s.get("clients_std", {}), s.get("groups_std", {})
+        cells = "".join(f"{_cell(s['clients'][c], std_c.get(c), many):>{width + 1}}" for c in shown)
+        mean = _cell(s["mean"], s.get("std"), many)
+        line = f"{name:<{name_w}}{s['variant']:<8}{cells}{mean:>{12 if several else 8}}"
+        if several:
+            ci = "-" if s.get("ci95") is None else f"±{s['ci95']:.1f}"
+            line += f"{ci:>8}{s.get('n', 1):>6}"
+        line += "".join(
+            f"{_cell(s.get('groups', {}).get(g), std_g.get(g), many):>{cell_w}}" for g in groups
         )
+        lines.append(line + f"{s['comm_mb']:>9.2f}")
+    if several:
+        lines.append("mean±std over seeds; 95% CI: half-width of the t interval of the mean")
     return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 def write_report(runs: dict[str, list[Record]], clients: list[str], workdir: str | Path) -> str:
@@ -84,9 +155,10 @@ def write_report(runs: dict[str, list[Record]], clients: list[str], workdir: str
     workdir = Path(workdir)
     scores = final_scores(runs, clients)
     (workdir / "results.json").write_text(json.dumps(scores, indent=2))
-    variants = {m: headline_variant(h) for m, h in runs.items()}
-    plots.plot_scores(runs, clients, workdir / "scores.png", variants)
-    plots.plot_communication(runs, workdir / "communication.png", variants)
+    groups = setting_groups(runs)
+    variants = {name: s["variant"] for name, s in scores.items()}
+    plots.plot_scores(groups, clients, workdir / "scores.png", variants)
+    plots.plot_communication(groups, workdir / "communication.png", variants)
     table = format_table(scores, clients)
     per_client = format_table(scores, clients, max_client_columns=len(clients))
     (workdir / "results.txt").write_text(table + "\n\nper client:\n" + per_client + "\n")

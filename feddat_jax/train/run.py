@@ -9,6 +9,7 @@ build and train each method in ``<workdir>/<method>``, then the reference rows i
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,12 +22,11 @@ from feddat_jax.errors import ConfigError, FeddatError, RunInterrupted, WorkdirE
 from feddat_jax.fl import distributed
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.train import workdir as workdir_lib
-from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.interrupt import StopRequest
-from feddat_jax.train.loop import train
 from feddat_jax.train.references import run_reference
 from feddat_jax.train.report import write_report
-from feddat_jax.train.validate import run_methods, run_references, validate_config
+from feddat_jax.train.runs import run_method
+from feddat_jax.train.validate import run_methods, run_references, validate_config, with_method
 
 
 def launch(config: ml_collections.ConfigDict, workdir: str | Path, stop: StopRequest) -> None:
@@ -91,18 +91,15 @@ def run(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest | No
     for method in run_methods(config):
         if stop is not None and stop.requested():
             raise RunInterrupted(method, 0)
-        method_config = config.copy_and_resolve_references()
-        method_config.method = method
-        experiment = build_experiment(method_config, mesh)
-        clients = experiment.client_names
-        if primary:
-            print(
-                f"== {method}: {len(clients)} clients, {config.rounds} rounds -> "
-                f"{workdir / method} (mesh {dict(mesh.shape)} over {jax.process_count()} "
-                f"process(es), strategy {experiment.strategy})",
-                flush=True,
-            )
-        runs[method] = train(experiment, workdir / method, stop=stop)
+        run_ = run_method(
+            with_method(config, method),
+            workdir / method,
+            mesh=mesh,
+            show_progress=True,
+            announce=functools.partial(print, flush=True) if primary else None,
+            stop=stop,
+        )
+        runs[method], clients = run_.history, run_.client_names
     names = run_references(config)
     pending = list(names)
     if primary:  # the reference rows are single-process host work

@@ -30,6 +30,7 @@ from feddat_jax.peft.config import PeftConfig
 from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES
 from feddat_jax.train.experiment import DATA_SOURCES
 from feddat_jax.train.references import check_references
+from feddat_jax.train.sweep import sweep_from_config
 
 BUILD_HINT = "python -m feddat_jax.data.build --benchmark NAME --raw_dir RAW --out DIR"
 
@@ -101,6 +102,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     fix = f"use a fraction in (0, 1] or a count of at most {num_clients} clients"
     with _guard("clients_per_round", config.clients_per_round, fix):
         sampling.cohort_size(num_clients, config.clients_per_round)
+    _sweep(config, names)
 
 
 def run_methods(config: ml_collections.ConfigDict) -> list[str]:
@@ -118,6 +120,29 @@ def run_methods(config: ml_collections.ConfigDict) -> list[str]:
             "a method is listed twice", _at(key, tuple(names)), "list each method once"
         )
     return names
+
+
+def with_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+    """A copy of ``config`` that trains ``method`` (one method of ``compare_methods``)."""
+    method_config = config.copy_and_resolve_references()
+    method_config.method = method
+    return method_config
+
+
+def _sweep(config: ml_collections.ConfigDict, names: list[str]) -> None:
+    """``config.sweep`` for every method (``train.sweep``), then each replica's values checked
+    like a run's own (a bad value names its replica)."""
+    for method in names:
+        method_config = with_method(config, method)
+        sweep = sweep_from_config(method_config, methods_lib.get_method(method))
+        if not sweep.stacked:
+            continue
+        for r in range(sweep.size):
+            try:
+                validate_config(sweep.replica_config(method_config, r))
+            except FeddatError as err:
+                where = f"{err.where}, replica {r} of config.sweep: {sweep.label(r)}"
+                raise type(err)(err.what, where.lstrip(", "), err.fix) from err
 
 
 def run_references(config: ml_collections.ConfigDict) -> list[str]:

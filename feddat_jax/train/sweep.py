@@ -1,0 +1,210 @@
+"""Sweeps: R federations of ONE method (seeds × scalar hyperparameters) trained as ONE program.
+
+    python launch.py --config configs/demo.py --workdir runs/s --config.sweep.seed='(0,1,2)'
+    python launch.py ... --config.sweep.seed='(0,1,2)' --config.sweep.optim.learning_rate='(1e-3,3e-4)'
+
+``config.sweep`` mirrors the config (``config_base.sweep_section``): every field set to a tuple is
+swept. ``mode="grid"`` trains every combination, seeds varying fastest (replica
+``r = setting · n_seeds + seed index``); ``mode="zip"`` pairs the i-th values of every field.
+Replica r computes what a run of :meth:`Sweep.replica_config` computes (tests/test_sweep.py):
+its seed gives its own trainable init, server key (so its own DP noise), cohorts and data order;
+its swept scalars are traced values of the one compiled round (``fl.hparams``). The frozen
+backbone is built once, from the first replica's seed, and shared; with a pretrained backbone
+(``model.checkpoint``) that is every run's backbone, with a random one every replica uses the
+first replica's.
+
+Only ``seed`` and the fields of ``fl.hparams.SWEEPABLE`` can be swept; anything that changes
+shapes or structure is refused in one line naming it (:class:`SweepConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from feddat_jax.errors import ConfigError
+from feddat_jax.fl.hparams import SWEEPABLE
+
+PyTree = Any
+SEED = "seed"
+MODES = ("grid", "zip")
+
+
+class SweepConfigError(ConfigError):
+    """``config.sweep`` asks for something a sweep cannot do (one line at ``launch.py``'s error
+    boundary, exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """The replicas of one method's run: R settings of the swept fields.
+
+    ``stacked`` is False when nothing is swept: one federation, no replica axis anywhere (the
+    program, the state and the outputs are exactly those of a plain run).
+    """
+
+    fields: tuple[str, ...] = ()
+    values: tuple[tuple[Any, ...], ...] = ((),)
+    stacked: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+    @property
+    def hparam_fields(self) -> tuple[str, ...]:
+        return tuple(f for f in self.fields if f != SEED)
+
+    def setting(self, r: int) -> dict[str, Any]:
+        return dict(zip(self.fields, self.values[r]))
+
+    def seed(self, config: ml_collections.ConfigDict, r: int) -> int:
+        return int(self.setting(r).get(SEED, config.seed))
+
+    def seeds(self, config: ml_collections.ConfigDict) -> list[int]:
+        return [self.seed(config, r) for r in range(self.size)]
+
+    def replica_config(
+        self, config: ml_collections.ConfigDict, r: int
+    ) -> ml_collections.ConfigDict:
+        """The config of the plain run replica r equals (its values set, no sweep)."""
+        out = config.copy_and_resolve_references()
+        with out.unlocked():
+            for path, value in self.setting(r).items():
+                *parents, leaf = path.split(".")
+                node = out
+                for p in parents:
+                    node = node[p]
+                node[leaf] = type(node[leaf])(value)
+            if "sweep" in out:
+                del out["sweep"]
+        return out
+
+    def hparams(self) -> dict[str, np.ndarray]:
+        """The swept scalars as float32 ``[R]`` (``{}`` unswept: nothing is traced)."""
+        if not self.stacked:
+            return {}
+        return {
+            f: np.asarray([self.setting(r)[f] for r in range(self.size)], np.float32)
+            for f in self.hparam_fields
+        }
+
+    def label(self, r: int) -> str:
+        """``"seed=1 optim.learning_rate=0.001"`` (empty unswept)."""
+        return " ".join(f"{k}={v:g}" for k, v in self.setting(r).items())
+
+    def group(self, r: int) -> tuple:
+        """Replica r's setting without its seed: replicas of one group differ only by seed."""
+        return tuple(v for f, v in zip(self.fields, self.values[r]) if f != SEED)
+
+    def group_label(self, r: int) -> str:
+        return " ".join(f"{f}={v:g}" for f, v in zip(self.fields, self.values[r]) if f != SEED)
+
+    def row_fields(self, config: ml_collections.ConfigDict, r: int) -> dict[str, Any]:
+        """What every metrics row of replica r carries: ``replica``, ``seed`` and the swept
+        values (nothing unswept)."""
+        if not self.stacked:
+            return {}
+        return {"replica": r, SEED: self.seed(config, r), **self.setting(r)}
+
+    # ---- the replica axis on the host side -------------------------------------------------------
+    def stack(self, per_replica: list[PyTree]) -> PyTree:
+        """Host values of every replica -> one value with a leading R axis (unswept: the value)."""
+        if not self.stacked:
+            return per_replica[0]
+        return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *per_replica)
+
+    def unstack(self, tree: PyTree) -> list[PyTree]:
+        if not self.stacked:
+            return [tree]
+        return [jax.tree.map(lambda x, r=r: x[r], tree) for r in range(self.size)]
+
+
+def _leaves(node: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out += _leaves(value, path + ".")
+        else:
+            out.append((path, value))
+    return out
+
+
+def _check_field(path: str, config: ml_collections.ConfigDict, method) -> None:
+    if path in ("method", "compare_methods"):
+        raise SweepConfigError(
+            f"config.sweep.{path}: a sweep varies the scalars of ONE method; compare methods "
+            'with --config.compare_methods=\'("feddat","fedavg_adapter")\''
+        )
+    if path != SEED and path not in SWEEPABLE:
+        raise SweepConfigError(
+            f"config.sweep.{path}: {path} cannot be swept (it changes the program's shapes or "
+            f"structure, or is no scalar hyperparameter); sweepable: {SEED}, "
+            f"{', '.join(SWEEPABLE)}; run other values separately"
+        )
+    if method is None:
+        return
+    if path.startswith("feddat.") and method.algorithm != "feddat":
+        raise SweepConfigError(
+            f"config.sweep.{path}: method {config.method!r} is not FedDAT, {path} has no effect "
+            "on it; drop it from the sweep"
+        )
+    if path == "fedprox_mu" and "prox_mu" not in method.options:
+        raise SweepConfigError(
+            f"config.sweep.{path}: method {config.method!r} has no proximal term, {path} has no "
+            "effect on it; sweep it with fedprox_adapter"
+        )
+    if path.startswith("dp.") and not config.dp.enabled:
+        raise SweepConfigError(
+            f"config.sweep.{path}: DP is off, {path} has no effect; add --config.dp.enabled=True"
+        )
+
+
+def _check_values(path: str, values: tuple) -> tuple:
+    if not isinstance(values, (tuple, list)) or not values:
+        raise SweepConfigError(f"config.sweep.{path} must be a non-empty tuple, got {values!r}")
+    for v in values:
+        is_number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        if not is_number or (path == SEED and float(v) != int(v)):
+            kind = "integer seeds" if path == SEED else "numbers"
+            raise SweepConfigError(f"config.sweep.{path} must hold {kind}; got {v!r}")
+    return tuple(int(v) if path == SEED else float(v) for v in values)
+
+
+def sweep_from_config(config: ml_collections.ConfigDict, method=None) -> Sweep:
+    """The validated sweep of ``config`` (``Sweep()`` when nothing is swept). ``method`` (a
+    ``methods.Method``) also refuses swept fields that have no effect on it."""
+    section = config.get("sweep")
+    if section is None:
+        return Sweep()
+    swept = {
+        path: value
+        for path, value in _leaves(section)
+        if path != "mode" and value not in ((), None)
+    }
+    if not swept:
+        return Sweep()
+    for path in swept:
+        _check_field(path, config, method)
+    swept = {path: _check_values(path, value) for path, value in swept.items()}
+    order = [p for p in SWEEPABLE if p in swept] + ([SEED] if SEED in swept else [])
+    mode = section.get("mode", "grid")
+    if mode == "grid":
+        combos = list(itertools.product(*(swept[p] for p in order)))
+    elif mode == "zip":
+        lengths = {p: len(swept[p]) for p in order}
+        if len(set(lengths.values())) != 1:
+            raise SweepConfigError(
+                f"config.sweep.mode='zip' pairs the i-th values, so every swept field needs the "
+                f"same number of values; got {lengths}"
+            )
+        combos = list(zip(*(swept[p] for p in order)))
+    else:
+        raise SweepConfigError(f"config.sweep.mode={mode!r} is not one of {MODES}")
+    return Sweep(tuple(order), tuple(combos), True)
