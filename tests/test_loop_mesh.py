@@ -161,15 +161,31 @@ def _free_port() -> int:
 def test_two_processes_equal_one_device(runs):
     """2 processes x 2 devices (clients axis 4): each process keeps its own block of the clients
     (3 and 2) in its registry and fills its half of the 8 cohort slots with them, then padding."""
-    workdir, port = runs["root"] / "two_processes", _free_port()
+    workdir = runs["root"] / "two_processes"
+    outs = _two_processes(workdir, runs["cache"])
+    assert "mesh {'clients': 4, 'model': 1} over 2 process(es)" in outs[0]
+    assert_same_run(runs["root"] / "one", workdir)
+
+
+# ------------------------------------------------------------------------ a sweep on the mesh
+SWEEP = (
+    "--config.compare_methods=('feddat',)",
+    "--config.sweep.seed=(0,1)",
+    "--config.sweep.optim.learning_rate=(1e-3,2e-3)",
+)
+
+
+def _two_processes(workdir: Path, cache: Path, *extra: str) -> list[str]:
+    port = _free_port()
     procs = [
         subprocess.Popen(
             _launch_args(
                 workdir,
-                runs["cache"],
+                cache,
                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                 "--config.distributed.num_processes=2",
                 f"--config.distributed.process_id={pid}",
+                *extra,
             ),
             cwd=ROOT,
             env=_env(2),
@@ -189,8 +205,38 @@ def test_two_processes_equal_one_device(runs):
                 p.kill()
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
-    assert "mesh {'clients': 4, 'model': 1} over 2 process(es)" in outs[0][0]
-    assert_same_run(runs["root"] / "one", workdir)
+    return [out for out, _ in outs]
+
+
+def assert_same_sweep(a: Path, b: Path) -> None:
+    rows_a, rows_b = metric_rows(a, "feddat"), metric_rows(b, "feddat")
+    assert [(r["round"], r["replica"]) for r in rows_a] == [(1, i) for i in range(4)]
+    assert len(rows_a) == len(rows_b)
+    for x, y in zip(rows_a, rows_b):
+        assert x.keys() == y.keys()
+        for key, value in x.items():
+            if isinstance(value, float):
+                assert y[key] == pytest.approx(value, abs=SCORE_TOL), key
+            else:
+                assert y[key] == value, key
+    sa, sb = final_state(a, "feddat"), final_state(b, "feddat")
+    assert np.shape(sa["server"]["round"]) == (4,)  # the replica axis
+    for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=0, atol=PARAM_TOL)
+
+
+@pytest.mark.slow
+def test_sweep_on_eight_devices_and_two_processes_equals_one_device(runs):
+    """4 replicas (2 seeds x 2 learning rates) of the 5-client cohort: on 8 devices every
+    replica's cohort is padded to 8 slots and sharded over them; in 2 processes each keeps its
+    block of every replica's clients."""
+    root, cache = runs["root"], runs["cache"]
+    _run(root / "sweep_one", cache, 1, *SWEEP)
+    assert "4 replicas in one program" in _run(root / "sweep_eight", cache, 8, *SWEEP)
+    assert_same_sweep(root / "sweep_one", root / "sweep_eight")
+    out = _two_processes(root / "sweep_two_processes", cache, *SWEEP)
+    assert "over 2 process(es)" in out[0]
+    assert_same_sweep(root / "sweep_one", root / "sweep_two_processes")
 
 
 # ------------------------------------------------------------------------------ padded cohorts

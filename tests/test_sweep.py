@@ -1,0 +1,226 @@
+"""Sweeps: R replicas in one program equal R separate runs; resume after a kill; bad sweeps refused.
+
+The runs use the demo's smoke config with a random tiny ViLT. A random backbone depends on the
+seed, while a sweep shares ONE frozen backbone (the first replica's), so each separate reference
+run gets that backbone; everything else it builds from its own config.
+"""
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_launch import ROOT, final_state, numbers, smoke_config
+
+from feddat_jax.methods import get_method
+from feddat_jax.train import loop, stats
+from feddat_jax.train.config_base import base_config, fingerprint_json
+from feddat_jax.train.experiment import build_experiment
+from feddat_jax.train.sweep import SweepConfigError, sweep_from_config
+
+TOL = 1e-5
+
+
+def dp_sweep_config(tmp_path):
+    """FedProx + DP-FedAvg with Poisson sampling: every swept field reaches a different part
+    (local loss, local schedule, aggregator, server step, sampling and data order, accountant)."""
+    c = smoke_config(tmp_path, method="fedprox_adapter")
+    c.rounds, c.eval_every, c.checkpoint_every, c.tensorboard = 2, 1, 2, False
+    c.clients_per_round = 2
+    c.aggregation = "uniform"
+    c.dp.enabled, c.dp.sampling = True, "poisson"
+    c.sweep.mode = "zip"
+    c.sweep.seed = (4, 1)
+    c.sweep.optim.learning_rate = (1e-3, 4e-3)
+    c.sweep.fedprox_mu = (0.01, 0.3)
+    c.sweep.server.hyper.learning_rate = (1.0, 0.5)
+    c.sweep.dp.noise_multiplier = (0.3, 1.2)
+    c.sweep.dp.clip_norm = (0.05, 2.0)
+    return c
+
+
+def leaves(tree):
+    return jax.tree.leaves(jax.tree.map(np.asarray, tree))
+
+
+def test_sweep_equals_separate_runs(tmp_path):
+    config = dp_sweep_config(tmp_path)
+    exp = build_experiment(config)
+    assert exp.sweep.size == 2 and exp.round_fn._cache_size() == 0
+    rows = stats.split_replicas(loop.train(exp, tmp_path / "sweep", show_progress=False))
+    assert exp.round_fn._cache_size() == 1  # one program for both replicas, both rounds
+    swept = final_state(exp, tmp_path / "sweep")[1]
+    for r in range(exp.sweep.size):
+        single = build_experiment(exp.sweep.replica_config(config, r))
+        assert not single.sweep.stacked
+        single = dataclasses.replace(single, frozen=exp.frozen)  # the sweep's one backbone
+        ref = loop.train(single, tmp_path / f"single{r}", show_progress=False)
+        assert len(rows[r]) == len(ref) == 2
+        for got, want in zip(numbers(rows[r]), numbers(ref)):
+            assert got["replica"] == r and got["seed"] == exp.sweep.seed(config, r)
+            assert got["optim.learning_rate"] == exp.sweep.setting(r)["optim.learning_rate"]
+            for key, value in want.items():
+                if isinstance(value, float):
+                    assert got[key] == pytest.approx(value, abs=TOL), (r, key)
+                else:
+                    assert got[key] == value, (r, key)
+        state = final_state(single, tmp_path / f"single{r}")[1]
+        mine = jax.tree.map(lambda x: np.asarray(x)[r], {k: swept[k] for k in ("private",)})
+        for a, b in zip(leaves(mine["private"]), leaves(state["private"])):
+            np.testing.assert_allclose(a, b, atol=TOL)
+        for a, b in zip(leaves(swept["server"].shared), leaves(state["server"].shared)):
+            np.testing.assert_allclose(np.asarray(a)[r], b, atol=TOL)
+    # the replicas differ: other cohorts (seeds), other privacy budgets (noise multipliers)
+    assert [x["cohort"] for x in rows[0]] != [x["cohort"] for x in rows[1]]
+    assert rows[0][-1]["dp/epsilon"] > rows[1][-1]["dp/epsilon"]
+
+
+def _launch(workdir: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "--config",
+        "configs/demo.py:smoke",
+        "--workdir",
+        str(workdir),
+        "--config.model.checkpoint=",
+        "--config.model.size=tiny",
+        f"--config.data.cache_dir={cache}",
+        *extra,
+    ]
+
+
+SWEEP_FLAGS = (
+    "--config.compare_methods=('feddat',)",
+    "--config.rounds=8",
+    "--config.eval_every=3",
+    "--config.clients_per_round=3",
+    "--config.sweep.seed=(0,1)",
+    "--config.sweep.feddat.kd_weight=(0.5,0.2)",
+)
+
+
+def test_sweep_killed_mid_run_resumes_exactly(tmp_path):
+    workdir, cache = tmp_path / "killed", tmp_path / "cache"
+    proc = subprocess.Popen(
+        _launch(workdir, cache, *SWEEP_FLAGS), cwd=ROOT, stderr=subprocess.DEVNULL
+    )
+    second = workdir / "feddat" / "checkpoints" / "2"
+    deadline = time.monotonic() + 600
+    while not second.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = [json.loads(x) for x in (workdir / "feddat" / "metrics.jsonl").read_text().splitlines()]
+    assert 8 <= len(rows) < 32, "the kill did not land in the middle of the sweep"
+
+    out = subprocess.run(
+        _launch(workdir, cache, *SWEEP_FLAGS), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = [
+        json.loads(x) for x in (workdir / "feddat" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [(r["round"], r["replica"]) for r in resumed] == [
+        (k, i) for k in range(1, 9) for i in range(4)
+    ]
+
+    # the uninterrupted sweep, in this process
+    config = smoke_config(tmp_path)
+    config.compare_methods, config.method = ("feddat",), "feddat"
+    config.rounds, config.eval_every, config.clients_per_round, config.tensorboard = 8, 3, 3, False
+    config.sweep.seed, config.sweep.feddat.kd_weight = (0, 1), (0.5, 0.2)
+    exp = build_experiment(config)
+    full = loop.train(exp, tmp_path / "full", show_progress=False)
+    assert numbers(resumed) == numbers(full)
+    a = final_state(exp, workdir / "feddat")[1]
+    b = final_state(exp, tmp_path / "full")[1]
+    for x, y in zip(
+        leaves((a["private"], a["server"].shared)), leaves((b["private"], b["server"].shared))
+    ):
+        np.testing.assert_array_equal(x, y)
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results) == {"feddat [feddat.kd_weight=0.5]", "feddat [feddat.kd_weight=0.2]"}
+    setting = results["feddat [feddat.kd_weight=0.2]"]
+    assert (setting["seeds"], setting["n"], setting["values"]) == (
+        [0, 1],
+        2,
+        {"feddat.kd_weight": 0.2},
+    )
+    assert setting["mean"] == pytest.approx(np.mean(setting["scores"]))
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("batch_size", (2, 4), r"config.sweep.batch_size: batch_size cannot be swept"),
+        ("rounds", (2, 3), r"config.sweep.rounds: rounds cannot be swept"),
+        ("clients_per_round", (0.5, 1.0), r"config.sweep.clients_per_round: clients_per_round"),
+        ("model.image_hw", ((32, 32), (64, 64)), r"config.sweep.model.image_hw: model.image_hw"),
+        ("peft.adapter_reduction", (8, 16), r"config.sweep.peft.adapter_reduction: "),
+        ("data.family", ("domain", "task"), r"config.sweep.data.family: data.family"),
+        ("method", ("feddat", "fedavg_adapter"), r"config.sweep.method: .*compare_methods"),
+        ("feddat.temperature", (1.0, 3.0), r"not FedDAT, feddat.temperature has no effect"),
+        ("fedprox_mu", (0.1, 0.2), r"no proximal term, fedprox_mu has no effect"),
+        ("dp.noise_multiplier", (0.5, 1.0), r"DP is off, dp.noise_multiplier has no effect"),
+        ("seed", (0.5, 1), r"config.sweep.seed must hold integer seeds; got 0.5"),
+    ],
+)
+def test_unsweepable_fields_are_refused_naming_them(field, value, match):
+    c = base_config()
+    c.method = "fedavg_adapter"
+    node = c.sweep
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(SweepConfigError, match=match) as err:
+        sweep_from_config(c, get_method(c.method))
+    assert "\n" not in str(err.value)
+
+
+def test_launch_refuses_a_structural_sweep_in_one_line(tmp_path):
+    out = subprocess.run(
+        _launch(
+            tmp_path / "run", tmp_path / "cache", "--config.sweep.peft.adapter_reduction=(8,16)"
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode != 0
+    lines = [x for x in out.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("error: config.sweep.peft.adapter_reduction: ")
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "feddat").exists()  # refused before anything trained
+
+
+def test_grid_zip_order_and_fingerprint():
+    c = base_config()
+    assert "sweep" not in json.loads(
+        fingerprint_json(c)
+    )  # an unswept run's fingerprint is unchanged
+    c.sweep.seed, c.sweep.optim.learning_rate = (0, 1, 2), (1e-3, 1e-4)
+    grid = sweep_from_config(c)
+    assert grid.fields == ("optim.learning_rate", "seed") and grid.size == 6
+    assert [grid.seed(c, r) for r in range(6)] == [0, 1, 2, 0, 1, 2]  # seeds vary fastest
+    assert grid.group(0) == grid.group(2) != grid.group(3)
+    assert json.loads(fingerprint_json(c))["sweep"] == {
+        "mode": "grid",
+        "seed": [0, 1, 2],
+        "optim": {"learning_rate": [1e-3, 1e-4]},
+    }
+    rc = grid.replica_config(c, 4)
+    assert (rc.seed, rc.optim.learning_rate, "sweep" in rc) == (1, 1e-4, False)
+    c.sweep.mode = "zip"
+    with pytest.raises(SweepConfigError, match="same number of values"):
+        sweep_from_config(c)
+    c.sweep.optim.learning_rate = (1e-3, 1e-4, 1e-5)
+    assert sweep_from_config(c).values == ((1e-3, 0), (1e-4, 1), (1e-5, 2))
