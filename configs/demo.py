@@ -10,7 +10,9 @@ questions name a colour or a side, which the clients' four naming conventions an
 on the embedded world (configs/pretrain_tiny_vilt.py). Reference rows: ``blind`` (no image) and
 ``centralized`` (one adapter on the pooled data). The comparison uses the fair learning-rate
 schedule (every method's parameter groups get the same rate at the same batch, warmup ends inside
-each round); the paper configs keep the official one. Minutes on 2 CPU cores.
+each round); the paper configs keep the official one. Every method trains three seeds as ONE
+program (``sweep.seed``: the replica axis), so the table reports mean ± std over seeds. Minutes on
+2 CPU cores.
 """
 
 from feddat_jax.train.config_base import embedded_config

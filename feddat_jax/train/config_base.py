@@ -160,8 +160,9 @@ def embedded_config(family: str, arg: str = "") -> ml_collections.ConfigDict:
     ``benchmarks/accuracy.py`` share.
 
     The comparison uses the fair schedule (fl/local_optim.py): every method's parameter groups get
-    the same learning rate at the same batch and warmup ends inside each round. ``arg`` "smoke":
-    4 clients, one round, few examples (the tests).
+    the same learning rate at the same batch and warmup ends inside each round. Every method
+    trains seeds 0, 1, 2 on the replica axis (``sweep.seed``). ``arg`` "smoke": 4 clients, one
+    round, few examples, one seed (the tests).
     """
     c = base_config()
     c.method = "feddat"
@@ -182,12 +183,14 @@ def embedded_config(family: str, arg: str = "") -> ml_collections.ConfigDict:
     c.data.image_size = 48
     c.data.train_per_client = 40  # 16-64 per client (size_spread 0.6)
     c.data.test_per_client = 1000  # a client's score to about +-3 points (95% CI)
+    c.sweep.seed = (0, 1, 2)  # three seeds per method as ONE program (train.sweep): mean ± std
     if arg == "smoke":
         c.rounds, c.eval_every = 1, 1
         c.compare_methods = ("feddat", "fedavg_adapter")
         c.data.num_clients, c.data.train_per_client, c.data.test_per_client = 4, 16, 8
         c.references = ("blind",)  # the centralized reference has its own tests
         c.tensorboard = False
+        c.sweep.seed = ()
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")
     return c
