@@ -19,7 +19,7 @@ import pytest
 from test_launch import ROOT, final_state, numbers, smoke_config
 
 from feddat_jax.methods import get_method
-from feddat_jax.train import loop, stats
+from feddat_jax.train import loop, report, stats
 from feddat_jax.train.config_base import base_config, fingerprint_json
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.sweep import SweepConfigError, sweep_from_config
@@ -263,3 +263,47 @@ def test_sweep_benchmark_round_part_runs_without_the_cli_stack(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["round"]["rows"]
     assert [(r["R"], r["layout"]) for r in rows] == [(2, "vmap"), (2, "fold")]
+
+
+def test_mean_std_and_interval_over_seeds_in_the_report(tmp_path):
+    """Two settings x three seeds of metrics rows -> the table, results.json and plots report
+    each setting's mean, sample std and 95% t interval (hand-computed)."""
+    s = stats.summarize([40.0, 42.0, 47.0])
+    assert (s["mean"], s["n"]) == (43.0, 3)
+    assert s["std"] == pytest.approx(np.sqrt(13.0))  # ((-3)² + (-1)² + 4²) / (3 - 1)
+    assert s["ci95"] == pytest.approx(4.303 * np.sqrt(13.0) / np.sqrt(3.0))
+    assert stats.summarize([5.0])["std"] == 0.0 and stats.summarize([5.0])["ci95"] is None
+    assert stats.t975(60) == pytest.approx(2.000, abs=2e-3)
+
+    def row(replica, lr, seed, rnd, score):
+        return {
+            "round": rnd,
+            "replica": replica,
+            "seed": seed,
+            "optim.learning_rate": lr,
+            "comm/bytes_cumulative": 1e6 * rnd,
+            "score/mean/global": score,
+            "score/a/global": score - 1,
+            "score/b/global": score + 1,
+        }
+
+    scores = {(1e-3, 0): 40.0, (1e-3, 1): 42.0, (1e-3, 2): 47.0, (1e-4, 0): 30, (1e-4, 1): 30}
+    scores[(1e-4, 2)] = 33.0
+    history = [
+        row(i, lr, seed, rnd, v - (2 - rnd))
+        for rnd in (1, 2)
+        for i, ((lr, seed), v) in enumerate(scores.items())
+    ]
+    runs = {"fedavg_adapter": history}
+    table = report.write_report(runs, ["a", "b"], tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    high = results["fedavg_adapter [optim.learning_rate=0.001]"]
+    assert (high["mean"], high["n"], high["seeds"]) == (43.0, 3, [0, 1, 2])
+    assert high["std"] == pytest.approx(np.sqrt(13.0)) and high["scores"] == [40.0, 42.0, 47.0]
+    assert high["clients"] == {"a": 42.0, "b": 44.0} and high["values"] == {
+        "optim.learning_rate": 1e-3
+    }
+    low = results["fedavg_adapter [optim.learning_rate=0.0001]"]
+    assert low["mean"] == pytest.approx(31.0) and low["std"] == pytest.approx(np.sqrt(3.0))
+    assert "43.0±3.6" in table and "±9.0" in table and "31.0±1.7" in table
+    assert (tmp_path / "scores.png").stat().st_size > 0
