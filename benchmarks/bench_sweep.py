@@ -101,6 +101,7 @@ def launch_cmd(workdir: Path, args, *extra: str) -> list[str]:
 
 
 def timed_launch(workdir: Path, args, *extra: str) -> dict:
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     out = subprocess.run(
         launch_cmd(workdir, args, *extra),
@@ -119,27 +120,29 @@ def timed_launch(workdir: Path, args, *extra: str) -> dict:
         "wall_s": wall,
         "first_round_s": round_s[1],  # includes the round's compile
         "later_rounds_s": sum(v for k, v in round_s.items() if k > 1),
+        "load_before": load,  # 1-minute load average: other jobs on the host
+        "load_after": os.getloadavg()[0],
     }
 
 
 def launch_part(args, replicas: list[int], report: dict, save) -> None:
+    """Sweep launches and the separate launches they are compared with, interleaved (R=1 sweep,
+    seed 0, R=4 sweep, seeds 1..3, ...) so that a change of the host's load hits both."""
     root = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     args.cache = root / "cache"
     timed_launch(
         root / "warmup", args, "--config.rounds=1", "--config.eval_every=1"
     )  # data, caches
-    separate = []
-    for seed in range(max(replicas)):
-        separate.append(timed_launch(root / f"seed{seed}", args, f"--config.seed={seed}"))
-        report["launch"]["separate"] = separate
-        save()
-    rows = []
-    for r in replicas:
+    separate, rows = [], []
+    for r in sorted(replicas):
         seeds = "(" + ",".join(str(s) for s in range(r)) + ("," if r == 1 else "") + ")"
         one = timed_launch(root / f"sweep{r}", args, f"--config.sweep.seed={seeds}")
+        while len(separate) < r:
+            seed = len(separate)
+            separate.append(timed_launch(root / f"seed{seed}", args, f"--config.seed={seed}"))
         sep = sum(s["wall_s"] for s in separate[:r])
         rows.append({"R": r, "sweep": one, "separate_wall_s": sep, "speedup": sep / one["wall_s"]})
-        report["launch"]["rows"] = rows
+        report["launch"] = {"rows": rows, "separate": separate}
         save()
     print_launch(rows, separate)
 
@@ -155,7 +158,12 @@ def print_launch(rows, separate) -> None:
             f"{s['later_rounds_s']:>11.1f} {row['separate_wall_s']:>11.1f} {row['speedup']:>7.2f}x"
         )
     walls = [s["wall_s"] for s in separate]
-    print(f"one separate launch: median {statistics.median(walls):.1f} s (of {len(walls)})")
+    loads = [x["load_before"] for x in separate] + [r["sweep"]["load_before"] for r in rows]
+    print(
+        f"one separate launch: median {statistics.median(walls):.1f} s (of {len(walls)}); "
+        f"host load average during the launches {min(loads):.1f}-{max(loads):.1f} "
+        f"on {os.cpu_count()} cores"
+    )
 
 
 # -------------------------------------------------------------------------------------- rounds
@@ -203,8 +211,8 @@ def round_part(args, replicas: list[int], report: dict, save, start: float) -> N
     run_1 = compile_1 + args.rounds * round_1
     report["round"]["single"] = {"compile_s": compile_1, "round_s": times_1, "peak_bytes": mem_1}
     rows = []
-    for r in replicas:
-        for layout in args.layouts.split(","):
+    for layout in args.layouts.split(","):  # every R of the first layout first
+        for r in replicas:
             if args.budget_s and time.perf_counter() - start > args.budget_s:
                 print(f"(budget of {args.budget_s:.0f} s reached: R={r} {layout} skipped)")
                 continue
@@ -224,6 +232,7 @@ def round_part(args, replicas: list[int], report: dict, save, start: float) -> N
                     "separate_run_s": r * run_1,
                     "speedup_run": r * run_1 / (compile_s + args.rounds * round_s),
                     "speedup_round": r * round_1 / round_s,
+                    "load": os.getloadavg()[0],
                 }
             )
             report["round"]["rows"] = rows
