@@ -31,7 +31,7 @@ def dp_sweep_config(tmp_path):
     """FedProx + DP-FedAvg with Poisson sampling: every swept field reaches a different part
     (local loss, local schedule, aggregator, server step, sampling and data order, accountant)."""
     c = smoke_config(tmp_path, method="fedprox_adapter")
-    c.rounds, c.eval_every, c.checkpoint_every, c.tensorboard = 2, 1, 2, False
+    c.rounds, c.eval_every, c.checkpoint_every, c.tensorboard = 2, 1, 2, True
     c.clients_per_round = 2
     c.aggregation = "uniform"
     c.dp.enabled, c.dp.sampling = True, "poisson"
@@ -76,6 +76,10 @@ def test_sweep_equals_separate_runs(tmp_path):
             np.testing.assert_allclose(a, b, atol=TOL)
         for a, b in zip(leaves(swept["server"].shared), leaves(state["server"].shared)):
             np.testing.assert_allclose(np.asarray(a)[r], b, atol=TOL)
+    # one TensorBoard run per replica, named by its values
+    runs = sorted(p.name for p in (tmp_path / "sweep" / "tensorboard").iterdir())
+    assert len(runs) == 2 and runs[1].startswith("1_optim.learning_rate=0.004,fedprox_mu=0.3,")
+    assert all(list((tmp_path / "sweep" / "tensorboard" / r).glob("events.*")) for r in runs)
     # the replicas differ: other cohorts (seeds), other privacy budgets (noise multipliers)
     assert [x["cohort"] for x in rows[0]] != [x["cohort"] for x in rows[1]]
     assert rows[0][-1]["dp/epsilon"] > rows[1][-1]["dp/epsilon"]
@@ -188,6 +192,13 @@ def test_unsweepable_fields_are_refused_naming_them(field, value, match):
     with pytest.raises(SweepConfigError, match=match) as err:
         sweep_from_config(c, get_method(c.method))
     assert "\n" not in str(err.value)
+
+
+def test_a_bad_value_of_one_replica_is_named(tmp_path):
+    c = smoke_config(tmp_path)
+    c.sweep.optim.learning_rate = (1e-3, -1.0)
+    with pytest.raises(SweepConfigError, match=r"'optim.learning_rate': -1.0.*learning_rate must"):
+        build_experiment(c)
 
 
 def test_launch_refuses_a_structural_sweep_in_one_line(tmp_path):

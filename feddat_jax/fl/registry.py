@@ -140,10 +140,8 @@ class ClientRegistry:
             if np.shape(leaf)[: len(lead)] != lead:
                 raise ValueError(
                     f"private leaf of shape {np.shape(leaf)} is not stacked over the "
-                    f"{lead} (replicas, clients) of the task metadata"
-                    if replicas
-                    else f"private leaf of shape {np.shape(leaf)} is not stacked over the "
                     f"{n} clients of the task metadata"
+                    + (f" (after the {replicas} replicas)" if replicas else "")
                 )
         self.replicas = replicas
         ids = (
@@ -292,12 +290,7 @@ class ClientRegistry:
         if self.storage == "host":
             axis = 0 if self.replicas is None else 1
             values = mesh_lib.local_tree(private_C, axis) if self.mesh is not None else private_C
-            index = self._index(rows)
-            index = (
-                index[keep]
-                if self.replicas is None
-                else (np.broadcast_to(index[0], rows.shape)[keep], rows[keep])
-            )
+            index = rows[keep] if self.replicas is None else (np.nonzero(keep)[0], rows[keep])
 
             def write(x, v):
                 x[index] = np.asarray(v)[keep]

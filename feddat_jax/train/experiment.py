@@ -209,18 +209,11 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         )
     trainable = {seeds[0]: (shared, private)}
     for seed in seeds[1:]:
-        if seed not in trainable:
+        if seed not in trainable:  # replicas that differ only in hyperparameters share it
             trainable[seed] = methods.split_params(method, init_params(seed))[1:]
-    servers, privates = [], []
-    for seed in seeds:
-        shared_r, private_r = trainable[seed]
-        servers.append(init_server_state(shared_r, server_tx, jax.random.key(seed + 1)))
-        privates.append(
-            jax.tree.map(
-                lambda x: np.repeat(np.asarray(x)[None], len(clients), axis=0),
-                algorithm.init_private(shared_r, private_r),
-            )
-        )
+    servers, privates = zip(
+        *(initial_state(algorithm, server_tx, *trainable[s], s, len(clients)) for s in seeds)
+    )
     strategy = resolve_strategy(config, frozen)
     placement = mesh_lib.round_fn_kwargs(strategy, config.chunk_size or None)
     param_share = communication.parameter_share(frozen, shared, private)
@@ -264,6 +257,16 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     )
 
 
+def initial_state(
+    algorithm: LocalAlgorithm, server_tx, shared: PyTree, private: PyTree, seed: int, n: int
+) -> tuple[ServerState, PyTree]:
+    """A federation's initial server state (its key from ``seed``) and its n clients' private
+    states, host numpy ``[n, ...]`` (SPEC §1: every client starts from the same state)."""
+    server = init_server_state(shared, server_tx, jax.random.key(seed + 1))
+    private_one = algorithm.init_private(shared, private)
+    return server, jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], n, axis=0), private_one)
+
+
 def replica_parts(
     config: ml_collections.ConfigDict, method: methods.Method, forward, num_clients: int, sweep
 ) -> tuple[LocalAlgorithm, Any, Aggregator, PrivacyAccountant | None]:
@@ -277,10 +280,12 @@ def replica_parts(
             local_optim.LocalOptimConfig(**config.optim),
             **algorithm_options(config, method),
         )
-        name, hyper = config.server.optimizer or method.server_optimizer, dict(config.server.hyper)
-        server_tx = make_server_optimizer(name, **hyper)
+        hyper = dict(config.server.hyper)
         if hparams_lib.SERVER_LEARNING_RATE in sweep.fields:
-            server_tx = make_server_optimizer(name, **{**hyper, "learning_rate": 1.0})
+            hyper["learning_rate"] = 1.0
+        server_tx = make_server_optimizer(
+            config.server.optimizer or method.server_optimizer, **hyper
+        )
         aggregator, accountant = build_aggregation(config, num_clients)
     except ValueError as err:
         if not sweep.stacked:

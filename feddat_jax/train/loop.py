@@ -237,11 +237,8 @@ def train(
         start, state, meta = restored
         server = mesh_lib.put_replicated(state["server"], mesh)
         private_N, history = state["private"], meta["history"]
-    runs = [sweep.label(i).replace(" ", ",") or "run" for i in range(sweep.size)]
     writer = (
-        MetricsWriter(
-            workdir, history, tensorboard=cfg.tensorboard, runs=runs if sweep.stacked else None
-        )
+        MetricsWriter(workdir, history, tensorboard=cfg.tensorboard, runs=sweep.run_names())
         if primary
         else _HistoryOnly(history)
     )

@@ -98,6 +98,13 @@ class Sweep:
         """``"seed=1 optim.learning_rate=0.001"`` (empty unswept)."""
         return " ".join(f"{k}={v:g}" for k, v in self.setting(r).items())
 
+    def run_names(self) -> list[str] | None:
+        """One TensorBoard run name per replica (``seed=1,optim.learning_rate=0.001``); None
+        unswept (one run)."""
+        if not self.stacked:
+            return None
+        return [self.label(r).replace(" ", ",") for r in range(self.size)]
+
     def group(self, r: int) -> tuple:
         """Replica r's setting without its seed: replicas of one group differ only by seed."""
         return tuple(v for f, v in zip(self.fields, self.values[r]) if f != SEED)
