@@ -116,10 +116,12 @@ def timed_launch(workdir: Path, args, *extra: str) -> dict:
         raise RuntimeError(f"launch {extra} failed:\n{out.stderr[-3000:]}")
     rows = [json.loads(x) for x in (workdir / "feddat" / "metrics.jsonl").read_text().splitlines()]
     round_s = {r["round"]: r["time/round_s"] for r in rows}
+    replicas = 1 + max(r.get("replica", 0) for r in rows)
     return {
         "wall_s": wall,
         "first_round_s": round_s[1],  # includes the round's compile
         "later_rounds_s": sum(v for k, v in round_s.items() if k > 1),
+        "replicas": replicas,
         "load_before": load,  # 1-minute load average: other jobs on the host
         "load_after": os.getloadavg()[0],
     }
@@ -130,16 +132,18 @@ def launch_part(args, replicas: list[int], report: dict, save) -> None:
     seed 0, R=4 sweep, seeds 1..3, ...) so that a change of the host's load hits both."""
     root = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     args.cache = root / "cache"
-    timed_launch(
-        root / "warmup", args, "--config.rounds=1", "--config.eval_every=1"
-    )  # data, caches
+    warmup = ("--config.rounds=1", "--config.eval_every=1", "--config.sweep.seed=()")
+    timed_launch(root / "warmup", args, *warmup)  # builds the data, warms the file caches
     separate, rows = [], []
     for r in sorted(replicas):
         seeds = "(" + ",".join(str(s) for s in range(r)) + ("," if r == 1 else "") + ")"
         one = timed_launch(root / f"sweep{r}", args, f"--config.sweep.seed={seeds}")
         while len(separate) < r:
             seed = len(separate)
-            separate.append(timed_launch(root / f"seed{seed}", args, f"--config.seed={seed}"))
+            flags = (f"--config.seed={seed}", "--config.sweep.seed=()")  # the demo sweeps 3
+            separate.append(timed_launch(root / f"seed{seed}", args, *flags))
+        if one["replicas"] != r or any(s["replicas"] != 1 for s in separate):
+            raise RuntimeError("a launch trained another number of replicas than asked")
         sep = sum(s["wall_s"] for s in separate[:r])
         rows.append({"R": r, "sweep": one, "separate_wall_s": sep, "speedup": sep / one["wall_s"]})
         report["launch"] = {"rows": rows, "separate": separate}

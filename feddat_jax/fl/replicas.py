@@ -45,10 +45,6 @@ LAYOUTS = ("vmap", "fold")
 DEFAULT_LAYOUT = "vmap"
 
 
-def num_replicas(tree_R: PyTree) -> int:
-    return int(jax.tree.leaves(tree_R)[0].shape[0])
-
-
 def stack_replicas(per_replica: list[PyTree]) -> PyTree:
     """R pytrees of one structure -> one pytree with a leading replica axis (host numpy stays
     numpy; typed PRNG keys are stacked as keys)."""

@@ -109,9 +109,6 @@ class Sweep:
         """Replica r's setting without its seed: replicas of one group differ only by seed."""
         return tuple(v for f, v in zip(self.fields, self.values[r]) if f != SEED)
 
-    def group_label(self, r: int) -> str:
-        return " ".join(f"{f}={v:g}" for f, v in zip(self.fields, self.values[r]) if f != SEED)
-
     def row_fields(self, config: ml_collections.ConfigDict, r: int) -> dict[str, Any]:
         """What every metrics row of replica r carries: ``replica``, ``seed`` and the swept
         values (nothing unswept)."""
