@@ -131,6 +131,7 @@ def separate_runs(case):
         ("feddat", "vmap", None),
         ("feddat", "fold", None),
         ("feddat", "vmap", 1),  # the "scan" strategy: lax.map over each replica's clients
+        ("feddat", "map", None),
         ("fedprox-dp", "vmap", None),
         ("fedprox-dp", "fold", 2),
     ],

@@ -10,7 +10,7 @@ leading replica axis R:
 ``server_R`` is a ``ServerState`` whose every leaf is stacked [R] (each replica has its own key,
 so its own DP noise), ``hparams_R`` the swept scalars [R] (``fl.hparams``), and every cohort
 value is [R, C, ...]: replica r's own cohort, private states and data order. The frozen backbone
-is one argument, never stacked. Two layouts compute the same numbers:
+is one argument, never stacked. Three layouts compute the same numbers:
 
 * ``"vmap"``: ``vmap`` over R of the one-federation round (``fl.round``), around its cohort
   ``vmap``; on a mesh the cohort axis C is sharded over ``clients`` (inputs ``P(None,
@@ -18,8 +18,11 @@ is one argument, never stacked. Two layouts compute the same numbers:
 * ``"fold"``: the R cohorts folded into one client axis of R·C slots (each slot carries its
   replica's server values and hyperparameters), one ``map_clients`` over them, then the server
   step ``vmap``-ed over R.
+* ``"map"``: one replica after another inside the one program (``lax.map`` over R): one compile
+  and one start-up for the sweep, but only one replica's activations at a time (for devices whose
+  caches a whole vmapped sweep overflows, e.g. CPUs at base size).
 
-``benchmarks/bench_sweep.py`` measures both (``benchmarks/RESULTS.md``); :data:`DEFAULT_LAYOUT`
+``benchmarks/bench_sweep.py`` measures all three (``benchmarks/RESULTS.md``); :data:`DEFAULT_LAYOUT`
 is the measured choice. Evaluation runs every replica in one call with the test data passed once.
 """
 
@@ -41,7 +44,7 @@ from feddat_jax.fl.evaluation import make_eval_fn
 from feddat_jax.fl.round import local_epoch, make_round_fn, round_keys, server_step
 
 PyTree = Any
-LAYOUTS = ("vmap", "fold")
+LAYOUTS = ("vmap", "fold", "map")
 DEFAULT_LAYOUT = "vmap"
 
 
@@ -122,6 +125,14 @@ def make_replica_round_fn(
         run = jax.vmap(one, in_axes=(None, 0, 0, 0, 0, 0, 0))
     elif layout == "fold":
         run = _folded_round(algorithm, server_tx, aggregator, mesh, chunk_size)
+    elif layout == "map":
+        one = make_round_fn(
+            algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size, jit=False
+        )
+
+        def run(frozen, *per_replica):
+            return jax.lax.map(lambda xs: one(frozen, *xs), per_replica)
+
     else:
         raise ValueError(f"unknown replica layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     return jax.jit(run, donate_argnums=(2,)) if jit else run
