@@ -5,9 +5,11 @@ benchmark, over several seeds: can methods differ here, and where does FedDAT st
   python benchmarks/accuracy.py --families domain --seeds 0,1 --rounds 5 --workdir /tmp/acc
 
 Each family runs configs/embedded.py:<family> (the demo's settings: 12 clients, 16-64 training
-questions each, 1,000 test questions each, fair schedule, the pretrained tiny ViLT) once per seed;
-the seed changes the training randomness (initialisation, client sampling, data order), the
-benchmark's data stay fixed. Rows: blind, local_adapter, fedavg_adapter, feddat (its DAT, the
+questions each, 1,000 test questions each, fair schedule, the pretrained tiny ViLT) in ONE launch
+whose seeds are the replica axis (``sweep.seed``: every method trains all its seeds as one
+program); the seed changes the training randomness (initialisation, client sampling, data order),
+the benchmark's data stay fixed. ``centralized`` trains once per seed; ``blind`` depends on the
+data alone and is computed once (its std over seeds is 0). Rows: blind, local_adapter, fedavg_adapter, feddat (its DAT, the
 headline; feddat_ac = A_c alone, feddat_as = A_s alone) and centralized; mean ± std (sample std over
 seeds) overall and per question group (shared / shifted). A rerun resumes every finished run.
 
@@ -28,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from feddat_jax.train import stats as stats_lib
 from feddat_jax.train.config_base import embedded_config
 from feddat_jax.train.metrics import read_jsonl
 
@@ -46,12 +49,13 @@ ROWS = {
 GROUPS = ("shared", "shifted")
 
 
-def run_family(family: str, seed: int, rounds: int, workdir: Path) -> None:
-    """Every method and reference of one family and seed (resumes what is finished)."""
+def run_family(family: str, seeds: list[int], rounds: int, workdir: Path) -> None:
+    """Every method and reference of one family, all seeds in one launch on the replica axis
+    (resumes what is finished)."""
     import launch  # the one entry point's run(): methods, references, report
 
     config = embedded_config(family)
-    config.seed = seed
+    config.sweep.seed = tuple(seeds)
     config.rounds = rounds
     config.eval_every = rounds  # only the final evaluation is reported here
     config.compare_methods = METHODS
@@ -60,10 +64,19 @@ def run_family(family: str, seed: int, rounds: int, workdir: Path) -> None:
     launch.run(config, workdir)
 
 
-def final_scores(run_dir: Path, variant: str) -> dict[str, float]:
-    last = [r for r in read_jsonl(run_dir / "metrics.jsonl") if f"score/mean/{variant}" in r][-1]
-    out = {"overall": last[f"score/mean/{variant}"]}
-    out.update({g: last[f"group/{g}/{variant}"] for g in GROUPS})
+def final_scores(run_dir: Path, variant: str, num_seeds: int) -> list[dict[str, float]]:
+    """Each seed's (replica's) last evaluation: overall and per question group. A run without
+    replicas (``blind``: the same for every seed) stands for every seed."""
+    out = []
+    for history in stats_lib.split_replicas(read_jsonl(run_dir / "metrics.jsonl")):
+        last = [r for r in history if f"score/mean/{variant}" in r][-1]
+        scores = {"overall": last[f"score/mean/{variant}"]}
+        scores.update({g: last[f"group/{g}/{variant}"] for g in GROUPS})
+        out.append(scores)
+    if len(out) == 1:
+        out *= num_seeds
+    if len(out) != num_seeds:
+        raise ValueError(f"{run_dir}: {len(out)} replicas for {num_seeds} seeds")
     return out
 
 
@@ -79,9 +92,9 @@ def stats(values: list[float]) -> dict:
 
 def collect(family: str, seeds: list[int], root: Path) -> dict:
     per_row = {row: {k: [] for k in ("overall",) + GROUPS} for row in ROWS}
-    for seed in seeds:
-        for row, (folder, variant) in ROWS.items():
-            for key, value in final_scores(root / family / f"seed{seed}" / folder, variant).items():
+    for row, (folder, variant) in ROWS.items():
+        for scores in final_scores(root / family / folder, variant, len(seeds)):
+            for key, value in scores.items():
                 per_row[row][key].append(value)
     return {
         "methods": {row: stats(v["overall"]) for row, v in per_row.items()},
@@ -187,8 +200,7 @@ def main() -> None:
     t0 = time.time()
     results = {}
     for family in families:
-        for seed in seeds:
-            run_family(family, seed, args.rounds, root / family / f"seed{seed}")
+        run_family(family, seeds, args.rounds, root / family)
         results[family] = collect(family, seeds, root)
         results[family]["checks"] = checks(results[family])
     minutes = (time.time() - t0) / 60

@@ -16,6 +16,7 @@ from feddat_jax.data.pipeline import gather_rows
 from feddat_jax.train import blind, centralized, scores
 from feddat_jax.train.checkpoints import CheckpointMismatchError
 from feddat_jax.train.experiment import build_experiment
+from feddat_jax.train.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,3 +143,35 @@ def test_centralized_reference_trains_resumes_and_reports_like_a_method(experime
     longer.config.rounds = 3  # another schedule horizon: another run, refused in this workdir
     with pytest.raises(CheckpointMismatchError):
         centralized.train_centralized(longer, tmp_path / "c")
+
+
+def test_centralized_runs_once_per_seed_of_a_sweep_and_blind_once(tmp_path):
+    """A sweep's centralized reference trains each distinct seed as the unswept run of that seed
+    would (its own folder), tags its rows like a sweep's, and reports mean ± std over them;
+    swept hyperparameters are the methods' (the reference keeps the config's own)."""
+    from feddat_jax.train import references, report
+
+    sys.path.insert(0, str(ROOT / "configs"))
+    import demo
+
+    c = demo.get_config("smoke")
+    c.model.checkpoint, c.model.size = "", "tiny"
+    c.data.num_clients, c.data.train_per_client, c.data.test_per_client = 3, 8, 4
+    c.data.cache_dir = str(tmp_path / "cache")
+    c.batch_size, c.rounds, c.tensorboard = 4, 1, False
+    c.sweep.seed, c.sweep.optim.learning_rate = (0, 1), (1e-3, 3e-3)  # grid: seeds 0, 1, 0, 1
+    assert references.reference_seeds(c) == [0, 1]
+    rows = references.run_reference("centralized", c, tmp_path / "centralized")
+    assert [(r["replica"], r["seed"]) for r in rows] == [(0, 0), (1, 1)]
+    alone = c.copy_and_resolve_references()
+    alone.sweep.seed, alone.sweep.optim.learning_rate, alone.seed = (), (), 1
+    want = references.run_reference("centralized", alone, tmp_path / "alone")
+    assert "replica" not in want[0]
+    got = {k: v for k, v in rows[1].items() if not k.startswith("time/")}
+    assert got == {"replica": 1, "seed": 1, **{k: v for k, v in want[0].items() if k in got}}
+    assert (tmp_path / "centralized" / "seed_1" / "metrics.jsonl").is_file()
+    assert len(read_jsonl(tmp_path / "centralized" / "metrics.jsonl")) == 2
+    blind = references.run_reference("blind", c, tmp_path / "blind")
+    scores = report.final_scores({"centralized": rows, "blind": blind}, [])
+    assert scores["centralized"]["n"] == 2 and scores["centralized"]["seeds"] == [0, 1]
+    assert (scores["blind"]["n"], scores["blind"]["std"]) == (1, 0.0)

@@ -175,7 +175,7 @@ def test_replica_round_equals_separate_rounds(case, layout, chunk_size):
 
 
 def test_replica_eval_equals_separate_evals():
-    """Every replica's clients on the same test data, in one call."""
+    """Every replica's clients on the same test data, in one call (per-example scores)."""
     base = feddat(CASES["feddat"][3][0])
     _, batches, frozen, shared, _, private_C, tasks = toy.cohort(base, SIZES, KINDS, REAL, A, B)
     noise = [jax.tree.map(lambda x, r=r: x + 0.1 * r, private_C) for r in range(2)]
@@ -189,4 +189,5 @@ def test_replica_eval_equals_separate_evals():
     for r in range(2):
         want = one(frozen, shared_R[r], shared_R[1 - r], noise[r], tasks, batches)
         assert max_diff(jax.tree.map(lambda x, r=r: x[r], got), want) <= 1e-4
-    assert max_diff(jax.tree.map(lambda x: x[0], got), jax.tree.map(lambda x: x[1], got)) > 1
+    # the replicas' scores differ (some example is right in one and wrong in the other)
+    assert max_diff(jax.tree.map(lambda x: x[0], got), jax.tree.map(lambda x: x[1], got)) > 0.5

@@ -85,6 +85,37 @@ def test_sweep_equals_separate_runs(tmp_path):
     assert rows[0][-1]["dp/epsilon"] > rows[1][-1]["dp/epsilon"]
 
 
+def test_segmented_sweep_with_chunked_evaluation_equals_the_one_call_sweep(tmp_path):
+    """A sweep's epoch in segments of one step and its evaluation one client per call (with the
+    per-group and per-question-type breakdowns of every replica) give the one-call sweep's
+    numbers; with ``test_sweep_equals_separate_runs``, those of separate runs."""
+    config = smoke_config(tmp_path)
+    config.rounds, config.eval_every, config.tensorboard = 2, 2, False
+    config.sweep.seed = (0, 1)
+    config.sweep.optim.learning_rate = (1e-3, 3e-3)
+    config.sweep.mode = "zip"
+    exp = build_experiment(config)
+    assert exp.train_store.max_steps(config.batch_size) >= 2  # several segments
+    whole = loop.train(exp, tmp_path / "whole", show_progress=False)
+    cfg = config.copy_and_resolve_references()
+    cfg.segment_steps, cfg.eval_clients_per_call = 1, 1
+    cut = dataclasses.replace(
+        exp, config=cfg, segmented_round=exp.segmented_round.with_segment_steps(1)
+    )
+    parts = loop.train(cut, tmp_path / "parts", show_progress=False)
+    assert [(r["round"], r["replica"]) for r in parts] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    last = [r for r in whole if r["round"] == 2]
+    assert all("group/shared/dat" in r and any(k.startswith("qtype/") for k in r) for r in last)
+    assert last[0]["score/mean/dat"] != last[1]["score/mean/dat"]  # the replicas differ
+    for got, want in zip(numbers(parts), numbers(whole)):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-4), key
+            else:
+                assert got[key] == value, key
+
+
 def _launch(workdir: Path, cache: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -107,6 +138,7 @@ SWEEP_FLAGS = (
     "--config.clients_per_round=3",
     "--config.sweep.seed=(0,1)",
     "--config.sweep.feddat.kd_weight=(0.5,0.2)",
+    "--config.references=('blind',)",  # computed once: it depends on the data alone
 )
 
 
@@ -155,7 +187,12 @@ def test_sweep_killed_mid_run_resumes_exactly(tmp_path):
     ):
         np.testing.assert_array_equal(x, y)
     results = json.loads((workdir / "results.json").read_text())
-    assert set(results) == {"feddat [feddat.kd_weight=0.5]", "feddat [feddat.kd_weight=0.2]"}
+    assert set(results) == {
+        "feddat [feddat.kd_weight=0.5]",
+        "feddat [feddat.kd_weight=0.2]",
+        "blind",
+    }
+    assert results["blind"]["n"] == 1 and results["blind"]["std"] == 0.0
     setting = results["feddat [feddat.kd_weight=0.2]"]
     assert (setting["seeds"], setting["n"], setting["values"]) == (
         [0, 1],
@@ -273,7 +310,7 @@ def test_sweep_benchmark_round_part_runs_without_the_cli_stack(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["round"]["rows"]
-    assert [(r["R"], r["layout"]) for r in rows] == [(2, "vmap"), (2, "fold")]
+    assert [(r["R"], r["layout"]) for r in rows] == [(2, "vmap"), (2, "fold"), (2, "map")]
 
 
 def test_mean_std_and_interval_over_seeds_in_the_report(tmp_path):

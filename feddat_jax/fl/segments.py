@@ -16,6 +16,10 @@ per run. A segment is dispatched before the previous one is waited for, so the d
 the next segment queued while the host prefetches the one after (``data.pipeline.Prefetcher``).
 The result equals the one-call round (``make_round_fn``) up to float reduction order
 (tests/test_segments.py); ``segment_steps = 0`` IS the one-call round.
+
+A sweep's R federations (``fl.replicas``, ``replica_layout``) run through the same class: every
+value gains a leading replica axis R (``[R, C, K, B, ...]`` segments) and the swept
+hyperparameters ``hparams`` go to every call.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from jax.sharding import Mesh
 
 from feddat_jax.fl.aggregation import Aggregator
 from feddat_jax.fl.algorithms.base import LocalAlgorithm
+from feddat_jax.fl.replicas import make_replica_round_fn, make_replica_round_parts
 from feddat_jax.fl.round import add_sums, make_round_fn, make_round_parts
 from feddat_jax.fl.state import ClientTasks, ServerState
 
@@ -78,6 +83,8 @@ class SegmentedRound:
     Args:
       algorithm, server_tx, aggregator, mesh, chunk_size: as ``fl.round.make_round_fn``.
       segment_steps: K, the most local steps per call; 0 = the whole epoch in one call.
+      replica_layout: None for one federation; a ``fl.replicas.LAYOUTS`` name for a sweep's R
+        federations stacked on a leading replica axis.
     """
 
     def __init__(
@@ -89,21 +96,31 @@ class SegmentedRound:
         segment_steps: int = 0,
         mesh: Mesh | None = None,
         chunk_size: int | None = None,
+        replica_layout: str | None = None,
     ):
         if segment_steps < 0:
             raise ValueError(f"segment_steps={segment_steps} must be >= 0 (0 = one call per round)")
         self.segment_steps = int(segment_steps)
         self._args = (algorithm, server_tx, aggregator)
-        self._kwargs = {"mesh": mesh, "chunk_size": chunk_size}
-        parts = make_round_parts(algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size)
+        self._kwargs = {"mesh": mesh, "chunk_size": chunk_size, "replica_layout": replica_layout}
+        # the batch axis of the inputs: [C, S, B, ...], or [R, C, S, B, ...] for replicas
+        self._batch_axis = 2 if replica_layout is None else 3
+        if replica_layout is None:
+            parts = make_round_parts(
+                algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size
+            )
+            self.round_fn = make_round_fn(
+                algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size
+            )
+        else:
+            kwargs = {"mesh": mesh, "chunk_size": chunk_size, "layout": replica_layout}
+            parts = make_replica_round_parts(algorithm, server_tx, aggregator, **kwargs)
+            self.round_fn = make_replica_round_fn(algorithm, server_tx, aggregator, **kwargs)
         # the cohort's private state, then the local state, are donated from call to call
         self.begin_fn = jax.jit(parts.begin, static_argnames="batch_size", donate_argnums=(2,))
         self.segment_fn = jax.jit(parts.segment, donate_argnums=(2,))
         self.add_fn = jax.jit(lambda a, b: add_sums(a, b))  # this instance's own jit cache
         self.end_fn = jax.jit(parts.end, static_argnames="batch_size", donate_argnums=(2,))
-        self.round_fn = make_round_fn(
-            algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size
-        )
 
     def with_segment_steps(self, segment_steps: int) -> SegmentedRound:
         """The same round cut into segments of another length (new programs)."""
@@ -114,36 +131,49 @@ class SegmentedRound:
         return segment_windows(num_steps, self.segment_steps)
 
     def lower(
-        self, frozen, server, private_C, tasks_C, client_ids_C, batches_CxK
+        self, frozen, server, private_C, tasks_C, client_ids_C, batches_CxK, hparams=None
     ) -> dict[str, jax.stages.Lowered]:
         """Ahead-of-time: this round's programs lowered for these shapes (arguments may be
         ``jax.ShapeDtypeStruct`` s; ``batches_CxK`` is one segment's, or the epoch's with
         ``segment_steps`` 0). Compile them (e.g. in threads) and pass them to :meth:`install`."""
+        extra, kw = _hparams_args(hparams, self._kwargs["replica_layout"])
         if not self.segment_steps:
             return {
                 "round": self.round_fn.lower(
-                    frozen, server, private_C, tasks_C, client_ids_C, batches_CxK
+                    frozen, server, private_C, tasks_C, client_ids_C, batches_CxK, *extra
                 )
             }
-        batch_size = int(batches_CxK["example_mask"].shape[2])
+        batch_size = int(batches_CxK["example_mask"].shape[self._batch_axis])
         local_C = jax.eval_shape(
-            lambda *a: self.begin_fn(*a, batch_size=batch_size), frozen, server, private_C, tasks_C
+            lambda *a: self.begin_fn(*a, batch_size=batch_size, **kw),
+            frozen,
+            server,
+            private_C,
+            tasks_C,
         )
         first = np.int32(0)
         _, sums_C = jax.eval_shape(
-            self.segment_fn, frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first
+            self.segment_fn,
+            frozen,
+            server,
+            local_C,
+            tasks_C,
+            client_ids_C,
+            batches_CxK,
+            first,
+            *extra,
         )
         with _donation_where_it_fits():
             return {
                 "begin": self.begin_fn.lower(
-                    frozen, server, private_C, tasks_C, batch_size=batch_size
+                    frozen, server, private_C, tasks_C, batch_size=batch_size, **kw
                 ),
                 "segment": self.segment_fn.lower(
-                    frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first
+                    frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first, *extra
                 ),
                 "add": self.add_fn.lower(sums_C, sums_C),
                 "end": self.end_fn.lower(
-                    frozen, server, local_C, sums_C, tasks_C, batch_size=batch_size
+                    frozen, server, local_C, sums_C, tasks_C, batch_size=batch_size, **kw
                 ),
             }
 
@@ -154,9 +184,9 @@ class SegmentedRound:
             self.round_fn = compiled["round"]
             return
         begin, end = compiled["begin"], compiled["end"]
-        self.begin_fn = lambda *args, batch_size: begin(*args)
+        self.begin_fn = lambda *args, batch_size, **kw: begin(*args, **kw)
         self.segment_fn, self.add_fn = compiled["segment"], compiled["add"]
-        self.end_fn = lambda *args, batch_size: end(*args)
+        self.end_fn = lambda *args, batch_size, **kw: end(*args, **kw)
 
     def __call__(
         self,
@@ -167,14 +197,17 @@ class SegmentedRound:
         client_ids_C,
         segments: Iterable[Batches],
         on_segment: Callable[[int], None] | None = None,
+        hparams: PyTree = None,
     ) -> tuple[ServerState, PyTree, dict]:
         """One round. ``segments`` yields each window's batches ``[C, K, B, ...]`` in order (one
         ``[C, S, B, ...]`` batch when ``segment_steps`` is 0); it is asked for segment k + 1 once
         k is dispatched and k - 1 has finished, so inputs do not pile up on the device however
-        fast the host is. ``on_segment(k)`` is called once segment k has finished (progress)."""
+        fast the host is. ``on_segment(k)`` is called once segment k has finished (progress).
+        ``hparams``: the swept hyperparameters (``fl.hparams``; ``[R]`` each for replicas)."""
+        extra, kw = _hparams_args(hparams, self._kwargs["replica_layout"])
         if not self.segment_steps:
             (batches,) = list(segments)
-            out = self.round_fn(frozen, server, private_C, tasks_C, client_ids_C, batches)
+            out = self.round_fn(frozen, server, private_C, tasks_C, client_ids_C, batches, *extra)
             if on_segment is not None:
                 jax.block_until_ready(out[0].round)
                 on_segment(0)
@@ -182,14 +215,14 @@ class SegmentedRound:
         local_C = sums_C = pending = batch_size = None
         for k, batches in enumerate(segments):
             if local_C is None:
-                batch_size = int(np.shape(batches["example_mask"])[2])
+                batch_size = int(np.shape(batches["example_mask"])[self._batch_axis])
                 with _donation_where_it_fits():
                     local_C = self.begin_fn(
-                        frozen, server, private_C, tasks_C, batch_size=batch_size
+                        frozen, server, private_C, tasks_C, batch_size=batch_size, **kw
                     )
             first_step = np.int32(k * self.segment_steps)
             local_C, seg_sums = self.segment_fn(
-                frozen, server, local_C, tasks_C, client_ids_C, batches, first_step
+                frozen, server, local_C, tasks_C, client_ids_C, batches, first_step, *extra
             )
             sums_C = seg_sums if sums_C is None else self.add_fn(sums_C, seg_sums)
             if pending is not None:  # k is queued behind k - 1: wait for k - 1 only (inputs on
@@ -199,7 +232,19 @@ class SegmentedRound:
             raise ValueError("SegmentedRound: a round needs at least one segment of batches")
         _finished(pending, on_segment)
         with _donation_where_it_fits():
-            return self.end_fn(frozen, server, local_C, sums_C, tasks_C, batch_size=batch_size)
+            return self.end_fn(
+                frozen, server, local_C, sums_C, tasks_C, batch_size=batch_size, **kw
+            )
+
+
+def _hparams_args(hparams, replica_layout: str | None) -> tuple[tuple, dict]:
+    """How the calls pass ``hparams``: (positional extra, keyword extra). Nothing for a plain
+    run without swept values (its programs keep their signature, e.g. for ``install``); the
+    replica round always takes them (``{}`` when only seeds are swept)."""
+    if not hparams and replica_layout is None:
+        return (), {}
+    hparams = hparams or {}
+    return (hparams,), {"hparams": hparams}
 
 
 @contextlib.contextmanager

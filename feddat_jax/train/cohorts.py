@@ -2,7 +2,8 @@
 
 A round's cohort is a function of (seed, round) alone (``fl.sampling``, ``fl.distributed``;
 with ``dp.sampling="poisson"`` a Poisson draw), and so is its data order
-(``data.pipeline.cohort_batches``): a resumed run rebuilds exactly what the uninterrupted one saw.
+(``data.pipeline.cohort_batches``, read one segment of the epoch at a time): a resumed run
+rebuilds exactly what the uninterrupted one saw.
 In a sweep every replica draws with its own seed; all replicas' cohorts are padded to ONE static
 size, so the replica round compiles once, and their batches are stacked ``[R, C, ...]``.
 
@@ -74,17 +75,19 @@ class CohortPlanner:
             return mesh_lib.put_replica_cohort(tree_local, self.mesh, cohort_size)
         return mesh_lib.put_cohort(tree_local, self.mesh, cohort_size)
 
-    def batches(self, r: int) -> PyTree:
-        """Round r's cohort batches of this process's slots, every replica's stacked, placed
-        (runs on the prefetch thread; answer lists of ALBEF included)."""
+    def segment_batches(self, key: tuple[int, int], windows: list[tuple[int, int]]) -> PyTree:
+        """Round r's segment k (``key = (r, k)``; ``windows``: the epoch's ``(start, stop)``
+        steps, ``fl.segments``) of this process's slots, every replica's stacked, placed (runs on
+        the prefetch thread; answer lists of ALBEF included)."""
         exp, cfg = self.exp, self.exp.config
+        r, k = key
         ids, masks, mine = self.plans(r)
         built: dict[tuple, dict] = {}  # replicas that differ only in hyperparameters share data
         per_replica = []
         for seed, ids_i, mask_i in zip(self.seeds, ids, masks):
             real = ids_i[mine][mask_i[mine]]  # this process's real clients come first
-            key = (seed, tuple(real.tolist()))
-            if key not in built:
+            data_key = (seed, tuple(real.tolist()))
+            if data_key not in built:
                 batch = cohort_batches(
                     exp.train_store,
                     real,
@@ -93,9 +96,11 @@ class CohortPlanner:
                     round_index=r,
                     num_steps=exp.train_store.max_steps(cfg.batch_size),
                     same_order_each_round=cfg.faithful.same_order_each_round,
+                    window=windows[k],
+                    window_steps=windows[0][1],
                 )
-                built[key] = pad_batches(exp.with_answer_lists(batch, real), len(ids_i[mine]))
-            per_replica.append(built[key])
+                built[data_key] = pad_batches(exp.with_answer_lists(batch, real), len(ids_i[mine]))
+            per_replica.append(built[data_key])
         return self.place(exp.sweep.stack(per_replica), len(ids[0]))
 
     def local(self, values: list[np.ndarray], mine: slice) -> np.ndarray:

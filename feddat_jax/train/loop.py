@@ -289,7 +289,7 @@ def train(
     # cohort's size), each chunk padded like a cohort to one static shape (one compilation); a
     # chunk's test data is read when it is evaluated (once for every replica of a sweep), the
     # next one prefetched meanwhile.
-    all_ids, all_mask, _ = planner.plan(cfg.seed, 0, n)  # every client: the same in every replica
+    all_ids, all_mask = planner.plan(cfg.seed, 0, n)  # every client: the same in every replica
     chunk = cfg.eval_clients_per_call or sampling.cohort_size(n, cfg.clients_per_round)
     eval_chunks = [
         (ids, mask, distributed.local_slots(mesh, len(ids)))
