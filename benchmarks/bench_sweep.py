@@ -11,9 +11,9 @@ launches one after another (seed 0..R-1, each its own process: start-up, data, c
 evaluation, checkpoints, report). "R separate" is the sum of the first R separate launches.
 
 ``round`` (both sizes): the FedDAT round on a synthetic cohort of C clients (``bench_round.py``'s
-setup, random weights) in this process. Per R and replica layout (``fl.replicas``: "vmap", "fold", "map")
-the replica round's compile time and median round time, with a swept (traced) learning rate;
-against the one-federation round, of which R runs one after another cost
+setup, random weights) in this process. Per R and replica layout (``fl.replicas``: "vmap",
+"fold", "map") the replica round's compile time and median round time, with a swept (traced)
+learning rate; against the one-federation round, of which R runs one after another cost
 ``R x (compile + K rounds)`` (a fresh process recompiles; here every run gets a new jit).
 
 Prints the tables and writes everything to ``--out`` (JSON, rewritten after every row, so a run
@@ -96,6 +96,7 @@ def launch_cmd(workdir: Path, args, *extra: str) -> list[str]:
         f"--config.data.test_per_client={args.test_per_client}",
         f"--config.data.cache_dir={args.cache}",
         "--config.tensorboard=False",
+        "--config.references=()",  # the methods' runs only: the reference rows are not swept
         *extra,
     ]
 
