@@ -19,7 +19,8 @@ nothing, weigh nothing in the aggregation, and are dropped from the metrics and 
 Only process 0 writes metrics files; every process takes part in the (collective) checkpoints.
 
 A sweep (``train.sweep``) runs its R replicas through the same loop: each round every replica
-draws its own cohort (``train.cohorts``), ONE jitted call trains them all, and each replica writes
+draws its own cohort (``train.cohorts``), the same calls train them all (one per round, or one per
+segment), each evaluation chunk is evaluated for every replica at once, and each replica writes
 its own metrics row (``replica``, its seed and swept values included). A checkpoint holds every
 replica, so a sweep resumes exactly like a single run.
 """
