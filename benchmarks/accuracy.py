@@ -52,7 +52,8 @@ GROUPS = ("shared", "shifted")
 def run_family(family: str, seeds: list[int], rounds: int, workdir: Path) -> None:
     """Every method and reference of one family, all seeds in one launch on the replica axis
     (resumes what is finished)."""
-    import launch  # the one entry point's run(): methods, references, report
+    from feddat_jax.train.interrupt import StopRequest
+    from feddat_jax.train.run import launch  # what launch.py runs: methods, references, report
 
     config = embedded_config(family)
     config.sweep.seed = tuple(seeds)
@@ -60,8 +61,8 @@ def run_family(family: str, seeds: list[int], rounds: int, workdir: Path) -> Non
     config.eval_every = rounds  # only the final evaluation is reported here
     config.compare_methods = METHODS
     config.tensorboard = False
-    workdir.mkdir(parents=True, exist_ok=True)
-    launch.run(config, workdir)
+    with StopRequest() as stop:  # Ctrl-C: stop after the current round; a rerun resumes
+        launch(config, workdir, stop)
 
 
 def final_scores(run_dir: Path, variant: str, num_seeds: int) -> list[dict[str, float]]:

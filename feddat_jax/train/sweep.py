@@ -187,6 +187,9 @@ def sweep_from_config(config: ml_collections.ConfigDict, method=None) -> Sweep:
     section = config.get("sweep")
     if section is None:
         return Sweep()
+    mode = section.get("mode", "grid")
+    if mode not in MODES:  # refused even when nothing is swept yet
+        raise SweepConfigError(f"config.sweep.mode={mode!r} is not one of {MODES}")
     swept = {
         path: value
         for path, value in _leaves(section)
@@ -198,10 +201,9 @@ def sweep_from_config(config: ml_collections.ConfigDict, method=None) -> Sweep:
         _check_field(path, config, method)
     swept = {path: _check_values(path, value) for path, value in swept.items()}
     order = [p for p in SWEEPABLE if p in swept] + ([SEED] if SEED in swept else [])
-    mode = section.get("mode", "grid")
     if mode == "grid":
         combos = list(itertools.product(*(swept[p] for p in order)))
-    elif mode == "zip":
+    else:  # zip
         lengths = {p: len(swept[p]) for p in order}
         if len(set(lengths.values())) != 1:
             raise SweepConfigError(
@@ -209,6 +211,4 @@ def sweep_from_config(config: ml_collections.ConfigDict, method=None) -> Sweep:
                 f"same number of values; got {lengths}"
             )
         combos = list(zip(*(swept[p] for p in order)))
-    else:
-        raise SweepConfigError(f"config.sweep.mode={mode!r} is not one of {MODES}")
     return Sweep(tuple(order), tuple(combos), True)
