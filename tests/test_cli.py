@@ -73,6 +73,15 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
             "error: config file configs/nope.py cannot be loaded (No such file or directory)",
         ),
         (["--config", "configs/demo.py:bogus"], "error: unknown config argument 'bogus'"),
+        # a sweep may vary scalars only; a key it does not mirror is unknown
+        (
+            [*SMOKE, "--config.sweep.batch_size=(2,4)"],
+            "error: config.sweep.batch_size: batch_size cannot be swept",
+        ),
+        (
+            [*SMOKE, "--config.sweep.seedz=(0,1)"],
+            "error: unknown config key 'seedz' (--config.sweep.seedz=(0,1)); did you mean \"seed\"?",
+        ),
     ],
 )
 def test_bad_inputs_print_one_line_and_exit_2(args, expected, tmp_path):
@@ -185,6 +194,18 @@ def test_library_errors_for_user_input_are_project_errors():
         ("eval_clients_per_call", -1, r"eval_clients_per_call must be >= 0"),
         ("strategy", "pmap", r"'pmap' is not a valid strategy"),
         ("distributed.coordinator_address", "nohost", r"'nohost' is not host:port"),
+        ("sweep.rounds", (1, 2), r"config\.sweep\.rounds: rounds cannot be swept"),
+        ("sweep.mode", "cross", r"config\.sweep\.mode='cross' is not one of"),
+        # every replica's values are checked like a run's, naming the replica
+        (
+            "sweep.optim.learning_rate",
+            (1e-3, -1.0),
+            (
+                r"\(config\.optim\.learning_rate=-1\.0, replica 1 of config\.sweep: "
+                r"optim\.learning_rate=-1\)"
+            ),
+        ),
+        ("sweep.seed", (0, -1), r"seed must be >= 0.*replica 1 of config\.sweep: seed=-1"),
     ],
 )
 def test_validation_names_the_key(key, value, match, tmp_path):
@@ -220,4 +241,13 @@ def test_validation_checks_every_compared_method_and_albef_combinations(tmp_path
     config.model.name = "albef"
     config.model.image_hw = (32, 32)
     with pytest.raises(ConfigError, match="'fedavg_lora' needs LoRA or prompts"):
+        validate_config(config)
+
+
+def test_validation_refuses_a_sweep_key_the_config_does_not_have(tmp_path):
+    """A config FILE may add keys to ``sweep`` (the command line cannot): each is refused."""
+    config = smoke_config(tmp_path)
+    with config.sweep.unlocked():
+        config.sweep.learning_rate = (1e-3, 1e-4)  # optim.learning_rate is meant
+    with pytest.raises(ConfigError, match=r"config\.sweep\.learning_rate: learning_rate cannot"):
         validate_config(config)

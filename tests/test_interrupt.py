@@ -126,14 +126,14 @@ def test_a_stop_after_the_methods_skips_the_reference_rows_and_the_rerun_adds_th
     config = smoke_config(tmp_path)
     config.rounds, config.tensorboard = 1, False
     config.compare_methods, config.references = ("fedavg_adapter",), ("blind",)
-    stop, train = StopRequest(), run_mod.train
+    stop, run_method = StopRequest(), run_mod.run_method
 
     def train_then_signal(*args, **kwargs):
-        history = train(*args, **kwargs)
+        method_run = run_method(*args, **kwargs)
         stop.request()  # as if Ctrl-C came during the method's last round
-        return history
+        return method_run
 
-    monkeypatch.setattr(run_mod, "train", train_then_signal)
+    monkeypatch.setattr(run_mod, "run_method", train_then_signal)
     workdir = tmp_path / "run"
     with pytest.raises(RunInterrupted) as stopped:
         run_mod.launch(config, workdir, stop)

@@ -253,6 +253,7 @@ def test_the_loop_builds_each_round_with_its_round_index_and_reshuffles(
     default every round sees a new order (faithful.same_order_each_round reproduces the
     official code's fixed order)."""
     from feddat_jax.data.pipeline import cohort_batches
+    from feddat_jax.train import cohorts  # the loop's cohort planner reads the batches
 
     built = {}
 
@@ -261,7 +262,7 @@ def test_the_loop_builds_each_round_with_its_round_index_and_reshuffles(
         built[kwargs["round_index"]] = np.asarray(batch["input_ids"])
         return batch
 
-    monkeypatch.setattr(loop, "cohort_batches", spy)
+    monkeypatch.setattr(cohorts, "cohort_batches", spy)
     loop.train(with_rounds(experiment, 3), tmp_path, show_progress=False)
     assert sorted(built) == [0, 1, 2]
     assert not np.array_equal(built[0], built[1]) and not np.array_equal(built[1], built[2])

@@ -249,7 +249,7 @@ def test_launch_refuses_a_structural_sweep_in_one_line(tmp_path):
         timeout=300,
         check=False,
     )
-    assert out.returncode != 0
+    assert out.returncode == 2  # a ConfigError at launch.py's error boundary
     lines = [x for x in out.stderr.splitlines() if x.strip()]
     assert lines[-1].startswith("error: config.sweep.peft.adapter_reduction: ")
     assert "Traceback" not in out.stderr

@@ -141,6 +141,24 @@ def test_how_the_data_is_read_is_not_part_of_the_numbers(finished_run):
     assert fingerprint_json(other) != fingerprint_json(config)
 
 
+def test_a_sweep_claims_the_workdir_and_fingerprints_with_its_values(finished_run):
+    """An unset sweep leaves the claim alone (the finished run is unswept); swept values, and
+    so the replica count R, are part of the workdir's claim and of the checkpoint fingerprint."""
+    from feddat_jax.train.checkpoints import config_fingerprint
+    from feddat_jax.train.config_base import fingerprint_json
+
+    root, config = finished_run
+    assert "sweep" not in workdir_lib.numeric_config(workdir_lib.config_dict(config))
+    swept = config.copy_and_resolve_references()
+    swept.sweep.seed = (0, 1)
+    with pytest.raises(WorkdirError, match=r"sweep\.seed: None -> \[0, 1\]"):
+        workdir_lib.check_ownership(root / "run", swept)
+    more = swept.copy_and_resolve_references()
+    more.sweep.seed = (0, 1, 2)
+    prints = {config_fingerprint(fingerprint_json(c)) for c in (config, swept, more)}
+    assert len(prints) == 3
+
+
 def test_a_config_without_outputs_claims_nothing(tmp_path):
     """A run that failed before its first round (say, a bad adapter size found while building)
     leaves only config.json: the corrected command may take the workdir."""
