@@ -232,6 +232,14 @@ def test_validation_of_the_pretraining_config():
     config.num_heads, config.held_out_scenes = 4, 0
     with pytest.raises(ConfigError, match=r"held_out_scenes must be >= 1"):
         validate_config(config)
+    config.held_out_scenes, config.qa_share = 20, 0.6  # caption_share 0.5
+    with pytest.raises(ConfigError, match=r"qa_share plus caption_share=0\.5 must be at most 1"):
+        validate_config(config)
+    config.qa_share, config.init_from = 0.3, "/nonexistent/stage1"
+    with pytest.raises(
+        CheckpointError, match=r"no provenance\.json.*pretrain_tiny_vilt\.py:stage1"
+    ):
+        validate_config(config)
 
 
 def test_validation_checks_every_compared_method_and_albef_combinations(tmp_path):

@@ -382,6 +382,7 @@ def _pretrain(c: ml_collections.ConfigDict) -> None:
         _at_least(c, key, 1, 1)
     _at_least(c, "corpus_seed", 0, 1234)
     _above(c, "learning_rate", 0, 1e-3)
+    _pretrain_stage(c)
     _need(
         c.hidden_size % c.num_heads == 0,
         "hidden_size",
@@ -396,3 +397,28 @@ def _pretrain(c: ml_collections.ConfigDict) -> None:
         f"must be a multiple of patch_size={c.patch_size}",
         f"e.g. --config.image_size={4 * c.patch_size}",
     )
+
+
+def _pretrain_stage(c: ml_collections.ConfigDict) -> None:
+    """The batch shares of the objectives, and the earlier stage a second stage continues."""
+    shares = [k for k in ("caption_share", "qa_share") if k in c]
+    for key in shares:
+        _need(0 <= c[key] <= 1, key, c[key], "must be in [0, 1]", f"e.g. --config.{key}=0.5")
+    if len(shares) == 2:
+        total = c.caption_share + c.qa_share
+        _need(
+            total <= 1,
+            "qa_share",
+            c.qa_share,
+            f"plus caption_share={c.caption_share} must be at most 1 (the rest of the batch is "
+            "question-answer text)",
+            f"e.g. --config.qa_share={max(0.0, 1 - c.caption_share):g}",
+        )
+    init_from = c.get("init_from", "")
+    if init_from and not (Path(init_from).expanduser() / "provenance.json").is_file():
+        raise CheckpointError(
+            "init_from holds no earlier pretraining stage (no provenance.json)",
+            _at("init_from", init_from),
+            "run stage 1 into it first: python launch.py --config "
+            f"configs/pretrain_tiny_vilt.py:stage1 --workdir {init_from}",
+        )
