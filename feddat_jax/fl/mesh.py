@@ -231,6 +231,34 @@ def put_frozen(frozen: PyTree, mesh: Mesh, shard_frozen: bool = False) -> PyTree
     return jax.tree.map(_put, frozen, frozen_shardings(frozen, mesh, shard_frozen))
 
 
+def _put_client_axis(
+    tree_local: PyTree, mesh: Mesh, sharding: NamedSharding, axis: int, cohort_size: int | None
+) -> PyTree:
+    """This process's slots of a stacked cohort (client axis ``axis``) -> global arrays laid out
+    by ``sharding``; ``cohort_size`` is the global C (inferred when every process holds as many)."""
+    n = clients_size(mesh)
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return _put(x, sharding)
+        if _is_key(x):
+            return jax.random.wrap_key_data(
+                leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
+        x = np.asarray(x)
+        c = cohort_size or x.shape[axis] * jax.process_count()
+        if c % n:
+            raise ValueError(
+                f"a cohort of {c} clients does not divide over the mesh's {n} "
+                f"'{CLIENTS_AXIS}' devices; pad it to a multiple "
+                "(feddat_jax.fl.registry.pad_ids)"
+            )
+        shape = x.shape[:axis] + (c,) + x.shape[axis + 1 :]
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return jax.tree.map(leaf, tree_local)
+
+
 def put_cohort(tree_local: PyTree, mesh: Mesh, cohort_size: int | None = None) -> PyTree:
     """Stacked client values -> global arrays sharded ``P("clients")``.
 
@@ -238,27 +266,7 @@ def put_cohort(tree_local: PyTree, mesh: Mesh, cohort_size: int | None = None) -
     single-process run that is the whole cohort. Uses ``jax.make_array_from_process_local_data``
     (``cohort_size`` is the global C; inferred when every process holds as many rows).
     """
-    s = clients_sharding(mesh)
-    n = clients_size(mesh)
-
-    def leaf(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return _put(x, s)
-        if _is_key(x):
-            return jax.random.wrap_key_data(
-                leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x)
-            )
-        x = np.asarray(x)
-        c = cohort_size or x.shape[0] * jax.process_count()
-        if c % n:
-            raise ValueError(
-                f"a cohort of {c} clients does not divide over the mesh's {n} "
-                f"'{CLIENTS_AXIS}' devices; pad it to a multiple "
-                "(feddat_jax.fl.registry.pad_ids)"
-            )
-        return jax.make_array_from_process_local_data(s, x, (c,) + x.shape[1:])
-
-    return jax.tree.map(leaf, tree_local)
+    return _put_client_axis(tree_local, mesh, clients_sharding(mesh), 0, cohort_size)
 
 
 def replica_cohort_sharding(mesh: Mesh) -> NamedSharding:
@@ -270,26 +278,7 @@ def replica_cohort_sharding(mesh: Mesh) -> NamedSharding:
 def put_replica_cohort(tree_local: PyTree, mesh: Mesh, cohort_size: int | None = None) -> PyTree:
     """A sweep's stacked cohort values ``[R, C_local, ...]`` (this process's slots of every
     replica's cohort) -> global arrays ``[R, C, ...]`` sharded ``P(None, "clients")``."""
-    s = replica_cohort_sharding(mesh)
-    n = clients_size(mesh)
-
-    def leaf(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return _put(x, s)
-        if _is_key(x):
-            return jax.random.wrap_key_data(
-                leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x)
-            )
-        x = np.asarray(x)
-        c = cohort_size or x.shape[1] * jax.process_count()
-        if c % n:
-            raise ValueError(
-                f"a cohort of {c} clients does not divide over the mesh's {n} "
-                f"'{CLIENTS_AXIS}' devices; pad it to a multiple (fl.registry.pad_ids)"
-            )
-        return jax.make_array_from_process_local_data(s, x, (x.shape[0], c) + x.shape[2:])
-
-    return jax.tree.map(leaf, tree_local)
+    return _put_client_axis(tree_local, mesh, replica_cohort_sharding(mesh), 1, cohort_size)
 
 
 def local_rows(x: jax.Array, axis: int = 0) -> np.ndarray:
