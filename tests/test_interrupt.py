@@ -6,10 +6,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from smoke_launch import smoke_command
 from test_launch import ROOT, experiment, numbers, with_rounds  # noqa: F401  (a fixture)
 
 from feddat_jax.errors import RunInterrupted
@@ -74,20 +74,13 @@ def test_the_first_signal_asks_the_second_aborts():
 @pytest.mark.slow
 def test_ctrl_c_in_a_launch_exits_130_and_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "run"
-    command = [
-        sys.executable,
-        str(ROOT / "launch.py"),
-        "--config",
-        "configs/demo.py:smoke",
-        "--workdir",
-        str(workdir),
-        "--config.model.checkpoint=",
-        "--config.model.size=tiny",
+    command = smoke_command(
+        workdir,
         "--config.compare_methods=('fedavg_adapter',)",
         "--config.rounds=4",
         "--config.checkpoint_every=4",
         f"--config.data.cache_dir={tmp_path / 'cache'}",
-    ]
+    )
     proc = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -22,10 +22,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import toy_model as toy
+from smoke_launch import smoke_command
 
-from feddat_jax.fl import local_optim, sampling
+from feddat_jax.fl import distributed, local_optim, sampling
 from feddat_jax.fl import mesh as mesh_lib
-from feddat_jax.fl import distributed
 from feddat_jax.fl.aggregation import MeanAggregator, client_weights
 from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
 from feddat_jax.fl.privacy import DPGaussianAggregator
@@ -49,18 +49,7 @@ def _env(devices: int) -> dict:
 
 
 def _launch_args(workdir: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "launch.py"),
-        "--config",
-        "configs/demo.py:smoke",
-        "--workdir",
-        str(workdir),
-        "--config.model.checkpoint=",
-        "--config.model.size=tiny",
-        f"--config.data.cache_dir={cache}",
-        *extra,
-    ]
+    return smoke_command(workdir, *extra, cache=cache)
 
 
 def _run(workdir: Path, cache: Path, devices: int, *extra: str) -> str:

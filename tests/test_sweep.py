@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from smoke_launch import smoke_command
 from test_launch import ROOT, final_state, numbers, smoke_config
 
 from feddat_jax.methods import get_method
@@ -117,18 +118,7 @@ def test_segmented_sweep_with_chunked_evaluation_equals_the_one_call_sweep(tmp_p
 
 
 def _launch(workdir: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "launch.py"),
-        "--config",
-        "configs/demo.py:smoke",
-        "--workdir",
-        str(workdir),
-        "--config.model.checkpoint=",
-        "--config.model.size=tiny",
-        f"--config.data.cache_dir={cache}",
-        *extra,
-    ]
+    return smoke_command(workdir, *extra, cache=cache)
 
 
 SWEEP_FLAGS = (
