@@ -40,12 +40,9 @@ from tqdm import tqdm
 from feddat_jax.data.embedded_captions import MAYBE, TARGET, caption
 from feddat_jax.models.inputs import to_model_inputs
 from feddat_jax.models.vilt import ViltConfig, ViltModel, VqaHead
-from feddat_jax.models.vilt_checkpoint import (
-    CheckpointError,
-    load_vilt_params,
-    save_vilt_checkpoint,
-)
+from feddat_jax.models.vilt_checkpoint import load_vilt_params, save_vilt_checkpoint
 from feddat_jax.train.pretrain_corpus import Corpus, build_corpus, corpus_texts
+from feddat_jax.train.validate import check_pretrain_stage
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _PUNCTUATION = {".", ",", ":", "?", ")", "("}
@@ -168,8 +165,7 @@ class BatchMaker:
     def questions(
         self, rng: np.random.Generator, n: int, answer_rate: float = 0.5, other_rate: float = 0.15
     ) -> dict[str, np.ndarray]:
-        scenes = rng.choice(len(self.corpus.scenes), n)
-        pairs = [self.corpus.qa[s][int(rng.integers(len(self.corpus.qa[s])))] for s in scenes]
+        scenes, pairs = self._question_pairs(rng, n)
         ids, attn = self._encode([f"{q} {a}" for q, a in pairs])
         answer_len = [len(self.tok.tokenize(a)) for _, a in pairs]
         end = attn.sum(1) - 1  # the [SEP] position
@@ -196,8 +192,7 @@ class BatchMaker:
     def answering(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         """Questions alone, labelled with their answer's index (-1 for an answer outside the list,
         which only a held-out corpus can have)."""
-        scenes = rng.choice(len(self.corpus.scenes), n)
-        pairs = [self.corpus.qa[s][int(rng.integers(len(self.corpus.qa[s])))] for s in scenes]
+        scenes, pairs = self._question_pairs(rng, n)
         ids, attn = self._encode([q for q, _ in pairs])
         return self._with_cells(
             {
@@ -223,6 +218,15 @@ class BatchMaker:
         batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         batch["pixel_mask"] = np.ones(batch["image"].shape[:3], np.uint8)
         return batch
+
+    def _question_pairs(
+        self, rng: np.random.Generator, n: int
+    ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """``n`` random scenes and one of each scene's (question, answer) texts."""
+        scenes = rng.choice(len(self.corpus.scenes), n)
+        return scenes, [
+            self.corpus.qa[s][int(rng.integers(len(self.corpus.qa[s])))] for s in scenes
+        ]
 
     def _with_cells(self, batch: dict, scene_of_image: np.ndarray) -> dict:
         """The region labels of each example's image (its own scene's, or the other scene's)."""
@@ -305,12 +309,7 @@ def held_out_scores(model, params, maker: BatchMaker, num_batches: int = 8) -> d
 def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | Path) -> dict:
     """Pretrain and save the backbone into ``out_dir``; returns the provenance record."""
     out = Path(out_dir)
-    if cfg.init_from and not (Path(cfg.init_from) / "provenance.json").is_file():
-        raise CheckpointError(
-            f"config.init_from={cfg.init_from!r} holds no earlier pretraining stage (no "
-            "provenance.json); run stage 1 into it first: python launch.py --config "
-            f"configs/pretrain_tiny_vilt.py:stage1 --workdir {cfg.init_from}"
-        )
+    check_pretrain_stage(cfg)
     t0 = time.time()
     corpus = build_corpus(cfg.num_scenes, cfg.image_size, cfg.corpus_seed)
     held_out = build_corpus(cfg.held_out_scenes, cfg.image_size, cfg.corpus_seed + 1)

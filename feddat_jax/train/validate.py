@@ -382,7 +382,7 @@ def _pretrain(c: ml_collections.ConfigDict) -> None:
         _at_least(c, key, 1, 1)
     _at_least(c, "corpus_seed", 0, 1234)
     _above(c, "learning_rate", 0, 1e-3)
-    _pretrain_stage(c)
+    check_pretrain_stage(c)
     _need(
         c.hidden_size % c.num_heads == 0,
         "hidden_size",
@@ -399,8 +399,9 @@ def _pretrain(c: ml_collections.ConfigDict) -> None:
     )
 
 
-def _pretrain_stage(c: ml_collections.ConfigDict) -> None:
-    """The batch shares of the objectives, and the earlier stage a second stage continues."""
+def check_pretrain_stage(c: ml_collections.ConfigDict) -> None:
+    """The batch shares of the objectives, and the earlier stage a second stage continues (also
+    called by ``pretrain`` itself, for callers that skip the launch's validation)."""
     shares = [k for k in ("caption_share", "qa_share") if k in c]
     for key in shares:
         _need(0 <= c[key] <= 1, key, c[key], "must be in [0, 1]", f"e.g. --config.{key}=0.5")
