@@ -1,6 +1,6 @@
 """A PyTorch reference for the ALBEF tests: a random state dict in the released ``ALBEF.pth``
 layout and a functional PyTorch ALBEF (ViT, BERT, decoder, rank_answer) with the official FedDAT
-adapter placements. Kept apart from tests/test_albef.py so the tests read on their own."""
+adapter placements. Kept apart from tests/test_albef_*.py so the tests read on their own."""
 
 from __future__ import annotations
 
