@@ -11,7 +11,7 @@ launches one after another (seed 0..R-1, each its own process: start-up, data, c
 evaluation, checkpoints, report). "R separate" is the sum of the first R separate launches.
 
 ``round`` (both sizes): the FedDAT round on a synthetic cohort of C clients (``bench_round.py``'s
-setup, random weights) in this process. Per R and replica layout (``fl.replicas``: "vmap",
+setup from ``round_cohort.py``, random weights) in this process. Per R and replica layout (``fl.replicas``: "vmap",
 "fold", "map") the replica round's compile time and median round time, with a swept (traced)
 learning rate; against the one-federation round, of which R runs one after another cost
 ``R x (compile + K rounds)`` (a fresh process recompiles; here every run gets a new jit).
@@ -39,9 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-import bench_round
 import jax
 import numpy as np
+import round_cohort
+import round_timing
 
 from feddat_jax.fl.aggregation import MeanAggregator
 from feddat_jax.fl.replicas import LAYOUTS, make_replica_round_fn, stack_replicas
@@ -71,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--image", default="")
     p.add_argument("--text-len", type=int, default=0)
     p.add_argument("--answers", type=int, default=0)
-    p.add_argument("--dtype", choices=tuple(bench_round.DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(round_cohort.DTYPES), default="float32")
     p.add_argument("--budget-s", type=float, default=0, help="skip rows after this many seconds")
     p.add_argument(
         "--out", default="", help="JSON path (default benchmarks/results_sweep_<backend>.json)"
@@ -175,11 +176,11 @@ def print_launch(rows, separate) -> None:
 def replica_inputs(st, replicas: int, c: int, seed: int = 0):
     """R federations' round inputs: own server keys, own cohort data, a swept learning rate."""
     rng = np.random.default_rng(seed)
-    batches = bench_round.synthetic_batches(
+    batches = round_cohort.synthetic_batches(
         rng, replicas * c, st.steps, st.batch, st.image_hw, st.text_len, st.vocab, st.answers
     )
     batches = {k: v.reshape((replicas, c) + v.shape[1:]) for k, v in batches.items()}
-    private, tasks, ids = bench_round.cohort_inputs(st, c)
+    private, tasks, ids = round_cohort.cohort_inputs(st, c)
     stack = lambda t: jax.tree.map(lambda x: np.stack([x] * replicas), t)
     server = stack_replicas(
         [init_server_state(st.shared, st.server_tx, jax.random.key(r)) for r in range(replicas)]
@@ -193,15 +194,15 @@ def measure(fn, frozen, server, private, rest, repeats: int) -> tuple[float, lis
     t0 = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=(2,)).lower(frozen, server, private, *rest).compile()
     compile_s = time.perf_counter() - t0
-    times = bench_round.time_compiled(
-        compiled, lambda: (frozen, server, bench_round.fresh(private), *rest), repeats
+    times = round_timing.time_compiled(
+        compiled, lambda: (frozen, server, round_timing.fresh(private), *rest), repeats
     )
     stats = jax.devices()[0].memory_stats() or {}
     return compile_s, times, int(stats.get("peak_bytes_in_use", -1))
 
 
 def round_part(args, replicas: list[int], report: dict, save, start: float) -> None:
-    st = bench_round.build(args)
+    st = round_cohort.build(args)
     frozen = jax.device_put(st.frozen)
     agg = MeanAggregator()
     c = args.cohort
