@@ -232,7 +232,7 @@ def test_validation_of_the_pretraining_config():
     config.num_heads, config.held_out_scenes = 4, 0
     with pytest.raises(ConfigError, match=r"held_out_scenes must be >= 1"):
         validate_config(config)
-    config.held_out_scenes, config.qa_share = 20, 0.6  # caption_share 0.5
+    config.held_out_scenes, config.caption_share, config.qa_share = 20, 0.5, 0.6
     with pytest.raises(ConfigError, match=r"qa_share plus caption_share=0\.5 must be at most 1"):
         validate_config(config)
     config.qa_share, config.init_from = 0.3, "/nonexistent/stage1"

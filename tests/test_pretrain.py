@@ -33,7 +33,7 @@ def test_qa_rows_hold_the_question_alone_and_its_answer_index(corpus_and_tokeniz
     assert (rows["mlm_labels"] == -1).all() and (rows["itm_weight"] == 0).all()
 
 
-def test_stage_one_batches_have_no_qa_rows(corpus_and_tokenizer):
+def test_batches_without_a_qa_share_have_no_qa_rows(corpus_and_tokenizer):
     corpus, tok = corpus_and_tokenizer
     maker = BatchMaker(corpus, tok, 32, 0, 16, ["yes"], caption_share=0.625, qa_share=0.0)
     batch = maker(3)

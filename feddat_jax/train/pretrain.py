@@ -38,6 +38,7 @@ import optax
 from tqdm import tqdm
 
 from feddat_jax.data.embedded_captions import MAYBE, TARGET, caption
+from feddat_jax.data.embedded_lexicon import field_vocabulary
 from feddat_jax.models.inputs import to_model_inputs
 from feddat_jax.models.vilt import ViltConfig, ViltModel, VqaHead
 from feddat_jax.models.vilt_checkpoint import load_vilt_params, save_vilt_checkpoint
@@ -76,13 +77,15 @@ class PretrainViLT(nn.Module):
         return mlm_BxLxV, itm_Bx2, regions, qa_BxA
 
 
-def build_tokenizer(texts: list[str], folder: Path):
-    """A BERT tokenizer whose vocabulary is the corpus' whole words (one token per word)."""
+def build_tokenizer(texts: list[str], folder: Path, unused_words: tuple[str, ...] = ()):
+    """A BERT tokenizer whose vocabulary is the corpus' whole words (one token per word) plus
+    ``unused_words``: words the corpus never uses, whose embeddings pretraining never trains (the
+    benchmark's field terms, ``embedded_lexicon.field_vocabulary``)."""
     from tokenizers.pre_tokenizers import BertPreTokenizer
     from transformers import BertTokenizerFast
 
     split = BertPreTokenizer().pre_tokenize_str
-    words = sorted({w for t in texts for w, _ in split(t.lower())})
+    words = sorted({w for t in texts for w, _ in split(t.lower())} | set(unused_words))
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(words))}
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
@@ -313,7 +316,8 @@ def pretrain(cfg: ml_collections.ConfigDict, out_dir: str | Path) -> dict:
     t0 = time.time()
     corpus = build_corpus(cfg.num_scenes, cfg.image_size, cfg.corpus_seed)
     held_out = build_corpus(cfg.held_out_scenes, cfg.image_size, cfg.corpus_seed + 1)
-    tokenizer = build_tokenizer(corpus_texts(corpus, np.random.default_rng(cfg.corpus_seed)), out)
+    texts = corpus_texts(corpus, np.random.default_rng(cfg.corpus_seed))
+    tokenizer = build_tokenizer(texts, out, field_vocabulary())
     corpus_seconds = time.time() - t0
     config = ViltConfig(
         hidden_size=cfg.hidden_size,
