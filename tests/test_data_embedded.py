@@ -11,7 +11,15 @@ from PIL import Image
 from feddat_jax.data import embedded
 from feddat_jax.data.embedded import GENERATORS, load_or_build, make_benchmark
 from feddat_jax.data.embedded_families import FAMILIES, KINDS, family_clients
-from feddat_jax.data.embedded_lexicon import CONVENTIONS, HUE, SIDE, Lexicon, WordUseError
+from feddat_jax.data.embedded_lexicon import (
+    CONVENTIONS,
+    FIELD_TERMS,
+    HUE,
+    SIDE,
+    Lexicon,
+    WordUseError,
+    field_vocabulary,
+)
 from feddat_jax.data.embedded_world import SHAPES, sample_scene
 
 SMALL = dict(train_per_client=16, test_per_client=6, image_size=32)
@@ -105,6 +113,44 @@ def test_shifted_types_disagree_between_conventions():
             )  # same scene and answer, other words: the words' meaning moved
             assert a.answer == b.answer
         assert differ > 10, qtype
+
+
+def _words(text: str) -> set[str]:
+    return set(text.replace("?", " ").replace(".", " ").replace(")", " ").split())
+
+
+def test_clients_use_the_field_terms_the_pretraining_corpus_never_uses(families):
+    """The shared knowledge: every client names triangles, diamonds and stars by the field's
+    terms, in questions and answers; the pretraining corpus only by their common names."""
+    from feddat_jax.train.pretrain_corpus import build_corpus
+
+    field, common = set(field_vocabulary()), set(FIELD_TERMS) | {s + "s" for s in FIELD_TERMS}
+    client_words = set()
+    for bench in families.values():
+        for c in bench.clients:
+            for ex in c.train + c.test:
+                client_words |= _words(ex.question) | set(ex.answers)
+    assert not client_words & common
+    assert field <= client_words
+    corpus = build_corpus(40, 32, seed=5)
+    corpus_words = set().union(*(_words(q) | {a} for pairs in corpus.qa for q, a in pairs))
+    assert not corpus_words & field and common & corpus_words
+
+
+def test_the_committed_backbone_knows_every_benchmark_word(families):
+    """Every word the clients use, field terms included, is one token of the committed backbone's
+    vocabulary (the field terms' embeddings exist, untrained), never [UNK]."""
+    from transformers import BertTokenizerFast
+
+    from feddat_jax.train.config_base import TINY_VILT
+
+    tok = BertTokenizerFast.from_pretrained(TINY_VILT, local_files_only=True)
+    words = set()
+    for bench in families.values():
+        for c in bench.clients:
+            words |= set().union(*(_words(ex.question) | set(ex.answers) for ex in c.train))
+    unknown = sorted(w for w in words if tok.convert_tokens_to_ids(w) == tok.unk_token_id)
+    assert not unknown
 
 
 def test_a_type_cannot_use_words_it_does_not_declare():

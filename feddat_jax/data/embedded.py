@@ -69,7 +69,7 @@ def _example(
     kind = cd.kind
     qtype = kind.question_types[int(rng.integers(len(kind.question_types)))]
     generator = GENERATORS[qtype]
-    lexicon = Lexicon(cd.convention, kind.phrasing).for_type(generator.axes)
+    lexicon = Lexicon(cd.convention, kind.phrasing, field_terms=True).for_type(generator.axes)
     for _ in range(1000):
         scene = world.sample_scene(rng, kind.shapes, kind.colours, part)
         question = generator.generate(scene, rng, lexicon)

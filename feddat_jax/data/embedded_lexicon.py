@@ -17,6 +17,14 @@ objects?" asks another count; "what is in the top left?" asks about another cell
 representation has to change, which is what a client-specific adapter can do and one shared
 adapter cannot do for both conventions at once.
 
+Shared knowledge lives here too: every client of the benchmark uses the field's own words for
+three shapes (``FIELD_TERMS``: a triangle is a "delta", a diamond a "gem", a star a "spark"), the
+same at every client. The pretraining corpus never uses them (they are in the backbone's vocabulary,
+as a real tokenizer holds many words its corpus barely uses, but their embeddings were never
+trained). Real counterpart: a specialty's vocabulary (medical, legal, industrial terms) that a
+public foundation model has not learned and every site uses. One client sees each term in a few
+questions; the federation sees it in many.
+
 A question type declares the word kinds (``axes``) it may use; a :class:`Lexicon` is the only way
 a generator produces those words, and it checks the declaration, so every example's
 "shared"/"shifted" tag is exact.
@@ -32,6 +40,12 @@ HUE, SIDE = "hue", "side"
 _HUE_SWAP = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue"}
 _SIDES = ("left", "right")
 _ROWS = ("top", "bottom")
+FIELD_TERMS = {"triangle": "delta", "diamond": "gem", "star": "spark"}
+
+
+def field_vocabulary() -> tuple[str, ...]:
+    """Every word form of the field terms (singular and plural), for the backbone's vocabulary."""
+    return tuple(sorted(w for term in FIELD_TERMS.values() for w in (term, term + "s")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +85,7 @@ class Lexicon:
     convention: Convention = STANDARD
     phrasing: int = 0
     axes: frozenset[str] = frozenset()
+    field_terms: bool = False  # the benchmark's clients: True; the pretraining corpus: False
 
     def for_type(self, axes: frozenset[str]) -> Lexicon:
         return dataclasses.replace(self, axes=frozenset(axes))
@@ -90,6 +105,14 @@ class Lexicon:
         """The client's word for the world column ``column`` (0 = the image's left)."""
         self._need(SIDE)
         return _SIDES[1 - column] if self.convention.mirror else _SIDES[column]
+
+    def shape(self, shape: str) -> str:
+        """The client's word for the world shape ``shape`` (a field term where it has one)."""
+        return FIELD_TERMS.get(shape, shape) if self.field_terms else shape
+
+    def shapes(self, shape: str) -> str:
+        """The plural of :meth:`shape`."""
+        return self.shape(shape) + "s"
 
     def cell(self, cell: int) -> str:
         """The client's name of a 2x2 grid cell (cell = 2 * row + column), e.g. "top left"."""

@@ -82,6 +82,11 @@ def article(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
+def _shapes(lex: Lexicon) -> tuple[str, ...]:
+    """The client's words for every shape (the answer list of a shape question)."""
+    return tuple(lex.shape(s) for s in SHAPES)
+
+
 def _matches(o: Obj, target: Obj, use: tuple[str, ...]) -> bool:
     return all(getattr(o, a) == getattr(target, a) for a in use)
 
@@ -98,7 +103,7 @@ def refer(obj: Obj, scene: Scene, lex: Lexicon, avoid: tuple[str, ...] = ()) -> 
             continue
         words = [getattr(obj, "size")] if "size" in use else []
         words += [lex.colour(obj.colour)] if "colour" in use else []
-        words.append(obj.shape if "shape" in use else "object")
+        words.append(lex.shape(obj.shape) if "shape" in use else "object")
         text = " ".join(words)
         if "row" in use:
             text += f" in the {_ROW_WORDS[obj.row]} row"
@@ -130,7 +135,9 @@ def shape_q(scene, rng, lex):
         "the {ref} is drawn as which shape?",
         "shape of {ref}?",
     )
-    return None if ref is None else Question(lex.pick(templates).format(ref=ref), obj.shape, SHAPES)
+    if ref is None:
+        return None
+    return Question(lex.pick(templates).format(ref=ref), lex.shape(obj.shape), _shapes(lex))
 
 
 def size_q(scene, rng, lex):
@@ -150,13 +157,13 @@ def count_shape_q(scene, rng, lex):
     shape = pick(rng, [o.shape for o in scene]) if rng.random() < 0.7 else pick(rng, SHAPES)
     n = sum(o.shape == shape for o in scene)
     templates = (
-        "how many {s}s are there?",
-        "what is the number of {s}s?",
-        "count the {s}s.",
-        "how many {s}s can you see?",
-        "number of {s}s?",
+        "how many {s} are there?",
+        "what is the number of {s}?",
+        "count the {s}.",
+        "how many {s} can you see?",
+        "number of {s}?",
     )
-    return Question(lex.pick(templates).format(s=shape), str(n), _COUNTS)
+    return Question(lex.pick(templates).format(s=lex.shapes(shape)), str(n), _COUNTS)
 
 
 def exists_shape_q(scene, rng, lex):
@@ -172,7 +179,7 @@ def exists_shape_q(scene, rng, lex):
         "is {a} shown?",
         "{s} present?",
     )
-    shape = pick(rng, options)
+    shape = lex.shape(pick(rng, options))
     text = lex.pick(templates).format(a=article(shape), s=shape)
     return Question(text, YESNO[not present], YESNO)
 
@@ -188,7 +195,9 @@ def vertical_q(scene, rng, lex):
     a, b = found
     ref = refer(b, scene, lex, avoid=("row",))
     word = "above" if a.row < b.row else "below"
-    return None if ref is None else Question(f"what shape is {word} the {ref}?", a.shape, SHAPES)
+    if ref is None:
+        return None
+    return Question(f"what shape is {word} the {ref}?", lex.shape(a.shape), _shapes(lex))
 
 
 def corners_q(scene, rng, lex):
@@ -264,7 +273,7 @@ def exists_colour_q(scene, rng, lex):
         "{c} {s} present?",
     )
     word = lex.colour(colour)
-    text = lex.pick(templates).format(ac=article(word), c=word, s=shape)
+    text = lex.pick(templates).format(ac=article(word), c=word, s=lex.shape(shape))
     return Question(text, YESNO[not present], YESNO)
 
 
@@ -272,7 +281,8 @@ def colour_shape_q(scene, rng, lex):
     obj = pick(rng, scene)
     if sum(o.colour == obj.colour for o in scene) != 1:
         return None
-    return Question(f"what shape is the {lex.colour(obj.colour)} object?", obj.shape, SHAPES)
+    text = f"what shape is the {lex.colour(obj.colour)} object?"
+    return Question(text, lex.shape(obj.shape), _shapes(lex))
 
 
 # ---- side types: "left" / "right" in the question -------------------------------------------------
@@ -286,8 +296,9 @@ def cell_q(scene, rng, lex):
         "the {cell} holds which shape?",
         "{cell} contents?",
     )
-    answer = found[0] if found else "nothing"
-    return Question(lex.pick(templates).format(cell=lex.cell(cell)), answer, SHAPES + ("nothing",))
+    answer = lex.shape(found[0]) if found else "nothing"
+    text = lex.pick(templates).format(cell=lex.cell(cell))
+    return Question(text, answer, _shapes(lex) + ("nothing",))
 
 
 def horizontal_q(scene, rng, lex):
@@ -305,7 +316,8 @@ def horizontal_q(scene, rng, lex):
     )
     if ref is None:
         return None
-    return Question(lex.pick(templates).format(side=lex.side(a.col), ref=ref), a.shape, SHAPES)
+    text = lex.pick(templates).format(side=lex.side(a.col), ref=ref)
+    return Question(text, lex.shape(a.shape), _shapes(lex))
 
 
 def horizontal_yesno_q(scene, rng, lex):

@@ -36,7 +36,7 @@ def tf_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question
         shape = pick(rng, [o.shape for o in scene]) if rng.random() < 0.7 else pick(rng, SHAPES)
         n = sum(o.shape == shape for o in scene)
         stated = n if truth else pick(rng, [k for k in range(5) if k != n])
-        return _true_false(f"there are exactly {stated} {shape}s.", truth)
+        return _true_false(f"there are exactly {stated} {lex.shapes(shape)}.", truth)
     obj = pick(rng, [o for o in scene if o.shape != "digit"] or [None])
     if obj is None:
         return None
@@ -66,7 +66,7 @@ def tf_side_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question 
     found = [o.shape for o in scene if o.cell == cell]
     actual = found[0] if found else "nothing"
     stated = actual if truth else pick(rng, [s for s in SHAPES + ("nothing",) if s != actual])
-    thing = "nothing" if stated == "nothing" else article(stated)
+    thing = "nothing" if stated == "nothing" else article(lex.shape(stated))
     return _true_false(f"there is {thing} in the {lex.cell(cell)}.", truth)
 
 
@@ -75,7 +75,8 @@ def entail_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Ques
     label = pick(rng, ENTAILMENT)
     if label == "unknown":
         absent = [s for s in SHAPES[:-1] if all(o.shape != s for o in scene)]
-        return Question(f"the {pick(rng, absent)} is {pick(rng, SIZES)}.", label, ENTAILMENT)
+        text = f"the {lex.shape(pick(rng, absent))} is {pick(rng, SIZES)}."
+        return Question(text, label, ENTAILMENT)
     unique = [
         o for o in scene if o.shape != "digit" and sum(p.shape == o.shape for p in scene) == 1
     ]
@@ -83,7 +84,7 @@ def entail_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Ques
         return None
     obj = pick(rng, unique)
     stated = obj.size if label == "true" else SIZES[1 - SIZES.index(obj.size)]
-    return Question(f"the {obj.shape} is {stated}.", label, ENTAILMENT)
+    return Question(f"the {lex.shape(obj.shape)} is {stated}.", label, ENTAILMENT)
 
 
 def entail_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
@@ -99,7 +100,8 @@ def entail_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Que
         obj = pick(rng, unique)
         subject = obj.colour
         stated = obj.shape if label == "true" else pick(rng, [s for s in SHAPES if s != obj.shape])
-    return Question(f"the {lex.colour(subject)} object is {article(stated)}.", label, ENTAILMENT)
+    text = f"the {lex.colour(subject)} object is {article(lex.shape(stated))}."
+    return Question(text, label, ENTAILMENT)
 
 
 def _multiple_choice(ref: str | None, attr: str, right: str, wrong: list[str], rng) -> Question:
@@ -115,7 +117,8 @@ def mc_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question
     ref = refer(obj, scene, lex, avoid=("shape",))
     if ref is None:
         return None
-    return _multiple_choice(ref, "shape", obj.shape, [s for s in SHAPES if s != obj.shape], rng)
+    wrong = [lex.shape(s) for s in SHAPES if s != obj.shape]
+    return _multiple_choice(ref, "shape", lex.shape(obj.shape), wrong, rng)
 
 
 def mc_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
