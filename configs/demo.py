@@ -4,7 +4,8 @@ r"""The offline demo: FedDAT against the main baselines on the embedded Domain b
   python launch.py --config configs/demo.py:smoke --workdir /tmp/demo_smoke   # one tiny round
 
 Twelve clients whose images differ in style and whose questions differ in phrasing, with 16-64
-training questions each (too few to learn alone) and 1,000 test questions each; half of the
+training questions each (too few to learn alone) and 1,000 test questions each; every client
+names three shapes by field terms the backbone never learned (shared knowledge); half of the
 questions name a colour or a side, which the clients' four naming conventions answer differently
 (the concept shift; docs/BENCHMARK.md). The frozen backbone is a tiny ViLT the project pretrained
 on the embedded world (configs/pretrain_tiny_vilt.py). Reference rows: ``blind`` (no image) and
