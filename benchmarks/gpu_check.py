@@ -37,7 +37,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from round_bench import DTYPES, Bench, datasheet_peak, device_peak, matmul_peak
+from round_bench import DTYPES, Bench, datasheet_peak, device_peak
+from round_timing import matmul_peak
 
 SIZES = {  # model, image HxW, text length, answers; default cohorts, S, K, memory S values
     "base": dict(image=(384, 640), text_len=40, answers=100, cohorts="1,8,32,64", steps=8,
@@ -209,7 +210,7 @@ def main(argv=None) -> dict:
     n_peak = 8192 if dev["backend"] != "cpu" else 1024
     res["peaks"] = {}
     for dtype in args.dtypes:
-        measured = matmul_peak(DTYPES[dtype], n_peak)
+        measured = matmul_peak(DTYPES[dtype], n_peak)["flops_per_s"]
         sheet, source = datasheet_peak(dev["kind"], dtype, args.peak_tflops)
         res["peaks"][dtype] = {"measured": measured, "n": n_peak, "datasheet": sheet}
         res["peaks"][dtype]["source"] = source

@@ -162,18 +162,6 @@ def extra_bytes(compiled) -> int:
         return 0
 
 
-def matmul_peak(dtype, n: int) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-    f = jax.jit(jnp.dot)
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
 def datasheet_peak(kind: str, dtype: str, override: str) -> tuple[float | None, str]:
     for item in filter(None, override.split(",")):
         name, value = item.split("=")
