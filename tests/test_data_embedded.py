@@ -1,8 +1,10 @@
 """The embedded benchmark: determinism, the four kinds of heterogeneity, the shared/shifted tags and
 the concept shift, caching, bad input."""
 
+import dataclasses
 import io
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from feddat_jax.data.embedded_lexicon import (
     WordUseError,
     field_vocabulary,
 )
-from feddat_jax.data.embedded_world import SHAPES, sample_scene
+from feddat_jax.data.embedded_world import CELLS, COLOURS, SHAPES, sample_scene
 
 SMALL = dict(train_per_client=16, test_per_client=6, image_size=32)
 
@@ -54,7 +56,7 @@ def test_every_family_is_well_formed_and_tagged(families):
                 assert set(ex.answers) <= set(c.answers)
                 assert Image.open(io.BytesIO(ex.image)).size == (32, 32)
                 assert ex.question_type in info[c.name]["question_types"]
-                assert ex.group == ("shifted" if GENERATORS[ex.question_type].axes else "shared")
+                assert ex.group == GENERATORS[ex.question_type].group
                 if c.task_kind == "classification":
                     assert list(ex.answers.values()) == [1.0]
                 else:
@@ -113,6 +115,46 @@ def test_shifted_types_disagree_between_conventions():
             )  # same scene and answer, other words: the words' meaning moved
             assert a.answer == b.answer
         assert differ > 10, qtype
+
+
+def _read(qtype: str, text: str, scene, lex: Lexicon) -> str:
+    """How a client with lexicon ``lex`` answers ``text`` (phrasing 0) on ``scene``: the test's own
+    reading, by looking its words up in ``lex``, independent of the generators' ``other``."""
+    shape_of = {lex.shape(s): s for s in SHAPES}
+    colour_of = {lex.colour(c): c for c in COLOURS} if HUE in lex.axes else {}
+    if qtype == "count_colour":
+        (word,) = re.fullmatch(r"how many (\w+) objects are there\?", text).groups()
+        return str(sum(o.colour == colour_of[word] for o in scene))
+    if qtype == "exists_colour":
+        colour, shape = re.fullmatch(r"is there an? (\w+) (\w+)\?", text).groups()
+        found = any(o.colour == colour_of[colour] and o.shape == shape_of[shape] for o in scene)
+        return "yes" if found else "no"
+    (name,) = re.fullmatch(r"what is in the (\w+ \w+)\?", text).groups()
+    cell = next(k for k in range(len(CELLS)) if lex.cell(k) == name)
+    held = [lex.shape(o.shape) for o in scene if o.cell == cell]
+    return held[0] if held else "nothing"
+
+
+def test_every_shifted_question_gets_another_answer_under_the_other_convention():
+    """A shifted question's ``other`` is what a client of the opposite convention reads in the same
+    text on the same image, and :meth:`ask` keeps a question only where that differs: so every
+    shifted example is one on which the conventions disagree."""
+    kept = 0
+    for qtype, axis in (("count_colour", "hue_swap"), ("exists_colour", "hue_swap"), ("cell", "mirror")):
+        gen = GENERATORS[qtype]
+        for convention, seed in itertools.product(CONVENTIONS, range(30)):
+            lex = Lexicon(convention, field_terms=True).for_type(gen.axes)
+            flipped = dataclasses.replace(convention, **{axis: not getattr(convention, axis)})
+            other_lex = dataclasses.replace(lex, convention=flipped)
+            rng = np.random.default_rng([seed, 1])
+            scene = sample_scene(rng, SHAPES, COLOURS, "train")
+            raw = gen.generate(scene, np.random.default_rng([seed, 2]), lex)
+            asked = gen.ask(scene, np.random.default_rng([seed, 2]), lex)
+            assert _read(qtype, raw.text, scene, lex) == raw.answer
+            assert _read(qtype, raw.text, scene, other_lex) == raw.other, (qtype, raw)
+            assert asked == (raw if raw.answer != raw.other else None)
+            kept += asked is not None
+    assert 0 < kept < 3 * 4 * 30  # the rule keeps some questions and redraws others
 
 
 def _words(text: str) -> set[str]:

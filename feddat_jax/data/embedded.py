@@ -27,14 +27,14 @@ import numpy as np
 
 from feddat_jax.data import embedded_world as world
 from feddat_jax.data.embedded_families import DEFAULT_CLIENTS, FAMILIES, ClientDef, family_clients
-from feddat_jax.data.embedded_lexicon import Lexicon, group_of
+from feddat_jax.data.embedded_lexicon import Lexicon
 from feddat_jax.data.embedded_questions import QUESTIONS, Question
 from feddat_jax.data.embedded_statements import STATEMENTS
 from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, answer_vocabulary
 from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
 from feddat_jax.errors import ConfigError
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _SCORE = {1: 0.3, 2: 0.6, 3: 0.9}  # METHOD.md §5: 1/2/3/>=4 annotators -> 0.3/0.6/0.9/1.0
 _ANNOTATORS = 10
 _PARTS = ("train", "test")
@@ -72,7 +72,7 @@ def _example(
     lexicon = Lexicon(cd.convention, kind.phrasing, field_terms=True).for_type(generator.axes)
     for _ in range(1000):
         scene = world.sample_scene(rng, kind.shapes, kind.colours, part)
-        question = generator.generate(scene, rng, lexicon)
+        question = generator.ask(scene, rng, lexicon)
         if question is not None:
             break
     else:
@@ -85,7 +85,7 @@ def _example(
         answers,
         example_id=f"{family}/{cd.name}/{part}/{i:05d}",
         question_type=qtype,
-        group=group_of(generator.axes),
+        group=generator.group,
     )
     return example, question.alternatives
 

@@ -54,16 +54,18 @@ def _style(name: str, background: str, bg: tuple, tint: float = 0.0, **kw) -> wo
     return world.Style(name, tint=tint, background=background, bg_colours=bg, **kw)
 
 
-# Half of every mix is "shared" (shapes, sizes, counts) and half "shifted" (colours, sides).
+# Half of every mix is "shared" (shapes, sizes, counts) and half "shifted": a colour or a side in
+# the QUESTION, so a client's convention changes which object or count is meant. ("colour", whose
+# convention word is only the answer, is left out: a private answer head relabels it alone.)
 VQA_MIX = (
     "shape",
     "size",
     "count_shape",
     "exists_shape",
-    "colour",
     "count_colour",
+    "exists_colour",
     "cell",
-    "horizontal",
+    "horizontal_yesno",
 )
 DOMAIN_STYLES = (
     _style("clean", "plain", ((245, 245, 245), (245, 245, 245))),

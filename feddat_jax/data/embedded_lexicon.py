@@ -26,8 +26,9 @@ public foundation model has not learned and every site uses. One client sees eac
 questions; the federation sees it in many.
 
 A question type declares the word kinds (``axes``) it may use; a :class:`Lexicon` is the only way
-a generator produces those words, and it checks the declaration, so every example's
-"shared"/"shifted" tag is exact.
+a generator produces those words, and it checks the declaration, so no type uses a convention word
+it did not declare. A declaring type is "shifted" (``QuestionType.group``), and each of its examples
+is drawn where the two conventions give different answers (``QuestionType.ask``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,19 @@ _HUE_SWAP = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue
 _SIDES = ("left", "right")
 _ROWS = ("top", "bottom")
 FIELD_TERMS = {"triangle": "delta", "diamond": "gem", "star": "spark"}
+
+
+def other_colour(colour: str) -> str:
+    """The world colour that a client of the opposite hue convention means by the word this client
+    uses for world colour ``colour`` (the swap is its own inverse, so it does not matter which of
+    the two conventions this client has)."""
+    return _HUE_SWAP.get(colour, colour)
+
+
+def other_cell(cell: int) -> int:
+    """The world cell that a client of the opposite side convention means by this client's name of
+    world cell ``cell``: the same row, the other column."""
+    return cell ^ 1
 
 
 def field_vocabulary() -> tuple[str, ...]:
@@ -121,8 +135,3 @@ class Lexicon:
     def pick(self, templates: tuple[str, ...]) -> str:
         """The client's phrasing among a question type's templates."""
         return templates[self.phrasing % len(templates)]
-
-
-def group_of(axes: frozenset[str]) -> str:
-    """An example's group: "shifted" when its type may use convention-dependent words."""
-    return "shifted" if axes else "shared"

@@ -6,7 +6,12 @@ answers. Types with the ``hue`` axis mention or answer a colour; types with the 
 "left"/"right": clients of different conventions disagree on those (the "shifted" group).
 
 Every generator takes ``(scene, rng, lexicon)`` and returns a :class:`Question` or ``None`` when the
-scene cannot support it (the caller then draws another scene). Referring expressions are unique in
+scene cannot support it (the caller then draws another scene). A shifted type's question also
+carries ``other``: the answer that a client of the opposite convention gives to the same text on the
+same image. :meth:`QuestionType.ask` keeps a shifted question only where ``other`` differs from the
+answer, so every "shifted" example is one on which clients of different conventions disagree (a
+scene where the convention happens not to matter, e.g. "how many red objects?" with no red and no
+orange object, is redrawn). Referring expressions are unique in
 the scene and never contain the asked-about attribute, so a model must look at the image; they use
 only the word kinds the type declares. The lexicon's ``phrasing`` picks one of several wordings
 (the domain clients' phrasing shift); the meaning, and the answer, do not change with it.
@@ -19,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from feddat_jax.data.embedded_lexicon import HUE, SIDE, Lexicon
+from feddat_jax.data.embedded_lexicon import HUE, SIDE, Lexicon, other_cell, other_colour
 from feddat_jax.data.embedded_world import COLOURS, SHAPES, SIZES, Obj
 
 Scene = tuple[Obj, ...]
@@ -27,11 +32,19 @@ Scene = tuple[Obj, ...]
 
 @dataclasses.dataclass(frozen=True)
 class Question:
-    """``alternatives`` are the plausible wrong answers (for simulated annotator noise)."""
+    """``alternatives`` are the plausible wrong answers (for simulated annotator noise); ``other``
+    is the answer a client of the opposite convention gives to this text on this image (None for
+    shared types, and where the text names nothing for that client)."""
 
     text: str
     answer: str
     alternatives: tuple[str, ...]
+    other: str | None = None
+
+    @property
+    def conflicts(self) -> bool:
+        """Whether clients of opposite conventions give this text on this image different answers."""
+        return self.other is not None and self.other != self.answer
 
 
 Generator = Callable[[Scene, np.random.Generator, Lexicon], "Question | None"]
@@ -39,10 +52,29 @@ Generator = Callable[[Scene, np.random.Generator, Lexicon], "Question | None"]
 
 @dataclasses.dataclass(frozen=True)
 class QuestionType:
-    """A generator and the convention-dependent word kinds it may use."""
+    """A generator and the convention-dependent word kinds it may use.
+
+    ``shifts`` is False for a type whose convention words the rest of the question makes redundant,
+    so its answers never depend on the convention (``horizontal``: in a row of two cells the
+    neighbour of an object is always on the other side, whatever "left" means): it is "shared".
+    """
 
     generate: Generator
     axes: frozenset[str] = frozenset()
+    shifts: bool = True
+
+    @property
+    def group(self) -> str:
+        """"shifted" where clients of different conventions disagree on the answers, else "shared"."""
+        return "shifted" if self.axes and self.shifts else "shared"
+
+    def ask(self, scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
+        """A question about ``scene``, or None (draw another scene): a shifted type's question only
+        where the client's convention changes its answer."""
+        question = self.generate(scene, rng, lex)
+        if question is None or (self.group == "shifted" and not question.conflicts):
+            return None
+        return question
 
 
 _CORNERS = {"circle": "0", "square": "4", "triangle": "3", "diamond": "4", "star": "10"}
@@ -242,7 +274,8 @@ def colour_q(scene, rng, lex):
     if ref is None:
         return None
     names = tuple(lex.colour(c) for c in COLOURS)
-    return Question(lex.pick(templates).format(ref=ref), lex.colour(obj.colour), names)
+    text = lex.pick(templates).format(ref=ref)
+    return Question(text, lex.colour(obj.colour), names, lex.colour(other_colour(obj.colour)))
 
 
 def count_colour_q(scene, rng, lex):
@@ -255,7 +288,8 @@ def count_colour_q(scene, rng, lex):
         "how many things are {c}?",
         "number of {c} objects?",
     )
-    return Question(lex.pick(templates).format(c=lex.colour(colour)), str(n), _COUNTS)
+    other = str(sum(o.colour == other_colour(colour) for o in scene))
+    return Question(lex.pick(templates).format(c=lex.colour(colour)), str(n), _COUNTS, other)
 
 
 def exists_colour_q(scene, rng, lex):
@@ -274,7 +308,8 @@ def exists_colour_q(scene, rng, lex):
     )
     word = lex.colour(colour)
     text = lex.pick(templates).format(ac=article(word), c=word, s=lex.shape(shape))
-    return Question(text, YESNO[not present], YESNO)
+    other = YESNO[(other_colour(colour), shape) not in inside]
+    return Question(text, YESNO[not present], YESNO, other)
 
 
 def colour_shape_q(scene, rng, lex):
@@ -282,13 +317,20 @@ def colour_shape_q(scene, rng, lex):
     if sum(o.colour == obj.colour for o in scene) != 1:
         return None
     text = f"what shape is the {lex.colour(obj.colour)} object?"
-    return Question(text, lex.shape(obj.shape), _shapes(lex))
+    meant = [o for o in scene if o.colour == other_colour(obj.colour)]
+    other = lex.shape(meant[0].shape) if len(meant) == 1 else None
+    return Question(text, lex.shape(obj.shape), _shapes(lex), other)
 
 
 # ---- side types: "left" / "right" in the question -------------------------------------------------
+def _content(scene: Scene, cell: int, lex: Lexicon) -> str:
+    """The client's word for the shape in world cell ``cell``, or "nothing"."""
+    found = [o.shape for o in scene if o.cell == cell]
+    return lex.shape(found[0]) if found else "nothing"
+
+
 def cell_q(scene, rng, lex):
     cell = int(rng.integers(4))
-    found = [o.shape for o in scene if o.cell == cell]
     templates = (
         "what is in the {cell}?",
         "which shape sits in the {cell}?",
@@ -296,9 +338,9 @@ def cell_q(scene, rng, lex):
         "the {cell} holds which shape?",
         "{cell} contents?",
     )
-    answer = lex.shape(found[0]) if found else "nothing"
     text = lex.pick(templates).format(cell=lex.cell(cell))
-    return Question(text, answer, _shapes(lex) + ("nothing",))
+    answers = _shapes(lex) + ("nothing",)
+    return Question(text, _content(scene, cell, lex), answers, _content(scene, other_cell(cell), lex))
 
 
 def horizontal_q(scene, rng, lex):
@@ -330,7 +372,8 @@ def horizontal_yesno_q(scene, rng, lex):
     ra, rb = refer(a, scene, lex, avoid=("cell",)), refer(b, scene, lex, avoid=("cell",))
     if ra is None or rb is None:
         return None
-    return Question(f"is the {ra} {lex.side(stated)} of the {rb}?", YESNO[not truth], YESNO)
+    text = f"is the {ra} {lex.side(stated)} of the {rb}?"
+    return Question(text, YESNO[not truth], YESNO, YESNO[truth])
 
 
 def corners_cell_q(scene, rng, lex):
@@ -340,7 +383,9 @@ def corners_cell_q(scene, rng, lex):
     obj = pick(rng, objs)
     answers = tuple(sorted(set(_CORNERS.values())))
     text = f"how many corners does the object in the {lex.cell(obj.cell)} have?"
-    return Question(text, _CORNERS[obj.shape], answers)
+    meant = [o for o in objs if o.cell == other_cell(obj.cell)]
+    other = _CORNERS[meant[0].shape] if meant else None
+    return Question(text, _CORNERS[obj.shape], answers, other)
 
 
 _H, _S = frozenset({HUE}), frozenset({SIDE})
@@ -359,7 +404,7 @@ QUESTIONS: dict[str, QuestionType] = {
     "exists_colour": QuestionType(exists_colour_q, _H),
     "colour_shape": QuestionType(colour_shape_q, _H),
     "cell": QuestionType(cell_q, _S),
-    "horizontal": QuestionType(horizontal_q, _S),
+    "horizontal": QuestionType(horizontal_q, _S, shifts=False),
     "horizontal_yesno": QuestionType(horizontal_yesno_q, _S),
     "corners_cell": QuestionType(corners_cell_q, _S),
 }

@@ -2,14 +2,15 @@
 SNLI-VE- and VCR-like clients): a fixed label set per task, balanced labels, and the same rule as
 every question: the label follows from the pixels. Like the questions, each statement type is
 "shared" (shapes, sizes, counts) or "shifted" (it names a colour or a side, see
-``embedded_lexicon``).
+``embedded_lexicon``); a shifted statement also carries the label a client of the opposite
+convention gives it (``Question.other``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from feddat_jax.data.embedded_lexicon import HUE, SIDE, Lexicon
+from feddat_jax.data.embedded_lexicon import HUE, SIDE, Lexicon, other_cell, other_colour
 from feddat_jax.data.embedded_questions import (
     Question,
     QuestionType,
@@ -25,8 +26,12 @@ TRUE_FALSE = ("true", "false")
 ENTAILMENT = ("true", "false", "unknown")
 
 
-def _true_false(text: str | None, truth: bool) -> Question | None:
-    return None if text is None else Question(text, TRUE_FALSE[not truth], TRUE_FALSE)
+def _true_false(text: str | None, truth: bool, other: bool | None = None) -> Question | None:
+    """A true/false statement; ``other``: its truth for a client of the opposite convention."""
+    if text is None:
+        return None
+    other_label = None if other is None else TRUE_FALSE[not other]
+    return Question(text, TRUE_FALSE[not truth], TRUE_FALSE, other_label)
 
 
 def tf_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
@@ -52,22 +57,29 @@ def tf_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Questio
         colour = pick(rng, [o.colour for o in scene]) if rng.random() < 0.7 else pick(rng, COLOURS)
         n = sum(o.colour == colour for o in scene)
         stated = n if truth else pick(rng, [k for k in range(5) if k != n])
-        return _true_false(f"there are exactly {stated} {lex.colour(colour)} objects.", truth)
+        other = stated == sum(o.colour == other_colour(colour) for o in scene)
+        return _true_false(f"there are exactly {stated} {lex.colour(colour)} objects.", truth, other)
     obj = pick(rng, scene)
     ref = refer(obj, scene, lex, avoid=("colour",))
     stated = obj.colour if truth else pick(rng, [c for c in COLOURS if c != obj.colour])
-    return _true_false(None if ref is None else f"the {ref} is {lex.colour(stated)}.", truth)
+    text = None if ref is None else f"the {ref} is {lex.colour(stated)}."
+    return _true_false(text, truth, other_colour(stated) == obj.colour)
 
 
 def tf_side_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
     """What a cell holds, true or false with equal odds."""
     truth = bool(rng.random() < 0.5)
     cell = int(rng.integers(4))
-    found = [o.shape for o in scene if o.cell == cell]
-    actual = found[0] if found else "nothing"
+    actual, mirrored = (_held(scene, c) for c in (cell, other_cell(cell)))
     stated = actual if truth else pick(rng, [s for s in SHAPES + ("nothing",) if s != actual])
     thing = "nothing" if stated == "nothing" else article(lex.shape(stated))
-    return _true_false(f"there is {thing} in the {lex.cell(cell)}.", truth)
+    return _true_false(f"there is {thing} in the {lex.cell(cell)}.", truth, stated == mirrored)
+
+
+def _held(scene: Scene, cell: int) -> str:
+    """The world shape in ``cell``, or "nothing"."""
+    found = [o.shape for o in scene if o.cell == cell]
+    return found[0] if found else "nothing"
 
 
 def entail_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
@@ -101,14 +113,28 @@ def entail_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Que
         subject = obj.colour
         stated = obj.shape if label == "true" else pick(rng, [s for s in SHAPES if s != obj.shape])
     text = f"the {lex.colour(subject)} object is {article(lex.shape(stated))}."
-    return Question(text, label, ENTAILMENT)
+    return Question(text, label, ENTAILMENT, _entailment(scene, other_colour(subject), stated))
 
 
-def _multiple_choice(ref: str | None, attr: str, right: str, wrong: list[str], rng) -> Question:
+def _entailment(scene: Scene, colour: str, shape: str) -> str | None:
+    """The label of "the <colour> object is a <shape>" (None where several objects have it)."""
+    meant = [o for o in scene if o.colour == colour]
+    if len(meant) > 1:
+        return None
+    return "unknown" if not meant else ENTAILMENT[meant[0].shape != shape]
+
+
+def _multiple_choice(
+    ref: str | None, attr: str, right: str, wrong: list[str], rng, other_right: str | None = None
+) -> Question:
+    """Four options in random order; ``other_right``: the option a client of the opposite
+    convention would call right (its letter is ``Question.other`` where it is listed)."""
     options = [right] + [str(v) for v in rng.permutation(wrong)[:3]]
     options = [options[i] for i in rng.permutation(4)]
     listed = " ".join(f"{letter}) {o}" for letter, o in zip(_LETTERS, options))
-    return Question(f"what {attr} is the {ref}? {listed}", _LETTERS[options.index(right)], _LETTERS)
+    other = _LETTERS[options.index(other_right)] if other_right in options else None
+    text = f"what {attr} is the {ref}? {listed}"
+    return Question(text, _LETTERS[options.index(right)], _LETTERS, other)
 
 
 def mc_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
@@ -128,7 +154,8 @@ def mc_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Questio
     if ref is None:
         return None
     wrong = [lex.colour(c) for c in COLOURS if c != obj.colour]
-    return _multiple_choice(ref, "colour", lex.colour(obj.colour), wrong, rng)
+    other_right = lex.colour(other_colour(obj.colour))
+    return _multiple_choice(ref, "colour", lex.colour(obj.colour), wrong, rng, other_right)
 
 
 _H, _S = frozenset({HUE}), frozenset({SIDE})
