@@ -140,7 +140,11 @@ def test_every_shifted_question_gets_another_answer_under_the_other_convention()
     text on the same image, and :meth:`ask` keeps a question only where that differs: so every
     shifted example is one on which the conventions disagree."""
     kept = 0
-    for qtype, axis in (("count_colour", "hue_swap"), ("exists_colour", "hue_swap"), ("cell", "mirror")):
+    for qtype, axis in (
+        ("count_colour", "hue_swap"),
+        ("exists_colour", "hue_swap"),
+        ("cell", "mirror"),
+    ):
         gen = GENERATORS[qtype]
         for convention, seed in itertools.product(CONVENTIONS, range(30)):
             lex = Lexicon(convention, field_terms=True).for_type(gen.axes)
@@ -200,7 +204,7 @@ def test_a_type_cannot_use_words_it_does_not_declare():
         Lexicon(axes=frozenset({SIDE})).colour("red")
     with pytest.raises(WordUseError, match="side"):
         Lexicon(axes=frozenset({HUE})).cell(0)
-    assert Lexicon(CONVENTIONS[1], axes=frozenset({HUE})).colour("red") == "orange"
+    assert Lexicon(CONVENTIONS[1], axes=frozenset({HUE})).colour("red") == "green"
     assert Lexicon(CONVENTIONS[2], axes=frozenset({SIDE})).cell(0) == "top right"
 
 
@@ -245,6 +249,10 @@ def test_load_or_build_reuses_the_cache(tmp_path, monkeypatch):
     assert embedded.cache_path("task", tmp_path, **{**kw, "train_per_client": 5}) != (
         embedded.cache_path("task", tmp_path, **kw)
     )
+    # an edit to the generator's code must not reuse data built before it
+    before = embedded.cache_path("task", tmp_path, **kw)
+    monkeypatch.setattr(embedded, "generator_digest", lambda: "edited")
+    assert embedded.cache_path("task", tmp_path, **kw) != before
 
 
 @pytest.mark.parametrize(

@@ -16,15 +16,23 @@ group ("shared" or "shifted").
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import inspect
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from feddat_jax.data import (
+    embedded_families,
+    embedded_lexicon,
+    embedded_questions,
+    embedded_statements,
+)
 from feddat_jax.data import embedded_world as world
 from feddat_jax.data.embedded_families import DEFAULT_CLIENTS, FAMILIES, ClientDef, family_clients
 from feddat_jax.data.embedded_lexicon import Lexicon
@@ -34,7 +42,19 @@ from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, an
 from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
 from feddat_jax.errors import ConfigError
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
+
+
+@functools.lru_cache(maxsize=1)
+def generator_digest() -> str:
+    """A hash of the source of every module that decides the generated data, so that a cached
+    benchmark is never reused after any of them changes (a version number alone is easy to forget
+    to bump)."""
+    modules = (world, embedded_families, embedded_lexicon, embedded_questions, embedded_statements)
+    sources = [inspect.getsource(m) for m in modules] + [inspect.getsource(sys.modules[__name__])]
+    return hashlib.sha256("".join(sources).encode()).hexdigest()[:16]
+
+
 _SCORE = {1: 0.3, 2: 0.6, 3: 0.9}  # METHOD.md §5: 1/2/3/>=4 annotators -> 0.3/0.6/0.9/1.0
 _ANNOTATORS = 10
 _PARTS = ("train", "test")
@@ -197,6 +217,7 @@ def make_benchmark(
     manifest = {
         "generator": __name__,
         "generator_version": GENERATOR_VERSION,
+        "generator_source": generator_digest(),
         "family": family,
         "params": params,
         "clients": info,
@@ -210,10 +231,13 @@ _BUILD_SIGNATURE = inspect.signature(make_benchmark)
 
 def cache_path(family: str, cache_dir: str | os.PathLike, **kw) -> Path:
     """Where :func:`load_or_build` keeps this benchmark: keyed by every parameter of
-    :func:`make_benchmark` (defaults included) and the generator version."""
+    :func:`make_benchmark` (defaults included), the generator version and its source digest."""
     bound = _BUILD_SIGNATURE.bind(family, **kw)
     bound.apply_defaults()
-    key = json.dumps({"version": GENERATOR_VERSION, **bound.arguments}, sort_keys=True)
+    key = json.dumps(
+        {"version": GENERATOR_VERSION, "source": generator_digest(), **bound.arguments},
+        sort_keys=True,
+    )
     return Path(cache_dir) / f"embedded_{family}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

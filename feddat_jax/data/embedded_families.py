@@ -56,14 +56,15 @@ def _style(name: str, background: str, bg: tuple, tint: float = 0.0, **kw) -> wo
 
 # Half of every mix is "shared" (shapes, sizes, counts) and half "shifted": a colour or a side in
 # the QUESTION, so a client's convention changes which object or count is meant. ("colour", whose
-# convention word is only the answer, is left out: a private answer head relabels it alone.)
+# convention word is only the answer, is left out: a private answer head relabels it alone; so is
+# "exists_colour", whose conflicting questions are nearly all "yes": a blind prior answers them.)
 VQA_MIX = (
     "shape",
     "size",
     "count_shape",
     "exists_shape",
     "count_colour",
-    "exists_colour",
+    "colour_shape",
     "cell",
     "horizontal_yesno",
 )
@@ -74,7 +75,14 @@ DOMAIN_STYLES = (
     _style("noisy", "speckle", ((128, 128, 128), (90, 90, 90)), noise=25.0),
     _style("art", "stripes", ((200, 180, 150), (230, 215, 190)), 0.45, noise=6.0),
 )
-_SCENE_QUESTIONS = ("shape", "count_shape", "exists_shape", "colour", "exists_colour", "cell")
+_SCENE_QUESTIONS = (
+    "shape",
+    "count_shape",
+    "exists_shape",
+    "count_colour",
+    "cell",
+    "horizontal_yesno",
+)
 SCENES = (  # name, shapes, colours, background style
     (
         "shop",

@@ -3,9 +3,14 @@
 The concept shift of the embedded benchmark lives here. Every client sees the same world, but a
 client may use a different *convention* for two kinds of words:
 
-* ``hue``: the client names neighbouring hues the other way round: what the world (and the
-  pretrained backbone) calls red it calls "orange" and vice versa, and likewise blue and purple.
-  Real counterpart: languages and labelling guides cut the colour space differently.
+* ``hue``: the client's colour code pairs the opposite hues the other way round: what the world
+  (and the pretrained backbone) calls red it calls "green" and vice versa, and likewise blue and
+  yellow. Real counterpart: colour codes that differ by region or by labelling guide (stock
+  tickers show a rising price in green in the US and in red in China; two sites' legends colour
+  the same categories differently). The swapped hues are the ones the backbone tells apart most
+  easily: with neighbouring hues (red/orange, blue/purple, generator version 3's first draft) no
+  method, pooled training included, learned a colour count beyond the answer prior, so the shift
+  could not show.
 * ``mirror``: the client's "left" is the world's right (and "right" its left). Real counterpart:
   radiology, where "left" can mean the patient's left (the image's right) or the viewer's left,
   depending on the site's convention.
@@ -38,7 +43,7 @@ import dataclasses
 from feddat_jax.data.embedded_world import COLOURS
 
 HUE, SIDE = "hue", "side"
-_HUE_SWAP = {"red": "orange", "orange": "red", "blue": "purple", "purple": "blue"}
+_HUE_SWAP = {"red": "green", "green": "red", "blue": "yellow", "yellow": "blue"}
 _SIDES = ("left", "right")
 _ROWS = ("top", "bottom")
 FIELD_TERMS = {"triangle": "delta", "diamond": "gem", "star": "spark"}

@@ -65,7 +65,7 @@ class QuestionType:
 
     @property
     def group(self) -> str:
-        """"shifted" where clients of different conventions disagree on the answers, else "shared"."""
+        """The example group: "shifted" where conventions disagree on the answers, else "shared"."""
         return "shifted" if self.axes and self.shifts else "shared"
 
     def ask(self, scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
@@ -340,7 +340,9 @@ def cell_q(scene, rng, lex):
     )
     text = lex.pick(templates).format(cell=lex.cell(cell))
     answers = _shapes(lex) + ("nothing",)
-    return Question(text, _content(scene, cell, lex), answers, _content(scene, other_cell(cell), lex))
+    return Question(
+        text, _content(scene, cell, lex), answers, _content(scene, other_cell(cell), lex)
+    )
 
 
 def horizontal_q(scene, rng, lex):

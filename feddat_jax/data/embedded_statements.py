@@ -58,7 +58,9 @@ def tf_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Questio
         n = sum(o.colour == colour for o in scene)
         stated = n if truth else pick(rng, [k for k in range(5) if k != n])
         other = stated == sum(o.colour == other_colour(colour) for o in scene)
-        return _true_false(f"there are exactly {stated} {lex.colour(colour)} objects.", truth, other)
+        return _true_false(
+            f"there are exactly {stated} {lex.colour(colour)} objects.", truth, other
+        )
     obj = pick(rng, scene)
     ref = refer(obj, scene, lex, avoid=("colour",))
     stated = obj.colour if truth else pick(rng, [c for c in COLOURS if c != obj.colour])
