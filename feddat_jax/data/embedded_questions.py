@@ -322,6 +322,32 @@ def colour_shape_q(scene, rng, lex):
     return Question(text, lex.shape(obj.shape), _shapes(lex), other)
 
 
+def colour_pick_q(scene, rng, lex):
+    """Which of two objects has a colour: the answer is the shape of one of the two, so a swapped
+    colour code picks the other one, and a reading that merges the swapped hues cannot tell them
+    apart."""
+    if len(scene) < 2:
+        return None
+    i, j = (int(k) for k in rng.choice(len(scene), size=2, replace=False))
+    a, b = scene[i], scene[j]
+    ra, rb = refer(a, scene, lex, avoid=("colour",)), refer(b, scene, lex, avoid=("colour",))
+    if ra is None or rb is None or a.colour == b.colour:
+        return None
+    if rng.random() < 0.5:
+        ra, rb = rb, ra
+    templates = (
+        "which is {c}, the {ra} or the {rb}?",
+        "which is painted {c}: the {ra} or the {rb}?",
+        "the {ra} or the {rb}, which is {c}?",
+        "tell me which is {c}: the {ra} or the {rb}.",
+        "{c}: {ra} or {rb}?",
+    )
+    text = lex.pick(templates).format(c=lex.colour(a.colour), ra=ra, rb=rb)
+    meant = {a.colour: a, b.colour: b}.get(other_colour(a.colour))
+    other = None if meant is None else lex.shape(meant.shape)
+    return Question(text, lex.shape(a.shape), _shapes(lex), other)
+
+
 # ---- side types: "left" / "right" in the question -------------------------------------------------
 def _content(scene: Scene, cell: int, lex: Lexicon) -> str:
     """The client's word for the shape in world cell ``cell``, or "nothing"."""
@@ -405,6 +431,7 @@ QUESTIONS: dict[str, QuestionType] = {
     "count_colour": QuestionType(count_colour_q, _H),
     "exists_colour": QuestionType(exists_colour_q, _H),
     "colour_shape": QuestionType(colour_shape_q, _H),
+    "colour_pick": QuestionType(colour_pick_q, _H),
     "cell": QuestionType(cell_q, _S),
     "horizontal": QuestionType(horizontal_q, _S, shifts=False),
     "horizontal_yesno": QuestionType(horizontal_yesno_q, _S),
