@@ -152,7 +152,7 @@ def make_benchmark(
     family: str,
     num_clients: int | None = None,
     image_size: int = 48,
-    train_per_client: int = 40,
+    train_per_client: int = 200,
     test_per_client: int = 1000,
     seed: int = 0,
     *,
@@ -163,7 +163,7 @@ def make_benchmark(
 ) -> FederatedBenchmark:
     """Generate the first ``num_clients`` (default 12) clients of ``family``.
 
-    Client k gets :func:`train_size` training examples (16 to 64 with the defaults: too few to
+    Client k gets :func:`train_size` training examples (80 to 320 with the defaults: too few to
     learn the visual concepts alone) and ``test_per_client`` test examples. Its answer vocabulary
     is its top-``top_k`` train answers followed by the unseen rest of its label space; examples
     with an answer outside the vocabulary are dropped (the recipe of METHOD.md §5; only for small

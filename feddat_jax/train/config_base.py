@@ -168,7 +168,7 @@ def embedded_config(family: str, arg: str = "") -> ml_collections.ConfigDict:
     c.method = "feddat"
     c.compare_methods = ("feddat", "fedavg_adapter", "local_adapter")
     c.rounds = 20
-    c.eval_every = 5
+    c.eval_every = 10
     c.batch_size = 8
     c.eval_batch_size = 100
     c.optim.learning_rate = 1e-3  # METHOD.md §2's 1e-4 is for ViLT-B; everything else is as there
@@ -181,7 +181,7 @@ def embedded_config(family: str, arg: str = "") -> ml_collections.ConfigDict:
     c.data.source = "embedded"
     c.data.family = family
     c.data.image_size = 48
-    c.data.train_per_client = 40  # 16-64 per client (size_spread 0.6)
+    c.data.train_per_client = 200  # 80-320 per client (size_spread 0.6)
     c.data.test_per_client = 1000  # a client's score to about +-3 points (95% CI)
     c.sweep.seed = (0, 1, 2)  # three seeds per method as ONE program (train.sweep): mean ± std
     if arg == "smoke":
