@@ -4,8 +4,9 @@ benchmark, over several seeds: can methods differ here, and where does FedDAT st
   python benchmarks/accuracy.py                              # 4 families x 3 seeds (hours on 2 cores)
   python benchmarks/accuracy.py --families domain --seeds 0,1 --rounds 5 --workdir /tmp/acc
 
-Each family runs configs/embedded.py:<family> (the demo's settings: 12 clients, 16-64 training
-questions each, 1,000 test questions each, fair schedule, the pretrained tiny ViLT) in ONE launch
+Each family runs configs/embedded.py:<family> (12 clients, 80-320 training questions each, 1,000
+test questions each, fair schedule, the pretrained tiny ViLT; the demo runs these with seed 0
+alone; about 26 min per family on 2 cores) in ONE launch
 whose seeds are the replica axis (``sweep.seed``: every method trains all its seeds as one
 program); the seed changes the training randomness (initialisation, client sampling, data order),
 the benchmark's data stay fixed. ``centralized`` trains once per seed; ``blind`` depends on the

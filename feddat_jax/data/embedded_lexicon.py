@@ -17,10 +17,10 @@ client may use a different *convention* for two kinds of words:
 
 A question whose words (or answer) involve such a word has, for the same image and the same
 question text, a different right answer at clients of different conventions. A private answer
-head cannot absorb this when the convention-dependent word is in the QUESTION ("how many red
-objects?" asks another count; "what is in the top left?" asks about another cell): the pooled
-representation has to change, which is what a client-specific adapter can do and one shared
-adapter cannot do for both conventions at once.
+head cannot absorb this when the convention-dependent word is in the QUESTION ("which is red, the
+circle or the square?" asks about the other object; "what is in the top left?" about another
+cell): the pooled representation has to change, which is what a client-specific adapter can do
+and one shared adapter cannot do for both conventions at once.
 
 Shared knowledge lives here too: every client of the benchmark uses the field's own words for
 three shapes (``FIELD_TERMS``: a triangle is a "delta", a diamond a "gem", a star a "spark"), the
