@@ -163,8 +163,8 @@ def make_benchmark(
 ) -> FederatedBenchmark:
     """Generate the first ``num_clients`` (default 12) clients of ``family``.
 
-    Client k gets :func:`train_size` training examples (80 to 320 with the defaults: too few to
-    learn the visual concepts alone) and ``test_per_client`` test examples. Its answer vocabulary
+    Client k gets :func:`train_size` training examples (80 to 320 with the defaults; with 16 to
+    64 no method learned enough in 20 rounds for any two to differ) and ``test_per_client`` test examples. Its answer vocabulary
     is its top-``top_k`` train answers followed by the unseen rest of its label space; examples
     with an answer outside the vocabulary are dropped (the recipe of METHOD.md §5; only for small
     ``top_k``).

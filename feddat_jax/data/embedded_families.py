@@ -60,8 +60,8 @@ def _style(name: str, background: str, bg: tuple, tint: float = 0.0, **kw) -> wo
 # cannot be right for both conventions. Left out, each for a measured reason (docs/BENCHMARK.md):
 # "colour" (its convention word is only the answer: a private head relabels it), "count_colour" and
 # "exists_colour" (mostly answerable by merging the swapped hues, or by the answer prior), and the
-# side types "cell" and "horizontal_yesno" (the backbone does not read left from right: every
-# method stays at their answer prior, so they would measure nothing).
+# side types "cell" and "horizontal_yesno" (the backbone barely reads left from right: every method
+# scores the same on them, so the mirror convention cannot show).
 VQA_MIX = (
     "shape",
     "size",

@@ -349,10 +349,16 @@ def colour_pick_q(scene, rng, lex):
 
 
 # ---- side types: "left" / "right" in the question -------------------------------------------------
+def held(scene: Scene, cell: int) -> str:
+    """The world shape in world cell ``cell``, or "nothing"."""
+    found = [o.shape for o in scene if o.cell == cell]
+    return found[0] if found else "nothing"
+
+
 def _content(scene: Scene, cell: int, lex: Lexicon) -> str:
     """The client's word for the shape in world cell ``cell``, or "nothing"."""
-    found = [o.shape for o in scene if o.cell == cell]
-    return lex.shape(found[0]) if found else "nothing"
+    shape = held(scene, cell)
+    return shape if shape == "nothing" else lex.shape(shape)
 
 
 def cell_q(scene, rng, lex):

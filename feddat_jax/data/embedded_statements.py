@@ -16,6 +16,7 @@ from feddat_jax.data.embedded_questions import (
     QuestionType,
     Scene,
     article,
+    held,
     pick,
     refer,
 )
@@ -72,16 +73,10 @@ def tf_side_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question 
     """What a cell holds, true or false with equal odds."""
     truth = bool(rng.random() < 0.5)
     cell = int(rng.integers(4))
-    actual, mirrored = (_held(scene, c) for c in (cell, other_cell(cell)))
+    actual, mirrored = (held(scene, c) for c in (cell, other_cell(cell)))
     stated = actual if truth else pick(rng, [s for s in SHAPES + ("nothing",) if s != actual])
     thing = "nothing" if stated == "nothing" else article(lex.shape(stated))
     return _true_false(f"there is {thing} in the {lex.cell(cell)}.", truth, stated == mirrored)
-
-
-def _held(scene: Scene, cell: int) -> str:
-    """The world shape in ``cell``, or "nothing"."""
-    found = [o.shape for o in scene if o.cell == cell]
-    return found[0] if found else "nothing"
 
 
 def entail_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:

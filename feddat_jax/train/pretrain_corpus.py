@@ -14,11 +14,10 @@ import dataclasses
 import numpy as np
 
 from feddat_jax.data import embedded_world as world
+from feddat_jax.data.embedded import GENERATORS
 from feddat_jax.data.embedded_captions import caption
 from feddat_jax.data.embedded_families import ALL_STYLES
 from feddat_jax.data.embedded_lexicon import Lexicon
-from feddat_jax.data.embedded_questions import QUESTIONS
-from feddat_jax.data.embedded_statements import STATEMENTS
 
 # The question types the committed backbone was pretrained on, named so that a type the benchmark
 # adds later (``colour_pick``) does not change the corpus and the backbone stays reproducible.
@@ -48,7 +47,7 @@ CORPUS_TYPES = (
     "tf_side",
     "vertical",
 )
-ALL_TYPES = {name: {**QUESTIONS, **STATEMENTS}[name] for name in CORPUS_TYPES}
+ALL_TYPES = {name: GENERATORS[name] for name in CORPUS_TYPES}
 _PHRASINGS = 5
 
 
@@ -81,9 +80,8 @@ def cell_labels(scenes) -> dict[str, np.ndarray]:
 
 
 def _question(scene, rng: np.random.Generator) -> tuple[str, str]:
-    names = CORPUS_TYPES
     for _ in range(100):
-        qtype = ALL_TYPES[names[int(rng.integers(len(names)))]]
+        qtype = ALL_TYPES[CORPUS_TYPES[int(rng.integers(len(CORPUS_TYPES)))]]
         lex = Lexicon(phrasing=int(rng.integers(_PHRASINGS))).for_type(qtype.axes)
         q = qtype.generate(scene, rng, lex)
         if q is not None:
