@@ -12,7 +12,8 @@ program); the seed changes the training randomness (initialisation, client sampl
 the benchmark's data stay fixed. ``centralized`` trains once per seed; ``blind`` depends on the
 data alone and is computed once (its std over seeds is 0). Rows: blind, local_adapter, fedavg_adapter, feddat (its DAT, the
 headline; feddat_ac = A_c alone, feddat_as = A_s alone) and centralized; mean ± std (sample std over
-seeds) overall and per question group (shared / shifted). A rerun resumes every finished run.
+seeds) overall and per question group (shared / shifted), and each row's mean per question
+type. A rerun resumes every finished run.
 
 Writes benchmarks/results_accuracy.json, benchmarks/accuracy.png and benchmarks/ACCURACY.md (the
 printed output), or the same names under --out.
@@ -67,13 +68,19 @@ def run_family(family: str, seeds: list[int], rounds: int, workdir: Path) -> Non
 
 
 def final_scores(run_dir: Path, variant: str, num_seeds: int) -> list[dict[str, float]]:
-    """Each seed's (replica's) last evaluation: overall and per question group. A run without
-    replicas (``blind``: the same for every seed) stands for every seed."""
+    """Each seed's (replica's) last evaluation: overall, per question group and per question type
+    (keys ``type/<name>``). A run without replicas (``blind``: the same for every seed) stands for
+    every seed."""
     out = []
     for history in stats_lib.split_replicas(read_jsonl(run_dir / "metrics.jsonl")):
         last = [r for r in history if f"score/mean/{variant}" in r][-1]
         scores = {"overall": last[f"score/mean/{variant}"]}
         scores.update({g: last[f"group/{g}/{variant}"] for g in GROUPS})
+        for key, value in last.items():
+            kind, _, rest = key.partition("/")
+            name, _, key_variant = rest.rpartition("/")
+            if kind == "qtype" and key_variant == variant:
+                scores[f"type/{name}"] = value
         out.append(scores)
     if len(out) == 1:
         out *= num_seeds
@@ -93,14 +100,25 @@ def stats(values: list[float]) -> dict:
 
 
 def collect(family: str, seeds: list[int], root: Path) -> dict:
-    per_row = {row: {k: [] for k in ("overall",) + GROUPS} for row in ROWS}
+    """One family's rows: overall, per group and per question type (with the type's group)."""
+    from feddat_jax.data.embedded import GENERATORS
+
+    per_row = {row: {} for row in ROWS}
     for row, (folder, variant) in ROWS.items():
         for scores in final_scores(root / family / folder, variant, len(seeds)):
             for key, value in scores.items():
-                per_row[row][key].append(value)
+                per_row[row].setdefault(key, []).append(value)
+    names = sorted(k.removeprefix("type/") for k in per_row["blind"] if k.startswith("type/"))
     return {
         "methods": {row: stats(v["overall"]) for row, v in per_row.items()},
         "groups": {g: {row: stats(v[g]) for row, v in per_row.items()} for g in GROUPS},
+        "types": {
+            name: {
+                "group": GENERATORS[name].group,
+                **{row: stats(v[f"type/{name}"]) for row, v in per_row.items()},
+            }
+            for name in sorted(names, key=lambda n: (GENERATORS[n].group, n))
+        },
     }
 
 
@@ -145,6 +163,17 @@ def table(family: str, result: dict) -> str:
         lines.append(
             f"| {name} | {c['gap']:+.1f} | {c.get('std', 0):.1f} | {'yes' if c['ok'] else 'NO'} |"
         )
+    per_type = ("blind", "local_adapter", "fedavg_adapter", "feddat", "centralized")
+    lines += [
+        "",
+        "Per question type (mean over seeds):",
+        "",
+        "| type | group | " + " | ".join(per_type) + " |",
+        "|---|---|" + "---:|" * len(per_type),
+    ]
+    for name, cells in result["types"].items():
+        means = " | ".join(f"{cells[row]['mean']:.1f}" for row in per_type)
+        lines.append(f"| {name} | {cells['group']} | {means} |")
     lines += ["", "FedDAT (DAT) against the baselines, mean difference ± its std:", ""]
     for other in ("fedavg_adapter", "local_adapter", "centralized"):
         parts = []
@@ -210,10 +239,13 @@ def main() -> None:
     report = [
         "# Accuracy on the embedded benchmark",
         "",
-        f"`{command.strip()}`: families {families}, seeds {seeds}, {args.rounds} rounds, "
-        f"{minutes:.0f} min of wall time. Scores: VQA soft score / accuracy in %, mean ± sample "
-        "std over seeds, each the mean over the 12 clients (a group's mean over the clients that "
-        "have it). Rows and checks: benchmarks/accuracy.py; what they mean: docs/BENCHMARK.md.",
+        (
+            f"`{command.strip()}`: families {families}, seeds {seeds}, {args.rounds} rounds, "
+            f"{minutes:.0f} min of wall time. Scores: VQA soft score / accuracy in %, mean ± "
+            "sample std over seeds, each the mean over the 12 clients (a group's mean over the "
+            "clients that have it). Rows and checks: benchmarks/accuracy.py; what they mean: "
+            "docs/BENCHMARK.md."
+        ),
         "",
     ] + [table(f, r) for f, r in results.items()]
     text = "\n".join(report)
