@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from feddat_jax.train import report as report_lib
 from feddat_jax.train import stats as stats_lib
 from feddat_jax.train.config_base import embedded_config
 from feddat_jax.train.metrics import read_jsonl
@@ -76,11 +77,8 @@ def final_scores(run_dir: Path, variant: str, num_seeds: int) -> list[dict[str, 
         last = [r for r in history if f"score/mean/{variant}" in r][-1]
         scores = {"overall": last[f"score/mean/{variant}"]}
         scores.update({g: last[f"group/{g}/{variant}"] for g in GROUPS})
-        for key, value in last.items():
-            kind, _, rest = key.partition("/")
-            name, _, key_variant = rest.rpartition("/")
-            if kind == "qtype" and key_variant == variant:
-                scores[f"type/{name}"] = value
+        for name in report_lib.names_with_prefix(last, "qtype/", variant):
+            scores[f"type/{name}"] = last[f"qtype/{name}/{variant}"]
         out.append(scores)
     if len(out) == 1:
         out *= num_seeds
@@ -108,7 +106,7 @@ def collect(family: str, seeds: list[int], root: Path) -> dict:
         for scores in final_scores(root / family / folder, variant, len(seeds)):
             for key, value in scores.items():
                 per_row[row].setdefault(key, []).append(value)
-    names = sorted(k.removeprefix("type/") for k in per_row["blind"] if k.startswith("type/"))
+    names = [k.removeprefix("type/") for k in per_row["blind"] if k.startswith("type/")]
     return {
         "methods": {row: stats(v["overall"]) for row, v in per_row.items()},
         "groups": {g: {row: stats(v[g]) for row, v in per_row.items()} for g in GROUPS},

@@ -32,7 +32,7 @@ def _last_eval(history: list[Record]) -> Record:
     return evals[-1] if evals else {}
 
 
-def _with_prefix(record: Record, prefix: str, variant: str) -> list[str]:
+def names_with_prefix(record: Record, prefix: str, variant: str) -> list[str]:
     """The names ``x`` of the record's ``<prefix>x/<variant>`` keys (groups, question types)."""
     return [
         k[len(prefix) : -len(variant) - 1]
@@ -66,10 +66,12 @@ def setting_scores(histories: list[list[Record]], clients: list[str]) -> dict:
     mean = _scores(histories, f"score/mean/{variant}")
     per_client = {c: _scores(histories, f"score/{c}/{variant}") for c in clients}
     groups = {
-        g: _scores(histories, f"group/{g}/{variant}") for g in _with_prefix(last, "group/", variant)
+        g: _scores(histories, f"group/{g}/{variant}")
+        for g in names_with_prefix(last, "group/", variant)
     }
     qtypes = {
-        q: _scores(histories, f"qtype/{q}/{variant}") for q in _with_prefix(last, "qtype/", variant)
+        q: _scores(histories, f"qtype/{q}/{variant}")
+        for q in names_with_prefix(last, "qtype/", variant)
     }
     variants = sorted(k.split("/")[-1] for k in last if k.startswith("score/mean/"))
     all_variants = {v: _scores(histories, f"score/mean/{v}") for v in variants}
