@@ -6,13 +6,13 @@ benchmark, over several seeds: can methods differ here, and where does FedDAT st
 
 Each family runs configs/embedded.py:<family> (12 clients, 80-320 training questions each, 1,000
 test questions each, fair schedule, the pretrained tiny ViLT; the demo runs these with seed 0
-alone; about 26 min per family on 2 cores) in ONE launch
-whose seeds are the replica axis (``sweep.seed``: every method trains all its seeds as one
-program); the seed changes the training randomness (initialisation, client sampling, data order),
-the benchmark's data stay fixed. ``centralized`` trains once per seed; ``blind`` depends on the
-data alone and is computed once (its std over seeds is 0). Rows: blind, local_adapter, fedavg_adapter, feddat (its DAT, the
-headline; feddat_ac = A_c alone, feddat_as = A_s alone) and centralized; mean ± std (sample std over
-seeds) overall and per question group (shared / shifted), and each row's mean per question
+alone; about 26 min per family on 2 cores) in ONE launch whose seeds are the replica axis
+(``sweep.seed``: every method trains all its seeds as one program); the seed changes the training
+randomness (initialisation, client sampling, data order), the benchmark's data stay fixed.
+``centralized`` trains once per seed; ``blind`` depends on the data alone and is computed once
+(its std over seeds is 0). Rows: blind, local_adapter, fedavg_adapter, feddat (its DAT, the
+headline; feddat_ac = A_c alone, feddat_as = A_s alone) and centralized; mean ± std (sample std
+over seeds) overall and per question group (shared / shifted), and each row's mean per question
 type. A rerun resumes every finished run.
 
 Writes benchmarks/results_accuracy.json, benchmarks/accuracy.png and benchmarks/ACCURACY.md (the
