@@ -42,7 +42,7 @@ from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, an
 from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
 from feddat_jax.errors import ConfigError
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,10 +164,10 @@ def make_benchmark(
     """Generate the first ``num_clients`` (default 12) clients of ``family``.
 
     Client k gets :func:`train_size` training examples (80 to 320 with the defaults; with 16 to
-    64 no method learned enough in 20 rounds for any two to differ) and ``test_per_client`` test examples. Its answer vocabulary
-    is its top-``top_k`` train answers followed by the unseen rest of its label space; examples
-    with an answer outside the vocabulary are dropped (the recipe of METHOD.md §5; only for small
-    ``top_k``).
+    64 no method learned enough in 20 rounds for any two to differ) and ``test_per_client`` test
+    examples. Its answer vocabulary is its top-``top_k`` train answers followed by the unseen rest
+    of its label space; examples with an answer outside the vocabulary are dropped (the recipe of
+    METHOD.md §5; only for small ``top_k``).
     """
     _check(image_size, patch_size, train_per_client, test_per_client, size_spread, top_k)
     defs = family_clients(family, num_clients or DEFAULT_CLIENTS)

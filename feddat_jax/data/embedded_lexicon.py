@@ -85,11 +85,14 @@ CONVENTIONS = (
 STANDARD = CONVENTIONS[0]
 
 
-def convention_for(client_index: int) -> Convention:
-    """Client k's convention: each block of 4 consecutive clients holds every convention once,
-    rotated by one per block, so conventions cross the family's client kinds (styles, functions,
-    scenes, tasks) instead of following them."""
-    return CONVENTIONS[(client_index + client_index // 4) % len(CONVENTIONS)]
+def convention_for(kind_index: int, index_in_kind: int) -> Convention:
+    """The convention of the ``index_in_kind``-th client of client kind ``kind_index``: a kind's
+    clients take the conventions in turn, starting at the kind's index. So every kind with two
+    or more clients holds both colour codes (consecutive conventions differ in ``hue_swap``) and a
+    convention never follows a kind. (Until generator version 5 client k took convention
+    (k + k // 4) mod 4, which with five kinds gave two kinds only the standard colour code and two
+    only the swapped one; four kinds, the task family, get the same conventions either way.)"""
+    return CONVENTIONS[(kind_index + index_in_kind) % len(CONVENTIONS)]
 
 
 class WordUseError(AssertionError):

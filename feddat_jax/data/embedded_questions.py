@@ -43,7 +43,7 @@ class Question:
 
     @property
     def conflicts(self) -> bool:
-        """Whether clients of opposite conventions give this text on this image different answers."""
+        """Whether clients of opposite conventions answer this text on this image differently."""
         return self.other is not None and self.other != self.answer
 
 
@@ -348,7 +348,7 @@ def colour_pick_q(scene, rng, lex):
     return Question(text, lex.shape(a.shape), _shapes(lex), other)
 
 
-# ---- side types: "left" / "right" in the question -------------------------------------------------
+# ---- side types: "left" / "right" in the question ------------------------------------------------
 def held(scene: Scene, cell: int) -> str:
     """The world shape in world cell ``cell``, or "nothing"."""
     found = [o.shape for o in scene if o.cell == cell]

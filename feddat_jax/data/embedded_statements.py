@@ -80,7 +80,7 @@ def tf_side_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question 
 
 
 def entail_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question | None:
-    """'true'/'false' about the size of a shape the image shows once, 'unknown' about an absent one."""
+    """'true'/'false' about the size of a shape shown once, 'unknown' about an absent one."""
     label = pick(rng, ENTAILMENT)
     if label == "unknown":
         absent = [s for s in SHAPES[:-1] if all(o.shape != s for o in scene)]
