@@ -16,7 +16,8 @@ over seeds) overall and per question group (shared / shifted), and each row's me
 type. A rerun resumes every finished run.
 
 Writes benchmarks/results_accuracy.json, benchmarks/accuracy.png and benchmarks/ACCURACY.md (the
-printed output), or the same names under --out.
+printed output), or the same names under --out. ACCURACY.md keeps whatever stands above the report's
+title (a status summary written after reading the tables); only the report below it is replaced.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ ROWS = {
     "centralized": ("centralized", "global"),
 }
 GROUPS = ("shared", "shifted")
+REPORT_TITLE = "# Accuracy on the embedded benchmark"
 
 
 def run_family(family: str, seeds: list[int], rounds: int, workdir: Path) -> None:
@@ -214,6 +216,15 @@ def plot(results: dict, out_png: Path) -> None:
     plt.close(fig)
 
 
+def preamble(path: Path) -> str:
+    """The text above the report's title in the ``ACCURACY.md`` at ``path``, if any: the
+    maintainers' reading of the tables, which a rerun must not erase."""
+    if not path.exists():
+        return ""
+    head, title, _ = path.read_text().partition(REPORT_TITLE)
+    return head if title else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", default=",".join(FAMILIES))
@@ -235,7 +246,7 @@ def main() -> None:
     minutes = (time.time() - t0) / 60
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
     report = [
-        "# Accuracy on the embedded benchmark",
+        REPORT_TITLE,
         "",
         (
             f"`{command.strip()}`: families {families}, seeds {seeds}, {args.rounds} rounds, "
@@ -255,7 +266,7 @@ def main() -> None:
         "minutes": round(minutes, 1),
     }
     (out / "results_accuracy.json").write_text(json.dumps(payload, indent=2))
-    (out / "ACCURACY.md").write_text(text)
+    (out / "ACCURACY.md").write_text(preamble(out / "ACCURACY.md") + text)
     plot(results, out / "accuracy.png")
 
 
