@@ -19,8 +19,11 @@ A question whose words (or answer) involve such a word has, for the same image a
 question text, a different right answer at clients of different conventions. A private answer
 head cannot absorb this when the convention-dependent word is in the QUESTION ("which is red, the
 circle or the square?" asks about the other object; "what is in the top left?" about another
-cell): the pooled representation has to change, which is what a client-specific adapter can do
-and one shared adapter cannot do for both conventions at once.
+cell): the pooled representation has to change. (Measured: a linear head on the frozen pooled
+token, fitted on 2,000 questions, reads "what shape is the red object?" at 95% in the standard
+colour code and at 41% in the swapped one; benchmarks/probe_backbone.py.) A client-specific
+adapter can make that change; FedAvg's one adapter, averaged over clients that each moved it
+towards their own code, does it worse (docs/BENCHMARK.md).
 
 Shared knowledge lives here too: every client of the benchmark uses the field's own words for
 three shapes (``FIELD_TERMS``: a triangle is a "delta", a diamond a "gem", a star a "spark"), the
