@@ -12,7 +12,11 @@ has), how well does a softmax regression on the FROZEN pooled features answer he
 * ``common``: the standard convention and the common shape names (what pretraining saw);
 * ``field``: the field terms the benchmark's clients use for triangles, diamonds and stars
   (``embedded_lexicon.FIELD_TERMS``), which pretraining never used: the gap the shared adapter has
-  to close from the clients' pooled data.
+  to close from the clients' pooled data;
+* ``swapped``: the common words in the swapped colour code (``hue`` convention; colour types only):
+  the same images and question texts as ``common`` with the other code's answers. A probe as good
+  here as under ``common`` means the frozen features carry enough for a head of either code, so
+  with enough data a private head could absorb the concept shift without the adapter.
 
 ``majority`` is the most common training answer. Accuracy is exact-match on the single right
 answer (not the VQA soft score). Prints a table and writes JSON (``--out``).
@@ -36,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from feddat_jax.data import embedded_world as world
 from feddat_jax.data.embedded import GENERATORS
 from feddat_jax.data.embedded_families import DOMAIN_STYLES, VQA_MIX
-from feddat_jax.data.embedded_lexicon import Lexicon
+from feddat_jax.data.embedded_lexicon import CONVENTIONS, HUE, Lexicon
 from feddat_jax.models.inputs import to_model_inputs
 from feddat_jax.models.vilt import ViltModel
 from feddat_jax.models.vilt_checkpoint import load_vilt_params, read_vilt_config
@@ -45,11 +49,18 @@ from feddat_jax.train.config_base import TINY_VILT
 TEXT_LEN = 24  # the embedded configs' max_text_len
 
 
-def questions(qtype: str, n: int, part: str, field_terms: bool, image_size: int, seed: int):
-    """``n`` (image, question, answer) of one type, standard convention, random domain style,
-    drawn as the benchmark draws them (``QuestionType.ask``)."""
+WORDINGS = {
+    "common": Lexicon(),
+    "field": Lexicon(field_terms=True),
+    "swapped": Lexicon(convention=CONVENTIONS[1]),  # the hue convention, common words
+}
+
+
+def questions(qtype: str, n: int, part: str, wording: str, image_size: int, seed: int):
+    """``n`` (image, question, answer) of one type in one of the ``WORDINGS``, random domain
+    style, drawn as the benchmark draws them (``QuestionType.ask``)."""
     gen = GENERATORS[qtype]
-    lex = Lexicon(field_terms=field_terms).for_type(gen.axes)
+    lex = WORDINGS[wording].for_type(gen.axes)
     rng = np.random.default_rng([seed, part == "test"])  # both wordings: the same scenes
     images, texts, answers = [], [], []
     while len(answers) < n:
@@ -124,10 +135,10 @@ def softmax_probe(x_tr, y_tr, x_te, y_te, steps: int = 500, l2: float = 1e-4) ->
     return float(np.mean(np.asarray(jnp.argmax(x_te @ params["w"] + params["b"], -1)) == y_te))
 
 
-def probe_type(features: PooledFeatures, qtype: str, args, field_terms: bool) -> dict:
+def probe_type(features: PooledFeatures, qtype: str, args, wording: str) -> dict:
     size = features.config.image_size
-    img_tr, txt_tr, ans_tr = questions(qtype, args.train, "train", field_terms, size, args.seed)
-    img_te, txt_te, ans_te = questions(qtype, args.test, "test", field_terms, size, args.seed)
+    img_tr, txt_tr, ans_tr = questions(qtype, args.train, "train", wording, size, args.seed)
+    img_te, txt_te, ans_te = questions(qtype, args.test, "test", wording, size, args.seed)
     labels = sorted(set(ans_tr) | set(ans_te))
     y_tr = np.array([labels.index(a) for a in ans_tr])
     y_te = np.array([labels.index(a) for a in ans_te])
@@ -147,15 +158,19 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     features = PooledFeatures(args.checkpoint)
     rows = {}
-    print(f"{'question type':16s} {'majority':>9s} {'common':>8s} {'field':>8s}")
+    print(f"{'question type':16s} {'majority':>9s} {'common':>8s} {'field':>8s} {'swapped':>8s}")
     for qtype in args.types.split(","):
-        common = probe_type(features, qtype, args, field_terms=False)
-        field = probe_type(features, qtype, args, field_terms=True)
+        common = probe_type(features, qtype, args, "common")
+        field = probe_type(features, qtype, args, "field")
         rows[qtype] = {"majority": common["majority"], "common": common["probe"]}
         rows[qtype]["field"] = field["probe"]
+        swapped = "-"
+        if HUE in GENERATORS[qtype].axes:
+            rows[qtype]["swapped"] = probe_type(features, qtype, args, "swapped")["probe"]
+            swapped = f"{100 * rows[qtype]['swapped']:.1f}"
         print(
             f"{qtype:16s} {100 * common['majority']:9.1f} {100 * common['probe']:8.1f} "
-            f"{100 * field['probe']:8.1f}",
+            f"{100 * field['probe']:8.1f} {swapped:>8s}",
             flush=True,
         )
     result = {"checkpoint": str(args.checkpoint), "train": args.train, "test": args.test}
