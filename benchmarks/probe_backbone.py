@@ -14,9 +14,9 @@ has), how well does a softmax regression on the FROZEN pooled features answer he
   (``embedded_lexicon.FIELD_TERMS``), which pretraining never used: the gap the shared adapter has
   to close from the clients' pooled data;
 * ``swapped``: the common words in the swapped colour code (``hue`` convention; colour types only):
-  the same images and question texts as ``common`` with the other code's answers. A probe as good
-  here as under ``common`` means the frozen features carry enough for a head of either code, so
-  with enough data a private head could absorb the concept shift without the adapter.
+  the same images and answers as ``common``, worded by a client of that code (its word for each
+  colour is the partner hue's). A probe as good here as under ``common`` would mean the frozen
+  features serve either code, so a private head could absorb the concept shift on its own.
 
 ``majority`` is the most common training answer. Accuracy is exact-match on the single right
 answer (not the VQA soft score). Prints a table and writes JSON (``--out``).
