@@ -51,12 +51,9 @@ def numbers(history):
 
 
 def final_state(exp, workdir):
-    from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
-    from feddat_jax.train.config_base import fingerprint_json
+    from feddat_jax.train.checkpoints import RoundCheckpointer
 
-    ckpt = RoundCheckpointer(
-        Path(workdir) / "checkpoints", config_fingerprint(fingerprint_json(exp.config))
-    )
+    ckpt = RoundCheckpointer(Path(workdir) / "checkpoints", exp.run_fingerprint())
     return ckpt.restore_latest({"server": exp.server, "private": exp.private_N})
 
 
@@ -165,12 +162,21 @@ def test_nan_loss_stops_naming_round_and_client_and_keeps_last_checkpoint(experi
     assert round_restored == 1 and len(meta["history"]) == 1
 
 
-def test_checkpoint_of_another_config_is_refused(experiment, tmp_path):
+def test_checkpoint_of_another_config_or_data_is_refused(experiment, tmp_path):
     loop.train(with_rounds(experiment, 1), tmp_path, show_progress=False)
     other = with_rounds(experiment, 1)
     other.config.seed = 99
-    with pytest.raises(CheckpointMismatchError, match="different config"):
+    with pytest.raises(CheckpointMismatchError, match="different config or data"):
         loop.train(other, tmp_path, show_progress=False)
+    # the same config on data that another generator version built (say, after an update)
+    manifest = {**experiment.benchmark.manifest, "generator_source": "edited"}
+    rebuilt = dataclasses.replace(experiment.benchmark, manifest=manifest)
+    with pytest.raises(CheckpointMismatchError, match="different config or data"):
+        loop.train(
+            dataclasses.replace(with_rounds(experiment, 1), benchmark=rebuilt),
+            tmp_path,
+            show_progress=False,
+        )
 
 
 def test_bad_config_values_name_the_problem(tmp_path):

@@ -27,8 +27,7 @@ import numpy as np
 from feddat_jax.data.pipeline import gather_rows
 from feddat_jax.fl import local_optim, losses
 from feddat_jax.peft.partition import merge
-from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
-from feddat_jax.train.config_base import fingerprint_json
+from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.experiment import Experiment
 from feddat_jax.train.metrics import MetricsWriter, Record
 
@@ -103,8 +102,9 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
     state = {"trainable": trainable, "opt": tx.init(trainable), "tick": jnp.zeros((), jnp.int32)}
     # the schedule spans the whole run, so unlike a method's, the number of epochs changes the
     # numbers: it is part of the fingerprint
-    identity = f"{fingerprint_json(cfg)}/centralized/epochs={cfg.rounds}"
-    ckpt = RoundCheckpointer(workdir / "checkpoints", config_fingerprint(identity))
+    ckpt = RoundCheckpointer(
+        workdir / "checkpoints", exp.run_fingerprint(f"/centralized/epochs={cfg.rounds}")
+    )
     history: list[Record] = []
     restored = ckpt.restore_latest(state)
     start = 0

@@ -156,7 +156,7 @@ class RoundCheckpointer:
             if meta is not None:
                 got = meta.get("config_fingerprint") or meta.get("fingerprint", "").split("-")[0]
                 if got != self.config_fp:
-                    raise self._mismatch(step, "a different config")
+                    raise self._mismatch(step, "a different config or data")
 
     def restore_latest(self, target: PyTree) -> tuple[int, PyTree, dict] | None:
         """``(round, state, meta)`` of the newest whole checkpoint, or None for a fresh workdir.
@@ -192,7 +192,7 @@ class RoundCheckpointer:
         return CheckpointMismatchError(
             f"the checkpoint of round {step} was written by a run with {what}",
             str(self.directory),
-            "use another --workdir, or rerun with the config that wrote it",
+            "use another --workdir, or rerun with the config and data that wrote it",
         )
 
     def _set_aside(self, step: int, problem: str) -> None:

@@ -12,6 +12,7 @@ is built and placed once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
 from feddat_jax.models import registry
 from feddat_jax.train import scores
-from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES
+from feddat_jax.train.checkpoints import config_fingerprint
+from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES, fingerprint_json
 from feddat_jax.train.sweep import Sweep, SweepConfigError, sweep_from_config
 
 PyTree = Any
@@ -91,6 +93,14 @@ class Experiment:
     @property
     def client_names(self) -> list[str]:
         return [c.name for c in self.benchmark.clients]
+
+    def run_fingerprint(self, extra: str = "") -> str:
+        """What a checkpoint must match to be resumed: the config's numbers and the data, i.e. the
+        benchmark's manifest (an embedded benchmark's generator version and source digest, a
+        stored one's recorded build). The config alone would let a run folder resume on data
+        that another generator version built and mix the two."""
+        data = json.dumps(self.benchmark.manifest, sort_keys=True, default=str)
+        return config_fingerprint(f"{fingerprint_json(self.config)}/data={data}{extra}")
 
     def eval_rows(self, client_ids) -> np.ndarray:
         """int64 [C, S_e, B_e]: the test-store row of each evaluation slot of these clients (-1 =

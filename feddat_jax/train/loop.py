@@ -46,9 +46,8 @@ from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.communication import CommunicationBudget, round_traffic
 from feddat_jax.fl.registry import ClientRegistry, pad_batches
 from feddat_jax.train import scores as scores_lib
-from feddat_jax.train.checkpoints import RoundCheckpointer, config_fingerprint
+from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.cohorts import CohortPlanner
-from feddat_jax.train.config_base import fingerprint_json
 from feddat_jax.train.experiment import Experiment
 from feddat_jax.train.interrupt import StopRequest
 from feddat_jax.train.metrics import MetricsWriter, Record
@@ -231,7 +230,7 @@ def train(
     primary = jax.process_index() == 0
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = RoundCheckpointer(workdir / "checkpoints", config_fingerprint(fingerprint_json(cfg)))
+    ckpt = RoundCheckpointer(workdir / "checkpoints", exp.run_fingerprint())
     server, private_N, history = exp.server, exp.private_N, []
     restored = ckpt.restore_latest({"server": server, "private": private_N})
     if restored is not None:
