@@ -91,8 +91,10 @@ def _all_agree(ok: bool) -> bool:
 class RoundCheckpointer:
     """Saves every ``every`` rounds (and the last); restores the newest checkpoint that is whole.
 
-    ``config_fp`` is :func:`config_fingerprint` of the run's config; the state tree's half of the
-    fingerprint comes from the state given to :meth:`save` / :meth:`restore_latest`.
+    ``config_fp`` identifies the run's numbers: :func:`config_fingerprint` of its config and data
+    (``Experiment.run_fingerprint``; the name and the stored ``config_fingerprint`` key predate the
+    data half). The state tree's half of the fingerprint comes from the state given to
+    :meth:`save` / :meth:`restore_latest`.
     """
 
     def __init__(
@@ -151,7 +153,8 @@ class RoundCheckpointer:
         return metas
 
     def check_config(self, metas: dict[int, dict | None] | None = None) -> None:
-        """Raise :class:`CheckpointMismatchError` if a readable checkpoint has another config."""
+        """Raise :class:`CheckpointMismatchError` if a readable checkpoint has another config or
+        data."""
         for step, meta in (self.read_metas() if metas is None else metas).items():
             if meta is not None:
                 got = meta.get("config_fingerprint") or meta.get("fingerprint", "").split("-")[0]
