@@ -15,14 +15,20 @@ from feddat_jax.data.embedded import GENERATORS, load_or_build, make_benchmark
 from feddat_jax.data.embedded_families import FAMILIES, KINDS, family_clients
 from feddat_jax.data.embedded_lexicon import (
     CONVENTIONS,
-    FIELD_TERMS,
     HUE,
     SIDE,
     Lexicon,
     WordUseError,
     field_vocabulary,
 )
-from feddat_jax.data.embedded_world import CELLS, COLOURS, SHAPES, sample_scene
+from feddat_jax.data.embedded_world import (
+    BENCHMARK_SHAPES,
+    CELLS,
+    COLOURS,
+    FIELD_SHAPES,
+    SHAPES,
+    sample_scene,
+)
 
 SMALL = dict(train_per_client=16, test_per_client=6, image_size=32)
 
@@ -124,7 +130,7 @@ def test_shifted_types_disagree_between_conventions():
 def _read(qtype: str, text: str, scene, lex: Lexicon) -> str:
     """How a client with lexicon ``lex`` answers ``text`` (phrasing 0) on ``scene``: the test's own
     reading, by looking its words up in ``lex``, independent of the generators' ``other``."""
-    shape_of = {lex.shape(s): s for s in SHAPES}
+    shape_of = {lex.shape(s): s for s in lex.shape_set}
     colour_of = {lex.colour(c): c for c in COLOURS} if HUE in lex.axes else {}
     if qtype == "count_colour":
         (word,) = re.fullmatch(r"how many (\w+) objects are there\?", text).groups()
@@ -173,11 +179,11 @@ def test_every_shifted_question_gets_another_answer_under_the_other_convention()
     ):
         gen = GENERATORS[qtype]
         for convention, seed in itertools.product(CONVENTIONS, range(30)):
-            lex = Lexicon(convention, field_terms=True).for_type(gen.axes)
+            lex = Lexicon(convention, shape_set=BENCHMARK_SHAPES).for_type(gen.axes)
             flipped = dataclasses.replace(convention, **{axis: not getattr(convention, axis)})
             other_lex = dataclasses.replace(lex, convention=flipped)
             rng = np.random.default_rng([seed, 1])
-            scene = sample_scene(rng, SHAPES, COLOURS, "train")
+            scene = sample_scene(rng, BENCHMARK_SHAPES, COLOURS, "train")
             raw = gen.generate(scene, np.random.default_rng([seed, 2]), lex)
             asked = gen.ask(scene, np.random.default_rng([seed, 2]), lex)
             if raw is None:  # colour_pick needs two objects with unique references
@@ -193,22 +199,21 @@ def _words(text: str) -> set[str]:
     return set(re.sub(r"[?.):,]", " ", text).split())
 
 
-def test_clients_use_the_field_terms_the_pretraining_corpus_never_uses(families):
-    """The shared knowledge: every client names triangles, diamonds and stars by the field's
-    terms, in questions and answers; the pretraining corpus only by their common names."""
+def test_every_family_asks_about_the_field_shapes_the_pretraining_corpus_never_holds(families):
+    """The shared knowledge: every family's images show the three field shapes (some question is
+    answered by each); the pretraining corpus never names one, and its scenes cannot hold one (its
+    region labels index the pretrained shapes alone)."""
     from feddat_jax.train.pretrain_corpus import build_corpus
 
-    field, common = set(field_vocabulary()), set(FIELD_TERMS) | {s + "s" for s in FIELD_TERMS}
-    client_words = set()
-    for bench in families.values():
-        for c in bench.clients:
-            for ex in c.train + c.test:
-                client_words |= _words(ex.question) | set(ex.answers)
-    assert not client_words & common
-    assert field <= client_words
+    field = set(field_vocabulary())
+    assert field == set(FIELD_SHAPES) | {s + "s" for s in FIELD_SHAPES}
+    assert not field & set(SHAPES)
+    for bench in families.values():  # as the answer to some question, so in some image
+        answers = {max(ex.answers, key=ex.answers.get) for c in bench.clients for ex in c.test}
+        assert set(FIELD_SHAPES) <= answers, bench.name
     corpus = build_corpus(40, 32, seed=5)
     corpus_words = set().union(*(_words(q) | {a} for pairs in corpus.qa for q, a in pairs))
-    assert not corpus_words & field and common & corpus_words
+    assert not corpus_words & field and set(SHAPES[:-1]) <= corpus_words
 
 
 def test_the_committed_backbone_knows_every_benchmark_word(families):

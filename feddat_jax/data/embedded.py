@@ -42,7 +42,7 @@ from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, an
 from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
 from feddat_jax.errors import ConfigError
 
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,7 +89,9 @@ def _example(
     kind = cd.kind
     qtype = kind.question_types[int(rng.integers(len(kind.question_types)))]
     generator = GENERATORS[qtype]
-    lexicon = Lexicon(cd.convention, kind.phrasing, field_terms=True).for_type(generator.axes)
+    lexicon = Lexicon(cd.convention, kind.phrasing, shape_set=world.BENCHMARK_SHAPES).for_type(
+        generator.axes
+    )
     for _ in range(1000):
         scene = world.sample_scene(rng, kind.shapes, kind.colours, part)
         question = generator.ask(scene, rng, lexicon)

@@ -38,7 +38,7 @@ class ClientKind:
     task_kind: str = "vqa"
     style: world.Style = world.Style("clean")
     phrasing: int = 0
-    shapes: tuple[str, ...] = world.SHAPES
+    shapes: tuple[str, ...] = world.BENCHMARK_SHAPES
     colours: tuple[str, ...] = world.COLOURS
 
 
@@ -124,6 +124,14 @@ SCENES = (  # name, shapes, colours, background style
     ),
 )
 
+
+def _with_field_shapes(shapes: tuple[str, ...], kind_index: int) -> tuple[str, ...]:
+    """A scene kind's shapes and two of the three field shapes (each field shape is in four of
+    the six scene worlds, so it is shared knowledge there too)."""
+    left_out = world.FIELD_SHAPES[kind_index % len(world.FIELD_SHAPES)]
+    return shapes + tuple(s for s in world.FIELD_SHAPES if s != left_out)
+
+
 KINDS: dict[str, tuple[ClientKind, ...]] = {
     "domain": tuple(
         ClientKind(s.name, VQA_MIX, style=s, phrasing=i) for i, s in enumerate(DOMAIN_STYLES)
@@ -136,8 +144,14 @@ KINDS: dict[str, tuple[ClientKind, ...]] = {
         ClientKind("relation", ("vertical", "horizontal")),
     ),
     "scene": tuple(
-        ClientKind(name, _SCENE_QUESTIONS, style=style, shapes=shapes, colours=colours)
-        for name, shapes, colours, style in SCENES
+        ClientKind(
+            name,
+            _SCENE_QUESTIONS,
+            style=style,
+            shapes=_with_field_shapes(shapes, i),
+            colours=colours,
+        )
+        for i, (name, shapes, colours, style) in enumerate(SCENES)
     ),
     "task": (
         ClientKind("vqa", VQA_MIX),

@@ -25,13 +25,15 @@ colour code and at 41% in the swapped one; benchmarks/probe_backbone.py.) A clie
 adapter can make that change; FedAvg's one adapter, averaged over clients that each moved it
 towards their own code, does it worse (docs/BENCHMARK.md).
 
-Shared knowledge lives here too: every client of the benchmark uses the field's own words for
-three shapes (``FIELD_TERMS``: a triangle is a "delta", a diamond a "gem", a star a "spark"), the
-same at every client. The pretraining corpus never uses them (they are in the backbone's vocabulary,
-as a real tokenizer holds many words its corpus barely uses, but their embeddings were never
-trained). Real counterpart: a specialty's vocabulary (medical, legal, industrial terms) that a
-public foundation model has not learned and every site uses. One client sees each term in a few
-questions; the federation sees it in many.
+Shared knowledge is not a wording but part of the world: the benchmark's scenes also hold three
+shapes the pretraining corpus never draws (``embedded_world.FIELD_SHAPES``, a chevron, a ring and
+a cross), which every client calls by the field's terms "delta", "gem" and "spark". The terms are
+in the backbone's vocabulary, as a real tokenizer holds many words its corpus barely uses, but
+their embeddings were never trained, and its image features never had to tell these shapes apart.
+Real counterpart: the findings of a specialty (lesion types, defect classes) that a public
+foundation model has neither seen nor named, common to every site. One client sees each in a few
+questions; the federation sees it in many. (Until generator version 6 the field terms renamed
+three shapes the backbone already reads, and a client learned the three words alone.)
 
 A question type declares the word kinds (``axes``) it may use; a :class:`Lexicon` is the only way
 a generator produces those words, and it checks the declaration, so no type uses a convention word
@@ -43,13 +45,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from feddat_jax.data.embedded_world import COLOURS
+from feddat_jax.data.embedded_world import COLOURS, FIELD_SHAPES, SHAPES
 
 HUE, SIDE = "hue", "side"
 _HUE_SWAP = {"red": "green", "green": "red", "blue": "yellow", "yellow": "blue"}
 _SIDES = ("left", "right")
 _ROWS = ("top", "bottom")
-FIELD_TERMS = {"triangle": "delta", "diamond": "gem", "star": "spark"}
 
 
 def other_colour(colour: str) -> str:
@@ -66,8 +67,9 @@ def other_cell(cell: int) -> int:
 
 
 def field_vocabulary() -> tuple[str, ...]:
-    """Every word form of the field terms (singular and plural), for the backbone's vocabulary."""
-    return tuple(sorted(w for term in FIELD_TERMS.values() for w in (term, term + "s")))
+    """Every word form of the field shapes' terms (singular and plural), for the backbone's
+    vocabulary."""
+    return tuple(sorted(w for term in FIELD_SHAPES for w in (term, term + "s")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +112,9 @@ class Lexicon:
     convention: Convention = STANDARD
     phrasing: int = 0
     axes: frozenset[str] = frozenset()
-    field_terms: bool = False  # the benchmark's clients: True; the pretraining corpus: False
+    # The shapes the client's world holds: the answers of a shape question and the shapes a
+    # question may ask about (the benchmark's clients: BENCHMARK_SHAPES; pretraining: SHAPES).
+    shape_set: tuple[str, ...] = SHAPES
 
     def for_type(self, axes: frozenset[str]) -> Lexicon:
         return dataclasses.replace(self, axes=frozenset(axes))
@@ -132,8 +136,10 @@ class Lexicon:
         return _SIDES[1 - column] if self.convention.mirror else _SIDES[column]
 
     def shape(self, shape: str) -> str:
-        """The client's word for the world shape ``shape`` (a field term where it has one)."""
-        return FIELD_TERMS.get(shape, shape) if self.field_terms else shape
+        """The client's word for the world shape ``shape`` (its own name, a field term included)."""
+        if shape not in self.shape_set:
+            raise ValueError(f"shape {shape!r} is not in this world's shapes {self.shape_set}")
+        return shape
 
     def shapes(self, shape: str) -> str:
         """The plural of :meth:`shape`."""

@@ -20,7 +20,7 @@ from feddat_jax.data.embedded_questions import (
     pick,
     refer,
 )
-from feddat_jax.data.embedded_world import COLOURS, SHAPES, SIZES
+from feddat_jax.data.embedded_world import COLOURS, SIZES
 
 _LETTERS = ("a", "b", "c", "d")
 TRUE_FALSE = ("true", "false")
@@ -39,7 +39,9 @@ def tf_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question
     """A count or a size of shapes, true or false with equal odds."""
     truth = bool(rng.random() < 0.5)
     if rng.random() < 0.5:
-        shape = pick(rng, [o.shape for o in scene]) if rng.random() < 0.7 else pick(rng, SHAPES)
+        shape = (
+            pick(rng, [o.shape for o in scene]) if rng.random() < 0.7 else pick(rng, lex.shape_set)
+        )
         n = sum(o.shape == shape for o in scene)
         stated = n if truth else pick(rng, [k for k in range(5) if k != n])
         return _true_false(f"there are exactly {stated} {lex.shapes(shape)}.", truth)
@@ -74,7 +76,9 @@ def tf_side_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question 
     truth = bool(rng.random() < 0.5)
     cell = int(rng.integers(4))
     actual, mirrored = (held(scene, c) for c in (cell, other_cell(cell)))
-    stated = actual if truth else pick(rng, [s for s in SHAPES + ("nothing",) if s != actual])
+    stated = (
+        actual if truth else pick(rng, [s for s in lex.shape_set + ("nothing",) if s != actual])
+    )
     thing = "nothing" if stated == "nothing" else article(lex.shape(stated))
     return _true_false(f"there is {thing} in the {lex.cell(cell)}.", truth, stated == mirrored)
 
@@ -83,7 +87,7 @@ def entail_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Ques
     """'true'/'false' about the size of a shape shown once, 'unknown' about an absent one."""
     label = pick(rng, ENTAILMENT)
     if label == "unknown":
-        absent = [s for s in SHAPES[:-1] if all(o.shape != s for o in scene)]
+        absent = [s for s in lex.shape_set if s != "digit" and all(o.shape != s for o in scene)]
         text = f"the {lex.shape(pick(rng, absent))} is {pick(rng, SIZES)}."
         return Question(text, label, ENTAILMENT)
     unique = [
@@ -101,14 +105,18 @@ def entail_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Que
     label = pick(rng, ENTAILMENT)
     if label == "unknown":
         absent = [c for c in COLOURS if all(o.colour != c for o in scene)]
-        subject, stated = pick(rng, absent), pick(rng, SHAPES)
+        subject, stated = pick(rng, absent), pick(rng, lex.shape_set)
     else:
         unique = [o for o in scene if sum(p.colour == o.colour for p in scene) == 1]
         if not unique:
             return None
         obj = pick(rng, unique)
         subject = obj.colour
-        stated = obj.shape if label == "true" else pick(rng, [s for s in SHAPES if s != obj.shape])
+        stated = (
+            obj.shape
+            if label == "true"
+            else pick(rng, [s for s in lex.shape_set if s != obj.shape])
+        )
     text = f"the {lex.colour(subject)} object is {article(lex.shape(stated))}."
     return Question(text, label, ENTAILMENT, _entailment(scene, other_colour(subject), stated))
 
@@ -140,7 +148,7 @@ def mc_shape_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Question
     ref = refer(obj, scene, lex, avoid=("shape",))
     if ref is None:
         return None
-    wrong = [lex.shape(s) for s in SHAPES if s != obj.shape]
+    wrong = [lex.shape(s) for s in lex.shape_set if s != obj.shape]
     return _multiple_choice(ref, "shape", lex.shape(obj.shape), wrong, rng)
 
 

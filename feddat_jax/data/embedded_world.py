@@ -20,7 +20,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
-SHAPES = ("circle", "square", "triangle", "diamond", "star", "digit")
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "digit")  # what pretraining draws
+# Shapes of the benchmark's field that the pretraining corpus never draws or names (a chevron, a
+# ring and a plus-shaped cross, called by the field's terms): the shared knowledge the clients'
+# adapters have to learn from each other (docs/BENCHMARK.md). Their words are in the backbone's
+# vocabulary with untrained embeddings.
+FIELD_SHAPES = ("delta", "gem", "spark")
+BENCHMARK_SHAPES = SHAPES[:-1] + FIELD_SHAPES + ("digit",)
 SIZES = ("small", "large")
 CELLS = ("top left", "top right", "bottom left", "bottom right")  # cell = 2 * row + column
 BACKGROUNDS = ("plain", "gradient", "stripes", "checker", "speckle")
@@ -147,6 +153,15 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return [(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)]
     if shape == "diamond":
         return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+    if shape == "delta":  # a chevron: a triangle with a notch cut from its base
+        return [(cx, cy - r), (cx + r, cy + r), (cx, cy + r * 0.25), (cx - r, cy + r)]
+    if shape == "spark":  # a plus-shaped cross
+        a = r * 0.36
+        return [
+            (cx - a, cy - r), (cx + a, cy - r), (cx + a, cy - a), (cx + r, cy - a),
+            (cx + r, cy + a), (cx + a, cy + a), (cx + a, cy + r), (cx - a, cy + r),
+            (cx - a, cy + a), (cx - r, cy + a), (cx - r, cy - a), (cx - a, cy - a),
+        ]  # fmt: skip
     if shape == "star":
         angles = -np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
@@ -185,8 +200,12 @@ def render(scene: tuple[Obj, ...], style: Style, size: int, rng: np.random.Gener
             continue
         for draw, fill in ((colour_layer, rgb), (alpha_layer, 255)):
             kw = {"outline": fill, "width": width} if style.outline else {"fill": fill}
-            if obj.shape == "circle":
+            if obj.shape in ("circle", "gem"):
                 draw.ellipse((cx - r, cy - r, cx + r, cy + r), **kw)
+                if obj.shape == "gem":  # a ring: the disc with its middle cut out
+                    hole = r * 0.5
+                    kw = {"outline": fill, "width": width} if style.outline else {"fill": 0}
+                    draw.ellipse((cx - hole, cy - hole, cx + hole, cy + hole), **kw)
             else:
                 draw.polygon(_polygon(obj.shape, cx, cy, r), **kw)
     # Objects are drawn on black, so the downsampled layer is already alpha-premultiplied.
