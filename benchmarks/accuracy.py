@@ -3,6 +3,8 @@ benchmark, over several seeds: can methods differ here, and where does FedDAT st
 
   python benchmarks/accuracy.py                              # 4 families x 3 seeds (hours on 2 cores)
   python benchmarks/accuracy.py --families domain --seeds 0,1 --rounds 5 --workdir /tmp/acc
+  python benchmarks/accuracy.py --report-only --workdir /tmp/acc  # the report of finished runs
+  bash benchmarks/gpu_accuracy.sh                            # one GPU: the families in parallel
 
 Each family runs configs/embedded.py:<family> (12 clients, 80-320 training questions each, 1,000
 test questions each, fair schedule, the pretrained tiny ViLT; the demo runs these with seed 0
@@ -232,6 +234,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--workdir", default="runs/accuracy")
     parser.add_argument("--out", default=str(ROOT / "benchmarks"))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the runs already finished in --workdir (e.g. families run "
+        "in separate processes, as benchmarks/gpu_accuracy.sh does)",
+    )
     args = parser.parse_args()
     families = args.families.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -240,7 +248,16 @@ def main() -> None:
     t0 = time.time()
     results = {}
     for family in families:
-        run_family(family, seeds, args.rounds, root / family)
+        if not args.report_only:
+            run_family(family, seeds, args.rounds, root / family)
+        missing = [
+            f for f, _ in ROWS.values() if not (root / family / f / "metrics.jsonl").exists()
+        ]
+        if missing:  # --report-only on a workdir (or family) that has not been run
+            sys.exit(
+                f"error: {root / family / missing[0]} holds no finished run; run accuracy.py "
+                f"with the same --workdir and without --report-only first"
+            )
         results[family] = collect(family, seeds, root)
         results[family]["checks"] = checks(results[family])
     minutes = (time.time() - t0) / 60
@@ -249,8 +266,9 @@ def main() -> None:
         REPORT_TITLE,
         "",
         (
-            f"`{command.strip()}`: families {families}, seeds {seeds}, {args.rounds} rounds, "
-            f"{minutes:.0f} min of wall time. Scores: VQA soft score / accuracy in %, mean ± "
+            f"`{command.strip()}`: families {families}, seeds {seeds}, {args.rounds} rounds"
+            + ("" if args.report_only else f", {minutes:.0f} min of wall time")
+            + ". Scores: VQA soft score / accuracy in %, mean ± "
             "sample std over seeds, each the mean over the 12 clients (a group's mean over the "
             "clients that have it). Rows and checks: benchmarks/accuracy.py; what they mean: "
             "docs/BENCHMARK.md."
@@ -263,8 +281,9 @@ def main() -> None:
         "families": results,
         "seeds": seeds,
         "rounds": args.rounds,
-        "minutes": round(minutes, 1),
     }
+    if not args.report_only:
+        payload["minutes"] = round(minutes, 1)
     (out / "results_accuracy.json").write_text(json.dumps(payload, indent=2))
     (out / "ACCURACY.md").write_text(preamble(out / "ACCURACY.md") + text)
     plot(results, out / "accuracy.png")
