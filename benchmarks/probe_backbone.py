@@ -7,12 +7,13 @@ Every downstream head (private to its client) reads only the pooled token, and t
 only reshape what the frozen layers pass on. So before any federated run, this asks per question
 type of the embedded benchmark: with plenty of data (``--train`` questions, far more than a client
 has), how well does a softmax regression on the FROZEN pooled features answer held-out questions
-(scenes of the unseen digit half, every domain style)? Two wordings:
+(scenes of the unseen digit half, every domain style)? Three wordings:
 
-* ``common``: the standard convention and the common shape names (what pretraining saw);
-* ``field``: the field terms the benchmark's clients use for triangles, diamonds and stars
-  (``embedded_lexicon.FIELD_TERMS``), which pretraining never used: the gap the shared adapter has
-  to close from the clients' pooled data;
+* ``common``: the standard convention and the pretrained shapes (what pretraining saw);
+* ``field``: the benchmark's world, whose scenes also hold the three field shapes (a chevron, a
+  ring and a cross, ``embedded_world.FIELD_SHAPES``, named "delta", "gem", "spark") that
+  pretraining never drew or named: the gap the shared adapter has to close from the clients'
+  pooled data;
 * ``swapped``: the common words in the swapped colour code (``hue`` convention; colour types only):
   the same images and answers as ``common``, worded by a client of that code (its word for each
   colour is the partner hue's). A probe as good here as under ``common`` would mean the frozen
@@ -51,7 +52,7 @@ TEXT_LEN = 24  # the embedded configs' max_text_len
 
 WORDINGS = {
     "common": Lexicon(),
-    "field": Lexicon(field_terms=True),
+    "field": Lexicon(shape_set=world.BENCHMARK_SHAPES),
     "swapped": Lexicon(convention=CONVENTIONS[1]),  # the hue convention, common words
 }
 
@@ -61,10 +62,10 @@ def questions(qtype: str, n: int, part: str, wording: str, image_size: int, seed
     style, drawn as the benchmark draws them (``QuestionType.ask``)."""
     gen = GENERATORS[qtype]
     lex = WORDINGS[wording].for_type(gen.axes)
-    rng = np.random.default_rng([seed, part == "test"])  # both wordings: the same scenes
+    rng = np.random.default_rng([seed, part == "test"])  # common and swapped: the same scenes
     images, texts, answers = [], [], []
     while len(answers) < n:
-        scene = world.sample_scene(rng, world.SHAPES, world.COLOURS, part)
+        scene = world.sample_scene(rng, lex.shape_set, world.COLOURS, part)
         q = gen.ask(scene, rng, lex)  # a shifted type: only where the convention matters
         if q is not None:
             style = DOMAIN_STYLES[int(rng.integers(len(DOMAIN_STYLES)))]
