@@ -129,7 +129,9 @@ def test_a_centralized_step_is_adamw_on_the_pooled_loss_with_each_clients_head(e
     lr = exp.config.optim.learning_rate  # no warmup: step 0 runs at the peak
     expected, _ = local_optim.apply_adamw(tx, grads, expected_opt, trainable, lr)
     for got, want in zip(jax.tree.leaves(new_state["trainable"]), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # Adam divides by sqrt(v): where a gradient entry is near zero, the rounding of the two
+        # loss sums moves that entry's update by up to ~0.2% of lr (seen once, on version 6 data).
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-6)
 
 
 def test_centralized_reference_trains_resumes_and_reports_like_a_method(experiment, tmp_path):
