@@ -27,10 +27,12 @@ log="$out_dir/gpu_accuracy.log"
 'optax', optax.__version__, jax.devices())"
 } 2>&1 | tee "$log"
 families="${FAMILIES:-domain function scene task}"
+seeds="${SEEDS:-0,1,2}"
+rounds="${ROUNDS:-20}"
 start=$(date +%s)
 for family in $families; do
   timeout "${LIMIT_S:-480}" "$py" benchmarks/accuracy.py --families "$family" \
-    --seeds "${SEEDS:-0,1,2}" --rounds "${ROUNDS:-20}" --workdir "$work" \
+    --seeds "$seeds" --rounds "$rounds" --workdir "$work" \
     --out "$work/report_$family" >"$work/$family.log" 2>&1 &
 done
 status=0
@@ -41,7 +43,7 @@ for family in $families; do # the end of each log, progress bars as lines
   tr '\r' '\n' <"$work/$family.log" | grep -v 'step/s' | tail -n 15 >>"$log"
 done
 "$py" benchmarks/accuracy.py --report-only --families "${families// /,}" \
-  --seeds "${SEEDS:-0,1,2}" --rounds "${ROUNDS:-20}" --workdir "$work" --out "$out_dir" \
+  --seeds "$seeds" --rounds "$rounds" --workdir "$work" --out "$out_dir" \
   >>"$log" 2>&1 || status=$?
 tar czf "$out_dir/accuracy_runs.tgz" --exclude=checkpoints -C "$work" . || true
 tail -n 60 "$log"
