@@ -1,7 +1,7 @@
 r"""Accuracy of FedDAT, its baselines and the reference rows on every family of the embedded
 benchmark, over several seeds: can methods differ here, and where does FedDAT stand?
 
-  python benchmarks/accuracy.py                              # 4 families x 3 seeds (hours on 2 cores)
+  python benchmarks/accuracy.py --out benchmarks            # 4 families x 3 seeds (hours on 2 cores)
   python benchmarks/accuracy.py --families domain --seeds 0,1 --rounds 5 --workdir /tmp/acc
   python benchmarks/accuracy.py --report-only --workdir /tmp/acc  # the report of finished runs
   bash benchmarks/gpu_accuracy.sh                            # one GPU: the families in parallel
@@ -17,9 +17,10 @@ headline; feddat_ac = A_c alone, feddat_as = A_s alone) and centralized; mean ±
 over seeds) overall and per question group (shared / shifted), and each row's mean per question
 type. A rerun resumes every finished run.
 
-Writes benchmarks/results_accuracy.json, benchmarks/accuracy.png and benchmarks/ACCURACY.md (the
-printed output), or the same names under --out. ACCURACY.md keeps whatever stands above the report's
-title (a status summary written after reading the tables); only the report below it is replaced.
+Writes results_accuracy.json, accuracy.png and ACCURACY.md (the printed output) under --out: by
+default <workdir>/report, so a trial run never overwrites the committed report; ``--out benchmarks``
+replaces the committed one. ACCURACY.md keeps whatever stands above the report's title (a status
+summary written after reading the tables); only the report below it is replaced.
 """
 
 from __future__ import annotations
@@ -233,7 +234,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--workdir", default="runs/accuracy")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks"))
+    parser.add_argument(
+        "--out",
+        help="where the report goes (default: <workdir>/report; 'benchmarks' replaces the "
+        "committed report)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -243,7 +248,8 @@ def main() -> None:
     args = parser.parse_args()
     families = args.families.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    root, out = Path(args.workdir), Path(args.out)
+    root = Path(args.workdir)
+    out = Path(args.out) if args.out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     results = {}

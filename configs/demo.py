@@ -4,8 +4,9 @@ r"""The offline demo: FedDAT against the main baselines on the embedded Domain b
   python launch.py --config configs/demo.py:smoke --workdir /tmp/demo_smoke   # one tiny round
 
 Twelve clients whose images differ in style and whose questions differ in phrasing, with 80-320
-training questions each and 1,000 test questions each; every client names three shapes by field
-terms the backbone never learned (shared knowledge); a third of the questions name a colour that
+training questions each and 1,000 test questions each; a third of the objects are three field
+shapes that the backbone never saw in pretraining, so every client needs them learned from too few
+examples of its own (the shared knowledge); a third of the questions name a colour that
 picks one of two objects, and half the clients use a colour code that swaps red with green and
 blue with yellow, so clients disagree on those answers (the concept shift; docs/BENCHMARK.md). The
 frozen backbone is a tiny ViLT the project pretrained on the embedded world
