@@ -4,6 +4,7 @@ benchmark, over several seeds: can methods differ here, and where does FedDAT st
   python benchmarks/accuracy.py --out benchmarks            # 4 families x 3 seeds (hours on 2 cores)
   python benchmarks/accuracy.py --families domain --seeds 0,1 --rounds 5 --workdir /tmp/acc
   python benchmarks/accuracy.py --report-only --workdir /tmp/acc  # the report of finished runs
+  python benchmarks/accuracy.py --methods local_adapter,fedavg_adapter  # the checks, without FedDAT
   bash benchmarks/gpu_accuracy.sh                            # one GPU: the families in parallel
 
 Each family runs configs/embedded.py:<family> (12 clients, 80-320 training questions each, 1,000
@@ -43,6 +44,7 @@ from feddat_jax.train.metrics import read_jsonl
 
 FAMILIES = ("domain", "function", "scene", "task")
 METHODS = ("local_adapter", "fedavg_adapter", "feddat")
+REFERENCES = ("blind", "centralized")  # run folders of the reference rows
 # result row -> (run folder, evaluation variant)
 ROWS = {
     "blind": ("blind", "global"),
@@ -57,9 +59,16 @@ GROUPS = ("shared", "shifted")
 REPORT_TITLE = "# Accuracy on the embedded benchmark"
 
 
-def run_family(family: str, seeds: list[int], rounds: int, workdir: Path) -> None:
-    """Every method and reference of one family, all seeds in one launch on the replica axis
-    (resumes what is finished)."""
+def rows_of(methods: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """The result rows of a run of ``methods``: theirs and the two reference rows."""
+    return {row: spec for row, spec in ROWS.items() if spec[0] in methods + REFERENCES}
+
+
+def run_family(
+    family: str, seeds: list[int], rounds: int, workdir: Path, methods: tuple[str, ...]
+) -> None:
+    """``methods`` and the reference rows of one family, all seeds in one launch on the replica
+    axis (resumes what is finished)."""
     from feddat_jax.train.interrupt import StopRequest
     from feddat_jax.train.run import launch  # what launch.py runs: methods, references, report
 
@@ -67,7 +76,7 @@ def run_family(family: str, seeds: list[int], rounds: int, workdir: Path) -> Non
     config.sweep.seed = tuple(seeds)
     config.rounds = rounds
     config.eval_every = rounds  # only the final evaluation is reported here
-    config.compare_methods = METHODS
+    config.compare_methods = methods
     config.tensorboard = False
     with StopRequest() as stop:  # Ctrl-C: stop after the current round; a rerun resumes
         launch(config, workdir, stop)
@@ -102,12 +111,12 @@ def stats(values: list[float]) -> dict:
     }
 
 
-def collect(family: str, seeds: list[int], root: Path) -> dict:
+def collect(family: str, seeds: list[int], root: Path, rows: dict[str, tuple[str, str]]) -> dict:
     """One family's rows: overall, per group and per question type (with the type's group)."""
     from feddat_jax.data.embedded import GENERATORS
 
-    per_row = {row: {} for row in ROWS}
-    for row, (folder, variant) in ROWS.items():
+    per_row = {row: {} for row in rows}
+    for row, (folder, variant) in rows.items():
         for scores in final_scores(root / family / folder, variant, len(seeds)):
             for key, value in scores.items():
                 per_row[row].setdefault(key, []).append(value)
@@ -133,8 +142,11 @@ def gap(result: dict, a: str, b: str, group: str | None = None) -> tuple[float, 
 
 
 def checks(result: dict) -> dict[str, dict]:
-    """The properties the benchmark is built to have (docs/BENCHMARK.md), each with its margin."""
+    """The properties the benchmark is built to have (docs/BENCHMARK.md), each with its margin
+    (none without both baselines)."""
     out = {}
+    if not {"local_adapter", "fedavg_adapter"} <= set(result["methods"]):
+        return out
     d = result["methods"]["local_adapter"]["mean"] - result["methods"]["blind"]["mean"]
     out["local beats blind by > 15 points"] = {"gap": round(d, 2), "ok": d > 15}
     d, s = gap(result, "fedavg_adapter", "local_adapter", "shared")
@@ -158,15 +170,20 @@ def fmt(s: dict) -> str:
 
 def table(family: str, result: dict) -> str:
     lines = [f"### {family}", "", "| row | overall | shared | shifted |", "|---|---:|---:|---:|"]
-    for row in ROWS:
+    for row in result["methods"]:
         cells = [fmt(result["methods"][row])] + [fmt(result["groups"][g][row]) for g in GROUPS]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", "| check | gap | std of gap | holds |", "|---|---:|---:|---|"]
+    if result["checks"]:
+        lines += ["", "| check | gap | std of gap | holds |", "|---|---:|---:|---|"]
     for name, c in result["checks"].items():
         lines.append(
             f"| {name} | {c['gap']:+.1f} | {c.get('std', 0):.1f} | {'yes' if c['ok'] else 'NO'} |"
         )
-    per_type = ("blind", "local_adapter", "fedavg_adapter", "feddat", "centralized")
+    per_type = [
+        row
+        for row in ("blind", "local_adapter", "fedavg_adapter", "feddat", "centralized")
+        if row in result["methods"]
+    ]
     lines += [
         "",
         "Per question type (mean over seeds):",
@@ -177,6 +194,8 @@ def table(family: str, result: dict) -> str:
     for name, cells in result["types"].items():
         means = " | ".join(f"{cells[row]['mean']:.1f}" for row in per_type)
         lines.append(f"| {name} | {cells['group']} | {means} |")
+    if "feddat" not in result["methods"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "FedDAT (DAT) against the baselines, mean difference ± its std:", ""]
     for other in ("fedavg_adapter", "local_adapter", "centralized"):
         parts = []
@@ -193,7 +212,7 @@ def plot(results: dict, out_png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(ROWS)
+    rows = list(next(iter(results.values()))["methods"])  # the same rows in every family
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for ax, (family, result) in zip(axes.flat, results.items()):
         width = 0.8 / len(rows)
@@ -240,6 +259,12 @@ def main() -> None:
         "committed report)",
     )
     parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="the methods besides the reference rows (blind, centralized), e.g. "
+        "local_adapter,fedavg_adapter to check the benchmark's properties before FedDAT runs",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="train nothing: report the runs already finished in --workdir (e.g. families run "
@@ -248,6 +273,10 @@ def main() -> None:
     args = parser.parse_args()
     families = args.families.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
+    methods = tuple(args.methods.split(","))
+    if unknown := sorted(set(methods) - set(METHODS)):
+        sys.exit(f"error: unknown --methods {unknown}; choose from {','.join(METHODS)}")
+    rows = rows_of(methods)
     root = Path(args.workdir)
     out = Path(args.out) if args.out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -255,16 +284,16 @@ def main() -> None:
     results = {}
     for family in families:
         if not args.report_only:
-            run_family(family, seeds, args.rounds, root / family)
+            run_family(family, seeds, args.rounds, root / family, methods)
         missing = [
-            f for f, _ in ROWS.values() if not (root / family / f / "metrics.jsonl").exists()
+            f for f, _ in rows.values() if not (root / family / f / "metrics.jsonl").exists()
         ]
         if missing:  # --report-only on a workdir (or family) that has not been run
             sys.exit(
                 f"error: {root / family / missing[0]} holds no finished run; run accuracy.py "
                 f"with the same --workdir and without --report-only first"
             )
-        results[family] = collect(family, seeds, root)
+        results[family] = collect(family, seeds, root, rows)
         results[family]["checks"] = checks(results[family])
     minutes = (time.time() - t0) / 60
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
