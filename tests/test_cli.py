@@ -185,6 +185,7 @@ def test_library_errors_for_user_input_are_project_errors():
         ("model.checkpoint", "/nonexistent", r"\(config\.model\.checkpoint='/nonexistent'\)"),
         ("data.family", "medical", r"unknown benchmark family 'medical'"),
         ("data.num_clients", 21, r"data\.num_clients must be in 0\.\.20"),
+        ("data.conventions", "hue", r"'hue' is not a valid data\.conventions"),
         ("data.read_threads", 0, r"data\.read_threads must be >= 1"),
         ("data.decoded_cache_mb", -1, r"data\.decoded_cache_mb must be >= 0"),
         ("references", ("blind", "oracle"), r"unknown reference\(s\) \['oracle'\]"),

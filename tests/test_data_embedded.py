@@ -86,6 +86,29 @@ def test_conventions_are_balanced_and_cross_client_kinds():
             assert len(codes) < 2 or set(codes) == {False, True}, (family, kind.name, codes)
 
 
+def test_standard_conventions_remove_only_the_disagreement():
+    """``conventions="standard"``, the control without the concept shift, keeps every image, scene
+    and answer; only the swapped-code clients' shifted questions change, to the standard colour
+    words, so a run on it differs from the benchmark's in the disagreement alone."""
+    mixed = make_benchmark("domain", num_clients=4, **SMALL)
+    control = make_benchmark("domain", num_clients=4, **SMALL, conventions="standard")
+    assert {i["convention"] for i in control.manifest["clients"].values()} == {"standard"}
+    reworded = 0
+    for client, same in zip(mixed.clients, control.clients):
+        swapped = mixed.manifest["clients"][client.name]["convention"].startswith("hue")
+        for a, b in zip(client.train + client.test, same.train + same.test, strict=True):
+            assert (a.image, a.answers, a.question_type, a.group) == (
+                b.image,
+                b.answers,
+                b.question_type,
+                b.group,
+            )
+            changes = swapped and a.group == "shifted"
+            assert (a.question != b.question) == changes, (client.name, a.question, b.question)
+            reworded += changes
+    assert reworded > 0
+
+
 def test_training_sizes_span_16_to_64_by_default():
     sizes = [embedded.train_size(40, 0.6, 0, k) for k in range(12)]
     assert min(sizes) >= 16 and max(sizes) <= 64 and max(sizes) - min(sizes) >= 24
@@ -296,6 +319,7 @@ def test_load_or_build_reuses_the_cache(tmp_path, monkeypatch):
         (dict(family="task", image_size=40, patch_size=16), r"image_size=40.*patch_size=16"),
         (dict(family="task", top_k=101), r"top_k=101"),
         (dict(family="task", size_spread=1.0), r"size_spread=1.0"),
+        (dict(family="task", conventions="hue"), r"'hue'.*\['mixed', 'standard'\]"),
     ],
 )
 def test_bad_input_names_value_and_choices(kwargs, match):

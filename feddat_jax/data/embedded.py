@@ -162,6 +162,7 @@ def make_benchmark(
     size_spread: float = 0.6,
     top_k: int = 100,
     annotator_noise: float = 0.05,
+    conventions: str = "mixed",
 ) -> FederatedBenchmark:
     """Generate the first ``num_clients`` (default 12) clients of ``family``.
 
@@ -170,9 +171,14 @@ def make_benchmark(
     examples. Its answer vocabulary is its top-``top_k`` train answers followed by the unseen rest
     of its label space; examples with an answer outside the vocabulary are dropped (the recipe of
     METHOD.md §5; only for small ``top_k``).
+
+    ``conventions="standard"`` gives every client the standard naming convention: the same
+    images, scenes and shared questions, and the same "shifted" questions worded in the standard
+    colour code, so that no two clients disagree (the control for the concept shift; the
+    "shifted" tag still marks the questions on which conventions would disagree).
     """
     _check(image_size, patch_size, train_per_client, test_per_client, size_spread, top_k)
-    defs = family_clients(family, num_clients or DEFAULT_CLIENTS)
+    defs = family_clients(family, num_clients or DEFAULT_CLIENTS, conventions)
     clients, info = [], {}
     for k, cd in enumerate(defs):
         sizes = {
@@ -215,6 +221,7 @@ def make_benchmark(
         "size_spread": size_spread,
         "top_k": top_k,
         "annotator_noise": annotator_noise,
+        "conventions": conventions,
     }
     manifest = {
         "generator": __name__,

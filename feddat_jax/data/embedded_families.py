@@ -14,7 +14,8 @@ two properties that make federated finetuning a real problem (docs/BENCHMARK.md)
 Client k of a family is kind ``k % len(kinds)``, the ``k // len(kinds)``-th client of its kind, with
 the naming convention ``embedded_lexicon.convention_for`` gives it, so every kind with two or more
 clients holds both colour codes, and a client's definition does not depend on how many clients are
-asked for.
+asked for. ``conventions="standard"`` puts every client on the standard convention instead: the
+same clients without the concept shift, the control that measures what the shift costs.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from __future__ import annotations
 import dataclasses
 
 from feddat_jax.data import embedded_world as world
-from feddat_jax.data.embedded_lexicon import Convention, convention_for
+from feddat_jax.data.embedded_lexicon import STANDARD, Convention, convention_for
 from feddat_jax.errors import ConfigError
 
 DEFAULT_CLIENTS = 12
 MAX_CLIENTS = 20
+# "mixed": each kind's clients take the conventions in turn (the benchmark); "standard": every
+# client words things the standard way (no concept shift, everything else unchanged)
+CONVENTION_MODES = ("mixed", "standard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +168,11 @@ FAMILIES = tuple(KINDS)
 ALL_STYLES = DOMAIN_STYLES + tuple(style for *_, style in SCENES)
 
 
-def family_clients(family: str, num_clients: int = DEFAULT_CLIENTS) -> tuple[ClientDef, ...]:
-    """The first ``num_clients`` clients of ``family``."""
+def family_clients(
+    family: str, num_clients: int = DEFAULT_CLIENTS, conventions: str = "mixed"
+) -> tuple[ClientDef, ...]:
+    """The first ``num_clients`` clients of ``family``, with their conventions as
+    ``conventions`` (one of :data:`CONVENTION_MODES`) says."""
     if family not in KINDS:
         raise ConfigError(
             f"unknown benchmark family {family!r}",
@@ -177,12 +184,19 @@ def family_clients(family: str, num_clients: int = DEFAULT_CLIENTS) -> tuple[Cli
             f"num_clients={num_clients} is not in 1..{MAX_CLIENTS} (the embedded families define "
             f"up to {MAX_CLIENTS} clients; 0 in a config means {DEFAULT_CLIENTS})"
         )
+    if conventions not in CONVENTION_MODES:
+        raise ConfigError(
+            f"unknown conventions {conventions!r}",
+            "config.data.conventions",
+            f"choose one of {list(CONVENTION_MODES)}",
+        )
     kinds = KINDS[family]
     clients = []
     for k in range(num_clients):
         kind_index, index_in_kind = k % len(kinds), k // len(kinds)
         kind = kinds[kind_index]
-        clients.append(
-            ClientDef(f"{kind.name}_{k:02d}", kind, convention_for(kind_index, index_in_kind))
+        convention = (
+            convention_for(kind_index, index_in_kind) if conventions == "mixed" else STANDARD
         )
+        clients.append(ClientDef(f"{kind.name}_{k:02d}", kind, convention))
     return tuple(clients)

@@ -145,6 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_per_client = 300
     c.data.test_per_client = 100
     c.data.seed = 0
+    # embedded: "mixed" (clients' naming conventions differ: the concept shift) | "standard"
+    # (every client on the standard one: the control without the shift)
+    c.data.conventions = "mixed"
     c.data.cache_dir = "~/.cache/feddat_jax/embedded"
     # a stored (tfds) benchmark is read on demand: decoding threads, and decoded rows kept in RAM
     # (0 = none; enough for every client's rows decodes each image once)

@@ -141,6 +141,7 @@ def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> Federate
         test_per_client=data.test_per_client,
         seed=data.seed,
         patch_size=patch_size,
+        conventions=data.conventions,
     )
 
 

@@ -18,7 +18,12 @@ import ml_collections
 
 from feddat_jax import methods as methods_lib
 from feddat_jax.data import tfds_store
-from feddat_jax.data.embedded_families import DEFAULT_CLIENTS, MAX_CLIENTS, family_clients
+from feddat_jax.data.embedded_families import (
+    CONVENTION_MODES,
+    DEFAULT_CLIENTS,
+    MAX_CLIENTS,
+    family_clients,
+)
 from feddat_jax.errors import CheckpointError, ConfigError, DataError, FeddatError
 from feddat_jax.fl import privacy, sampling
 from feddat_jax.fl.aggregation import AGGREGATION_WEIGHTS
@@ -318,6 +323,7 @@ def _data(c: ml_collections.ConfigDict) -> int:
         return _tfds_clients(data.tfds_dir)
     with _guard("data.family", data.family):
         family_clients(data.family)
+    _choice(c, "data.conventions", CONVENTION_MODES)
     _need(
         0 <= data.num_clients <= MAX_CLIENTS,
         "data.num_clients",
