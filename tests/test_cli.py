@@ -192,6 +192,7 @@ def test_library_errors_for_user_input_are_project_errors():
         ("references", ("blind", "blind"), r"a reference is listed twice"),
         ("optim.schedule", "cosine", r"'cosine' is not a valid optim\.schedule"),
         ("segment_steps", -1, r"segment_steps must be >= 0"),
+        ("optim.max_local_steps", -1, r"optim\.max_local_steps must be >= 0"),
         ("eval_clients_per_call", -1, r"eval_clients_per_call must be >= 0"),
         ("strategy", "pmap", r"'pmap' is not a valid strategy"),
         ("distributed.coordinator_address", "nohost", r"'nohost' is not host:port"),

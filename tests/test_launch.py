@@ -280,3 +280,32 @@ def test_the_loop_builds_each_round_with_its_round_index_and_reshuffles(
         for r in (0, 1)
     ]
     assert np.array_equal(fixed[0]["input_ids"], fixed[1]["input_ids"])
+
+
+def test_capped_rounds_train_the_first_steps_of_each_rounds_shuffle(
+    experiment, tmp_path, monkeypatch
+):
+    """optim.max_local_steps=K: every round is K steps on the first K batches of that round's
+    epoch order (a client with fewer batches runs its whole epoch)."""
+    from feddat_jax.data.pipeline import cohort_batches
+    from feddat_jax.train import cohorts
+
+    built = {}
+
+    def spy(*args, **kwargs):
+        batch = cohort_batches(*args, **kwargs)
+        built[kwargs["round_index"]] = np.asarray(batch["input_ids"])
+        return batch
+
+    monkeypatch.setattr(cohorts, "cohort_batches", spy)
+    cfg = experiment.config.copy_and_resolve_references()
+    cfg.rounds, cfg.optim.max_local_steps, cfg.tensorboard = 2, 1, False
+    exp = dataclasses.replace(experiment, config=cfg)
+    history = loop.train(exp, tmp_path, show_progress=False)
+    store, ids = exp.train_store, np.arange(len(exp.client_names))
+    for r in (0, 1):
+        epoch = cohort_batches(store, ids, cfg.batch_size, seed=cfg.seed, round_index=r)
+        assert np.asarray(epoch["input_ids"]).shape[1] > 1  # the cap binds
+        np.testing.assert_array_equal(built[r], np.asarray(epoch["input_ids"])[:, :1])
+    steps = [v for k, v in history[-1].items() if k.startswith("train/") and k.endswith("/steps")]
+    assert steps and all(s == 1 for s in steps)

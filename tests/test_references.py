@@ -81,6 +81,15 @@ def test_epoch_rows_cover_the_pooled_data_once_per_epoch():
     assert not np.array_equal(rows, centralized.epoch_rows(23, 4, seed=1, epoch=3))
 
 
+def test_pooled_epochs_match_the_examples_of_capped_rounds():
+    sizes = np.array([40, 10, 30])  # batch 4: 10, 3 and 8 batches an epoch
+    assert centralized.pooled_epochs(6, sizes, 4, cap=0) == 6
+    assert centralized.pooled_epochs(6, sizes, 4, cap=20) == 6  # the cap never binds
+    # cap 5 batches: 20 + 10 + 20 = 50 of 80 examples a round, 6 rounds = 3.75 epochs
+    assert centralized.pooled_epochs(6, sizes, 4, cap=5) == 4
+    assert centralized.pooled_epochs(1, sizes, 4, cap=1) == 1  # never fewer than one epoch
+
+
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     sys.path.insert(0, str(ROOT / "configs"))

@@ -61,6 +61,26 @@ def test_feddat_and_fedavg_local_steps_use_the_schedule(schedule):
             assert float(m_d["lr_dat"]) > float(m_d["lr"]) > float(m_a["lr"])
 
 
+@pytest.mark.parametrize("schedule", ["fair", "official"])
+def test_a_capped_round_is_scheduled_like_a_short_epoch(schedule):
+    """With max_local_steps=K a client of 20 batches warms up and decays like a client of K
+    batches; a client with fewer than K batches keeps its own schedule."""
+    ticks = jnp.arange(2 * NUM_BATCHES)
+
+    def rates(num_batches, cap=0):
+        cfg = local_optim.LocalOptimConfig(schedule=schedule, max_local_steps=cap)
+        return np.array(local_optim.learning_rate(cfg, ticks, jnp.float32(num_batches), 2))
+
+    np.testing.assert_array_equal(rates(NUM_BATCHES, cap=5), rates(5))
+    assert not np.array_equal(rates(NUM_BATCHES, cap=5), rates(NUM_BATCHES))
+    np.testing.assert_array_equal(rates(3, cap=5), rates(3))
+
+
+def test_negative_local_step_cap_is_refused():
+    with pytest.raises(ValueError, match="max_local_steps must be >= 0"):
+        local_optim.LocalOptimConfig(max_local_steps=-1)
+
+
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="'linear'.*official.*fair"):
         local_optim.LocalOptimConfig(schedule="linear")

@@ -12,6 +12,12 @@ vmap. The schedule restarts every round. Two schedules (``LocalOptimConfig.sched
   method gets the same learning rate at the same batch (FedDAT's two sub-steps share it), and the
   warmup lasts ``warmup_fraction`` of ONE epoch, so it completes inside every round.
 
+``max_local_steps`` caps a round at that many batches (FedAvg's K local steps; 0: the whole local
+epoch, the paper's setting). A capped round takes the first K batches of the round's shuffle, and
+both schedules then treat the round as the epoch: warmup and horizon count ``min(K, batches per
+epoch)``, so a short round warms up and decays like a short epoch instead of spending itself in
+the warmup of an epoch it never finishes.
+
 Weight decay follows the official code's mask, which is a rule on PyTorch parameter names: no
 decay where the name contains ``bias`` or ``LayerNorm.weight``, decay for everything else. So
 BERT-style ``…embeddings.LayerNorm`` scales are exempt, while the head's LayerNorm scale and ViLT's
@@ -46,6 +52,7 @@ class LocalOptimConfig:
     warmup_fraction: float = 0.1
     schedule_epochs: float = 15.0  # S = schedule_epochs × batches per epoch
     schedule: str = "official"  # "official" | "fair" (module docstring)
+    max_local_steps: int = 0  # batches per round at most (0 = the whole local epoch)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -56,6 +63,11 @@ class LocalOptimConfig:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.schedule_epochs <= 0:
             raise ValueError(f"schedule_epochs must be > 0, got {self.schedule_epochs}")
+        if self.max_local_steps < 0:
+            raise ValueError(
+                f"max_local_steps must be >= 0 (0 = the whole local epoch), "
+                f"got {self.max_local_steps}"
+            )
 
 
 def param_path(key_path) -> str:
@@ -84,8 +96,15 @@ def adamw_direction(cfg: LocalOptimConfig) -> optax.GradientTransformation:
     )
 
 
+def round_batches(cfg: LocalOptimConfig, num_batches: jax.Array) -> jax.Array:
+    """The batches a client trains on in a round: its epoch's, at most ``max_local_steps``."""
+    if cfg.max_local_steps:
+        return jnp.minimum(num_batches, float(cfg.max_local_steps))
+    return num_batches
+
+
 def total_schedule_steps(cfg: LocalOptimConfig, num_batches: jax.Array) -> jax.Array:
-    """The schedule horizon S: ``schedule_epochs × batches per epoch``.
+    """The schedule horizon S: ``schedule_epochs × batches per round`` (per epoch unless capped).
 
     As in the official code the horizon counts batches, while under the official schedule
     FedDAT's counter ticks twice per batch (once per sub-step), so FedDAT walks its schedule
@@ -108,6 +127,7 @@ def learning_rate(
 ) -> jax.Array:
     """The learning rate of local optimizer step ``tick`` of a round (``ticks_per_batch`` steps
     per batch: 2 for FedDAT), for a client with ``num_batches`` batches per epoch."""
+    num_batches = round_batches(cfg, num_batches)
     total = total_schedule_steps(cfg, num_batches)
     if cfg.schedule == "fair":
         return warmup_decay(

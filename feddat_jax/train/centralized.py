@@ -7,6 +7,9 @@ shuffle, in batches mixing clients; each example goes through its own client's h
 adapter's gradient is the pooled one. It trains for ``config.rounds`` epochs (the data a federated
 run sees in as many rounds), with one AdamW schedule over the whole run (linear warmup for
 ``optim.warmup_fraction`` of it, then linear decay to 0), and is evaluated like every method.
+With rounds capped at ``optim.max_local_steps`` batches a federated round sees only part of the
+larger clients' data, and the reference takes the whole number of epochs nearest to the examples
+a federated run of every client trains on (:func:`pooled_epochs`).
 
 Why per-client heads rather than one head over the union of answers: the reference then differs
 from FedAvg + adapter in exactly one thing, federation, and every client keeps its own answer
@@ -43,6 +46,15 @@ def epoch_rows(num_rows: int, batch_size: int, seed: int, epoch: int) -> np.ndar
     rows = np.full(steps * batch_size, -1, np.int64)
     rows[:num_rows] = order
     return rows.reshape(steps, batch_size)
+
+
+def pooled_epochs(rounds: int, num_examples_N: np.ndarray, batch_size: int, cap: int) -> int:
+    """Epochs over the pooled data that hold about as many examples as ``rounds`` federated rounds
+    of every client, each round at most ``cap`` batches (0: a whole epoch, so ``rounds``)."""
+    if not cap:
+        return rounds
+    seen = np.minimum(num_examples_N, cap * batch_size).sum() * rounds
+    return max(1, round(float(seen) / float(num_examples_N.sum())))
 
 
 def make_epoch_fn(exp: Experiment, total_steps: int):
@@ -96,14 +108,17 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
     num_rows = int(store.offsets[-1])
     client_of_row = np.repeat(np.arange(store.num_clients), store.num_examples())
     steps_per_epoch = -(-num_rows // cfg.batch_size)
-    epoch_fn, tx = make_epoch_fn(exp, cfg.rounds * steps_per_epoch)
+    epochs = pooled_epochs(
+        cfg.rounds, store.num_examples(), cfg.batch_size, cfg.optim.max_local_steps
+    )
+    epoch_fn, tx = make_epoch_fn(exp, epochs * steps_per_epoch)
     # host copies: the epoch function donates its state, and the experiment's arrays stay intact
     trainable = jax.device_get((exp.server.shared, exp.private_N["params"]))
     state = {"trainable": trainable, "opt": tx.init(trainable), "tick": jnp.zeros((), jnp.int32)}
     # the schedule spans the whole run, so unlike a method's, the number of epochs changes the
     # numbers: it is part of the fingerprint
     ckpt = RoundCheckpointer(
-        workdir / "checkpoints", exp.run_fingerprint(f"/centralized/epochs={cfg.rounds}")
+        workdir / "checkpoints", exp.run_fingerprint(f"/centralized/epochs={epochs}")
     )
     history: list[Record] = []
     restored = ckpt.restore_latest(state)
@@ -113,7 +128,7 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
         history = meta["history"]
     writer = MetricsWriter(workdir, history, tensorboard=cfg.tensorboard)
     all_ids = np.arange(len(exp.client_names))
-    for e in range(start, cfg.rounds):
+    for e in range(start, epochs):
         t0 = time.perf_counter()
         rows_SxB = epoch_rows(num_rows, cfg.batch_size, cfg.seed, e)
         batches = jax.tree.map(lambda x: x[0], gather_rows(store, rows_SxB[None]))
@@ -125,7 +140,7 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
             "time/round_s": time.perf_counter() - t0,
             "comm/bytes_cumulative": 0,
         }
-        if (e + 1) % cfg.eval_every == 0 or e + 1 == cfg.rounds:
+        if (e + 1) % cfg.eval_every == 0 or e + 1 == epochs:
             shared, heads_N = state["trainable"]
             scores = exp.eval_fn(
                 exp.frozen,
@@ -137,7 +152,7 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
             )
             record.update(eval_record(exp, scores, all_ids))
         writer.write(record)
-        if (e + 1) % cfg.checkpoint_every == 0 or e + 1 == cfg.rounds:
+        if (e + 1) % cfg.checkpoint_every == 0 or e + 1 == epochs:
             ckpt.save(e + 1, jax.device_get(state), {"history": writer.history})
     writer.close()
     return writer.history

@@ -113,6 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
             warmup_fraction=0.1,
             schedule_epochs=15.0,
             schedule="official",  # "fair" for comparisons (fl/local_optim.py)
+            # local steps (batches) per round at most: FedAvg's K; 0 = one whole local epoch
+            max_local_steps=0,
         )
     )
     c.server = ml_collections.ConfigDict()

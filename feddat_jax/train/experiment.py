@@ -102,6 +102,13 @@ class Experiment:
         data = json.dumps(self.benchmark.manifest, sort_keys=True, default=str)
         return config_fingerprint(f"{fingerprint_json(self.config)}/data={data}{extra}")
 
+    def round_steps(self) -> int:
+        """Local steps of a round, one static shape for every round: the largest client's epoch
+        (``ceil(n_k / B)``), at most ``optim.max_local_steps`` (FedAvg's K)."""
+        steps = self.train_store.max_steps(self.config.batch_size)
+        cap = self.config.optim.max_local_steps
+        return min(steps, cap) if cap else steps
+
     def eval_rows(self, client_ids) -> np.ndarray:
         """int64 [C, S_e, B_e]: the test-store row of each evaluation slot of these clients (-1 =
         padding); S_e is the largest client's, so every chunk of clients has one shape."""

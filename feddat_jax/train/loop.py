@@ -252,7 +252,7 @@ def train(
             flush=True,
         )
     n = len(exp.client_names)
-    static_steps = exp.train_store.max_steps(cfg.batch_size)
+    static_steps = exp.round_steps()  # capped rounds take the first steps of the epoch
 
     # This process's clients (all of them in one process), in a fresh registry per call: the
     # host copy is the registry's own (it writes the cohort's rows in place).

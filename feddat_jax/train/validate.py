@@ -186,6 +186,7 @@ def _unit(c: ml_collections.ConfigDict, key: str, example: float) -> None:
 
 def _optimizers(c: ml_collections.ConfigDict) -> None:
     _choice(c, "optim.schedule", SCHEDULES)
+    _at_least(c, "optim.max_local_steps", 0, 10)
     optim = dict(c.optim)
     with _guard("optim", optim):
         LocalOptimConfig(**optim)
