@@ -252,12 +252,8 @@ def test_resume_keeps_a_stateful_server_optimizer(tmp_path):
     assert_bitwise_equal(a, b)
 
 
-def test_the_loop_builds_each_round_with_its_round_index_and_reshuffles(
-    experiment, tmp_path, monkeypatch
-):
-    """Data order is a function of (seed, round): the loop must pass the real round, and by
-    default every round sees a new order (faithful.same_order_each_round reproduces the
-    official code's fixed order)."""
+def record_round_batches(monkeypatch) -> dict[int, np.ndarray]:
+    """The input ids of every round's batches as the loop reads them, by round index."""
     from feddat_jax.data.pipeline import cohort_batches
     from feddat_jax.train import cohorts  # the loop's cohort planner reads the batches
 
@@ -269,6 +265,18 @@ def test_the_loop_builds_each_round_with_its_round_index_and_reshuffles(
         return batch
 
     monkeypatch.setattr(cohorts, "cohort_batches", spy)
+    return built
+
+
+def test_the_loop_builds_each_round_with_its_round_index_and_reshuffles(
+    experiment, tmp_path, monkeypatch
+):
+    """Data order is a function of (seed, round): the loop must pass the real round, and by
+    default every round sees a new order (faithful.same_order_each_round reproduces the
+    official code's fixed order)."""
+    from feddat_jax.data.pipeline import cohort_batches
+
+    built = record_round_batches(monkeypatch)
     loop.train(with_rounds(experiment, 3), tmp_path, show_progress=False)
     assert sorted(built) == [0, 1, 2]
     assert not np.array_equal(built[0], built[1]) and not np.array_equal(built[1], built[2])
@@ -288,16 +296,8 @@ def test_capped_rounds_train_the_first_steps_of_each_rounds_shuffle(
     """optim.max_local_steps=K: every round is K steps on the first K batches of that round's
     epoch order (a client with fewer batches runs its whole epoch)."""
     from feddat_jax.data.pipeline import cohort_batches
-    from feddat_jax.train import cohorts
 
-    built = {}
-
-    def spy(*args, **kwargs):
-        batch = cohort_batches(*args, **kwargs)
-        built[kwargs["round_index"]] = np.asarray(batch["input_ids"])
-        return batch
-
-    monkeypatch.setattr(cohorts, "cohort_batches", spy)
+    built = record_round_batches(monkeypatch)
     cfg = experiment.config.copy_and_resolve_references()
     cfg.rounds, cfg.optim.max_local_steps, cfg.tensorboard = 2, 1, False
     exp = dataclasses.replace(experiment, config=cfg)
