@@ -13,9 +13,9 @@ from feddat_jax.fl.round import client_context
 NUM_BATCHES = 20
 
 
-def lrs(schedule: str, ticks, ticks_per_batch: int):
-    cfg = local_optim.LocalOptimConfig(learning_rate=1.0, schedule=schedule)
-    nb = jnp.asarray(NUM_BATCHES, jnp.float32)
+def lrs(schedule: str, ticks, ticks_per_batch: int, num_batches=NUM_BATCHES, cap=0):
+    cfg = local_optim.LocalOptimConfig(learning_rate=1.0, schedule=schedule, max_local_steps=cap)
+    nb = jnp.asarray(num_batches, jnp.float32)
     return np.array(
         [float(local_optim.learning_rate(cfg, jnp.asarray(t), nb, ticks_per_batch)) for t in ticks]
     )
@@ -65,15 +65,13 @@ def test_feddat_and_fedavg_local_steps_use_the_schedule(schedule):
 def test_a_capped_round_is_scheduled_like_a_short_epoch(schedule):
     """With max_local_steps=K a client of 20 batches warms up and decays like a client of K
     batches; a client with fewer than K batches keeps its own schedule."""
-    ticks = jnp.arange(2 * NUM_BATCHES)
-
-    def rates(num_batches, cap=0):
-        cfg = local_optim.LocalOptimConfig(schedule=schedule, max_local_steps=cap)
-        return np.array(local_optim.learning_rate(cfg, ticks, jnp.float32(num_batches), 2))
-
-    np.testing.assert_array_equal(rates(NUM_BATCHES, cap=5), rates(5))
-    assert not np.array_equal(rates(NUM_BATCHES, cap=5), rates(NUM_BATCHES))
-    np.testing.assert_array_equal(rates(3, cap=5), rates(3))
+    ticks = np.arange(2 * NUM_BATCHES)
+    capped = lrs(schedule, ticks, 2, cap=5)
+    np.testing.assert_array_equal(capped, lrs(schedule, ticks, 2, num_batches=5))
+    assert not np.array_equal(capped, lrs(schedule, ticks, 2))
+    np.testing.assert_array_equal(
+        lrs(schedule, ticks, 2, num_batches=3, cap=5), lrs(schedule, ticks, 2, num_batches=3)
+    )
 
 
 def test_negative_local_step_cap_is_refused():
