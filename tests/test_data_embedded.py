@@ -1,6 +1,7 @@
 """The embedded benchmark: determinism, the four kinds of heterogeneity, the shared/shifted tags and
 the concept shift, caching, bad input."""
 
+import collections
 import dataclasses
 import io
 import itertools
@@ -289,6 +290,22 @@ def test_task_clients_differ_in_task(families):
     assert sorted(clients[2].answers) == ["false", "true", "unknown"]
     assert sorted(clients[3].answers) == ["a", "b", "c", "d"]
     assert all(") " in e.question for e in clients[3].train)  # options listed in the question
+
+
+def test_statement_labels_are_balanced_in_every_type():
+    """Each statement type's labels are near-uniform at every classification client, the shifted
+    types too, whose disagreement filter would otherwise skew them (version 6: tf_side 90% "true",
+    which the label prior alone answered)."""
+    bench = make_benchmark(
+        "task", num_clients=4, train_per_client=16, test_per_client=600, image_size=32
+    )
+    for c in bench.clients[1:]:
+        for qtype in {ex.question_type for ex in c.test}:
+            labels = [next(iter(ex.answers)) for ex in c.test if ex.question_type == qtype]
+            counts = collections.Counter(labels)
+            uniform = len(labels) / len(c.answers)
+            assert set(counts) == set(c.answers), (c.name, qtype, counts)
+            assert min(counts.values()) > 0.6 * uniform, (c.name, qtype, counts)
 
 
 def test_load_or_build_reuses_the_cache(tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, an
 from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
 from feddat_jax.errors import ConfigError
 
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,10 +92,23 @@ def _example(
     lexicon = Lexicon(cd.convention, kind.phrasing, shape_set=world.BENCHMARK_SHAPES).for_type(
         generator.axes
     )
+    label = None  # a statement's label, drawn uniformly from its label set (see below)
     for _ in range(1000):
         scene = world.sample_scene(rng, kind.shapes, kind.colours, part)
         question = generator.ask(scene, rng, lexicon)
-        if question is not None:
+        if question is None:
+            continue
+        if kind.task_kind == "vqa":
+            break
+        # A statement's generator tosses a fair coin for its label, but which draws survive is
+        # not fair: a shifted statement is kept only where the conventions disagree on it, and
+        # a false "there is a gem in the top left" does so only where the gem is top right.
+        # Version 6 let that skew tf_side to 90% "true", which the label prior alone answered
+        # whatever the convention. So the label comes first (uniform over the statement's
+        # labels), and draws go on until a statement with that label is kept.
+        if label is None:
+            label = question.alternatives[int(rng.integers(len(question.alternatives)))]
+        if question.answer == label:
             break
     else:
         raise RuntimeError(f"{family}/{cd.name}: no scene supports question type {qtype!r}")
