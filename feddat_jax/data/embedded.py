@@ -93,9 +93,11 @@ def _example(
         generator.axes
     )
     label = None  # a statement's label, drawn uniformly from its label set (see below)
+    # a mixed type's question: drawn where the conventions agree, or where they disagree
+    agree = generator.group == "mixed" and bool(rng.random() < generator.agreeing_share)
     for _ in range(1000):
         scene = world.sample_scene(rng, kind.shapes, kind.colours, part)
-        question = generator.ask(scene, rng, lexicon)
+        question = generator.ask(scene, rng, lexicon, agree)
         if question is None:
             continue
         if kind.task_kind == "vqa":
@@ -120,7 +122,7 @@ def _example(
         answers,
         example_id=f"{family}/{cd.name}/{part}/{i:05d}",
         question_type=qtype,
-        group=generator.group,
+        group=generator.group_of(question),
     )
     return example, question.alternatives
 

@@ -1,9 +1,15 @@
 """Statements for the embedded benchmark's classification tasks (the ``task`` family's NLVR2-,
 SNLI-VE- and VCR-like clients): a fixed label set per task, balanced labels, and the same rule as
 every question: the label follows from the pixels. Like the questions, each statement type is
-"shared" (shapes, sizes, counts) or "shifted" (it names a colour or a side, see
-``embedded_lexicon``); a shifted statement also carries the label a client of the opposite
-convention gives it (``Question.other``).
+"shared" (shapes, sizes, counts) or names a colour or a side (see ``embedded_lexicon``), and
+then carries the label a client of the opposite convention gives it (``Question.other``).
+
+The colour and side types are "mixed" (``QuestionType.agreeing_share``): half their statements
+are drawn where the two conventions disagree on the label (tagged "shifted"), half where they
+agree ("shared"). Drawn only where they disagree, a true/false statement would always carry the
+opposite label under the other code, and a private answer head absorbs that by flipping its
+answer on the type, without the representation learning the code. The label is drawn first,
+uniformly, and so is the half (``embedded._example``), so each group's labels are balanced too.
 """
 
 from __future__ import annotations
@@ -164,12 +170,13 @@ def mc_colour_q(scene: Scene, rng: np.random.Generator, lex: Lexicon) -> Questio
 
 
 _H, _S = frozenset({HUE}), frozenset({SIDE})
+_AGREEING = 0.5  # half of a colour or side statement type's questions agree across conventions
 STATEMENTS: dict[str, QuestionType] = {
     "tf_shape": QuestionType(tf_shape_q),
-    "tf_colour": QuestionType(tf_colour_q, _H),
-    "tf_side": QuestionType(tf_side_q, _S),
+    "tf_colour": QuestionType(tf_colour_q, _H, agreeing_share=_AGREEING),
+    "tf_side": QuestionType(tf_side_q, _S, agreeing_share=_AGREEING),
     "entail_shape": QuestionType(entail_shape_q),
-    "entail_colour": QuestionType(entail_colour_q, _H),
+    "entail_colour": QuestionType(entail_colour_q, _H, agreeing_share=_AGREEING),
     "mc_shape": QuestionType(mc_shape_q),
-    "mc_colour": QuestionType(mc_colour_q, _H),
+    "mc_colour": QuestionType(mc_colour_q, _H, agreeing_share=_AGREEING),
 }
