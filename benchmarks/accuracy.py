@@ -121,15 +121,20 @@ def collect(family: str, seeds: list[int], root: Path, rows: dict[str, tuple[str
             for key, value in scores.items():
                 per_row[row].setdefault(key, []).append(value)
     names = [k.removeprefix("type/") for k in per_row["blind"] if k.startswith("type/")]
+
+    def group_of(name: str) -> str:  # "tf_colour@shifted": the shifted half of a mixed type
+        qtype, _, half = name.partition("@")
+        return half or GENERATORS[qtype].group
+
     return {
         "methods": {row: stats(v["overall"]) for row, v in per_row.items()},
         "groups": {g: {row: stats(v[g]) for row, v in per_row.items()} for g in GROUPS},
         "types": {
             name: {
-                "group": GENERATORS[name].group,
+                "group": group_of(name),
                 **{row: stats(v[f"type/{name}"]) for row, v in per_row.items()},
             }
-            for name in sorted(names, key=lambda n: (GENERATORS[n].group, n))
+            for name in sorted(names, key=lambda n: (GENERATORS[n.partition("@")[0]].group, n))
         },
     }
 

@@ -28,6 +28,7 @@ def record(scores: tuple[float, float, float], replica: int | None) -> dict:
         "group/shifted/global": shifted,
         "qtype/shape/global": shared,
         "qtype/colour_pick/global": shifted,
+        "qtype/tf_colour@shifted/global": shifted,  # the shifted half of a mixed type
     }
     return r if replica is None else {**r, "replica": replica}
 
@@ -64,6 +65,7 @@ def test_report_only_computes_rows_and_checks_by_hand(tmp_path):
     assert domain["methods"]["blind"] == {"mean": 40.0, "std": 0.0, "seeds": [40, 40, 40]}
     assert domain["groups"]["shared"]["fedavg_adapter"]["mean"] == 77.0
     assert domain["types"]["colour_pick"]["group"] == "shifted"
+    assert domain["types"]["tf_colour@shifted"]["group"] == "shifted"
     assert domain["types"]["shape"]["centralized"]["mean"] == 80.0
     assert "feddat" not in domain["methods"]
     checks = domain["checks"]

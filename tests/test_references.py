@@ -65,6 +65,12 @@ def test_summarize_means_per_client_group_and_type():
     assert r["group/shared/v"] == 75.0  # mean of a's 100 and b's 50
     assert r["group/shifted/v"] == 50.0  # only a has shifted questions
     assert r["qtype/y/v"] == 50.0 and r["qtype/x/v"] == 75.0
+    # a type in one group gets no halves; a mixed type ("m": shared at a, shifted at b) does
+    assert not any("@" in k for k in r)
+    tags[0]["question_type"][1] = tags[1]["question_type"][0] = "m"
+    r = scores.summarize("v", per_client, names, tags)
+    assert r["qtype/m@shifted/v"] == 0.0 and r["qtype/m@shared/v"] == 50.0
+    assert r["qtype/m/v"] == 25.0 and "qtype/y@shifted/v" not in r
 
 
 def test_per_client_undoes_the_evaluation_padding():

@@ -43,7 +43,10 @@ def summarize(
     tags: Sequence[Mapping[str, np.ndarray]],
 ) -> Record:
     """``score/<client>/<variant>`` and ``score/mean/<variant>`` (in %), plus
-    ``group/<group>/<variant>`` and ``qtype/<type>/<variant>`` where the data carry those tags."""
+    ``group/<group>/<variant>`` and ``qtype/<type>/<variant>`` where the data carry those tags,
+    and ``qtype/<type>@<group>/<variant>`` for a type whose questions fall in several groups (the
+    embedded task family's mixed statements: where a shift shows is the difference between the
+    halves, which the type's mean hides)."""
     record: Record = {}
     for name, s in zip(names, scores):
         record[f"score/{name}/{variant}"] = 100.0 * float(np.mean(s)) if len(s) else float("nan")
@@ -60,4 +63,25 @@ def summarize(
                 means.setdefault(value, []).append(100.0 * float(np.mean(s[values == value])))
         for value, per_client_means in sorted(means.items()):
             record[f"{prefix}/{value}/{variant}"] = float(np.mean(per_client_means))
+    record.update(_mixed_type_halves(variant, scores, tags))
     return record
+
+
+def _mixed_type_halves(
+    variant: str, scores: Sequence[np.ndarray], tags: Sequence[Mapping[str, np.ndarray]]
+) -> Record:
+    """``qtype/<type>@<group>/<variant>``: each group's mean within a type that has several."""
+    means: dict[tuple[str, str], list[float]] = {}
+    for s, t in zip(scores, tags):
+        if t.get("group") is None or t.get("question_type") is None:
+            continue
+        for pair in sorted(set(zip(t["question_type"], t["group"]))):
+            if "" not in pair:
+                mask = (t["question_type"] == pair[0]) & (t["group"] == pair[1])
+                means.setdefault(pair, []).append(100.0 * float(np.mean(s[mask])))
+    groups_of = {qtype: [g for q, g in means if q == qtype] for qtype, _ in means}
+    return {
+        f"qtype/{qtype}@{group}/{variant}": float(np.mean(per_client_means))
+        for (qtype, group), per_client_means in sorted(means.items())
+        if len(groups_of[qtype]) > 1
+    }
