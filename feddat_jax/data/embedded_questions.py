@@ -60,12 +60,8 @@ class QuestionType:
 
     ``agreeing_share`` > 0 makes a shifted type "mixed": that share of its questions is drawn where
     the two conventions give the same answer (tagged "shared"), the rest where they disagree
-    (tagged "shifted"). The task family's colour and side statements need it: drawn only where
-    the conventions disagree, a true/false statement always has the opposite label under the
-    other convention, which a private head absorbs by flipping its answer on those statements
-    (measured in version 7: FedAvg 83.2 against local-only 82.7 on ``tf_colour``), so the shift
-    never reaches the representation. Mixed with statements on which the conventions agree, the
-    head cannot tell which ones to flip without reading the colours in its client's code.
+    (tagged "shifted"); why the task family's colour and side statements are mixed is in
+    ``embedded_statements``.
     """
 
     generate: Generator

@@ -9,6 +9,7 @@ per-client mean of the headline number.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -54,34 +55,32 @@ def summarize(
         np.nanmean([record[f"score/{n}/{variant}"] for n in names])
     )
     for tag, prefix in (("group", "group"), ("question_type", "qtype")):
-        means: dict[str, list[float]] = {}
-        for s, t in zip(scores, tags):
-            values = t.get(tag)
-            if values is None:
-                continue
-            for value in sorted(set(values) - {""}):
-                means.setdefault(value, []).append(100.0 * float(np.mean(s[values == value])))
-        for value, per_client_means in sorted(means.items()):
-            record[f"{prefix}/{value}/{variant}"] = float(np.mean(per_client_means))
-    record.update(_mixed_type_halves(variant, scores, tags))
+        for value, mean in _means_per_value(scores, [t.get(tag) for t in tags]).items():
+            record[f"{prefix}/{value}/{variant}"] = mean
+    halves = _means_per_value(scores, [_type_at_group(t) for t in tags])
+    groups_per_type = collections.Counter(half.partition("@")[0] for half in halves)
+    for half, mean in halves.items():
+        if groups_per_type[half.partition("@")[0]] > 1:
+            record[f"qtype/{half}/{variant}"] = mean
     return record
 
 
-def _mixed_type_halves(
-    variant: str, scores: Sequence[np.ndarray], tags: Sequence[Mapping[str, np.ndarray]]
-) -> Record:
-    """``qtype/<type>@<group>/<variant>``: each group's mean within a type that has several."""
-    means: dict[tuple[str, str], list[float]] = {}
-    for s, t in zip(scores, tags):
-        if t.get("group") is None or t.get("question_type") is None:
+def _means_per_value(
+    scores: Sequence[np.ndarray], values_per_client: Sequence[np.ndarray | None]
+) -> dict[str, float]:
+    """Each tag value's mean score (in %) over the clients that have examples with it."""
+    means: dict[str, list[float]] = {}
+    for s, values in zip(scores, values_per_client):
+        if values is None:
             continue
-        for pair in sorted(set(zip(t["question_type"], t["group"]))):
-            if "" not in pair:
-                mask = (t["question_type"] == pair[0]) & (t["group"] == pair[1])
-                means.setdefault(pair, []).append(100.0 * float(np.mean(s[mask])))
-    groups_of = {qtype: [g for q, g in means if q == qtype] for qtype, _ in means}
-    return {
-        f"qtype/{qtype}@{group}/{variant}": float(np.mean(per_client_means))
-        for (qtype, group), per_client_means in sorted(means.items())
-        if len(groups_of[qtype]) > 1
-    }
+        for value in sorted(set(values) - {""}):
+            means.setdefault(value, []).append(100.0 * float(np.mean(s[values == value])))
+    return {value: float(np.mean(m)) for value, m in sorted(means.items())}
+
+
+def _type_at_group(tags: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """``"<type>@<group>"`` per example ("" where either tag is empty), None without both tags."""
+    qtypes, groups = tags.get("question_type"), tags.get("group")
+    if qtypes is None or groups is None:
+        return None
+    return np.array([f"{q}@{g}" if q and g else "" for q, g in zip(qtypes, groups)], object)
