@@ -160,6 +160,15 @@ def checks(result: dict) -> dict[str, dict]:
         "std": round(s, 2),
         "ok": d > 3 * s,
     }
+    if "centralized" in result["methods"]:
+        # the shared-knowledge property itself (pooled data beat a client's own); the check above
+        # asks how much of it federated averaging recovers
+        d, s = gap(result, "centralized", "local_adapter", "shared")
+        out["shared: centralized beats local by > 3 std"] = {
+            "gap": round(d, 2),
+            "std": round(s, 2),
+            "ok": d > 3 * s,
+        }
     d, s = gap(result, "local_adapter", "fedavg_adapter", "shifted")
     out["shifted: local beats fedavg by > 3 std"] = {
         "gap": round(d, 2),

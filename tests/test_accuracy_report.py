@@ -73,6 +73,12 @@ def test_report_only_computes_rows_and_checks_by_hand(tmp_path):
     assert checks["local beats blind by > 15 points"] == {"gap": 21.0, "ok": True}
     # shared: 77 - 71 = 6 against 3 * sqrt(1 + 1) = 4.24
     assert checks["shared: fedavg beats local by > 3 std"] == {"gap": 6.0, "std": 1.41, "ok": True}
+    # pooled: 80 - 71 = 9 against 3 * sqrt(0 + 1) = 3
+    assert checks["shared: centralized beats local by > 3 std"] == {
+        "gap": 9.0,
+        "std": 1.0,
+        "ok": True,
+    }
     # shifted: 41 - 38 = 3, not above 4.24
     assert checks["shifted: local beats fedavg by > 3 std"] == {
         "gap": 3.0,
