@@ -146,6 +146,12 @@ def gap(result: dict, a: str, b: str, group: str | None = None) -> tuple[float, 
     return d, float(np.hypot(table[a]["std"], table[b]["std"]))
 
 
+def beats_by_3_std(result: dict, a: str, b: str, group: str) -> dict:
+    """Whether row ``a`` beats row ``b`` on ``group`` by more than 3 std of the gap."""
+    d, s = gap(result, a, b, group)
+    return {"gap": round(d, 2), "std": round(s, 2), "ok": d > 3 * s}
+
+
 def checks(result: dict) -> dict[str, dict]:
     """The properties the benchmark is built to have (docs/BENCHMARK.md), each with its margin
     (none without both baselines)."""
@@ -154,27 +160,18 @@ def checks(result: dict) -> dict[str, dict]:
         return out
     d = result["methods"]["local_adapter"]["mean"] - result["methods"]["blind"]["mean"]
     out["local beats blind by > 15 points"] = {"gap": round(d, 2), "ok": d > 15}
-    d, s = gap(result, "fedavg_adapter", "local_adapter", "shared")
-    out["shared: fedavg beats local by > 3 std"] = {
-        "gap": round(d, 2),
-        "std": round(s, 2),
-        "ok": d > 3 * s,
-    }
+    out["shared: fedavg beats local by > 3 std"] = beats_by_3_std(
+        result, "fedavg_adapter", "local_adapter", "shared"
+    )
     if "centralized" in result["methods"]:
         # the shared-knowledge property itself (pooled data beat a client's own); the check above
         # asks how much of it federated averaging recovers
-        d, s = gap(result, "centralized", "local_adapter", "shared")
-        out["shared: centralized beats local by > 3 std"] = {
-            "gap": round(d, 2),
-            "std": round(s, 2),
-            "ok": d > 3 * s,
-        }
-    d, s = gap(result, "local_adapter", "fedavg_adapter", "shifted")
-    out["shifted: local beats fedavg by > 3 std"] = {
-        "gap": round(d, 2),
-        "std": round(s, 2),
-        "ok": d > 3 * s,
-    }
+        out["shared: centralized beats local by > 3 std"] = beats_by_3_std(
+            result, "centralized", "local_adapter", "shared"
+        )
+    out["shifted: local beats fedavg by > 3 std"] = beats_by_3_std(
+        result, "local_adapter", "fedavg_adapter", "shifted"
+    )
     return out
 
 
