@@ -1,7 +1,7 @@
 """The one entry point: train (and compare) federated methods from a config file.
 
     python launch.py --config configs/demo.py --workdir runs/demo
-    python launch.py --config configs/vilt_domain.py --config.method=fedavg_adapter --workdir runs/x
+    python launch.py --config configs/vilt.py:scene --config.method=fedavg_adapter --workdir runs/x
     python launch.py --help     # the config syntax, the methods, the configs and the docs
 
 Every method of the run trains in ``<workdir>/<method>`` (metrics, TensorBoard, checkpoints);

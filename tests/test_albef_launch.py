@@ -17,6 +17,7 @@ from feddat_jax.models import registry
 from feddat_jax.models.albef_checkpoint import save_albef_checkpoint
 from feddat_jax.peft.partition import flatten
 from feddat_jax.train import loop
+from feddat_jax.train.config_base import config_from_file
 from feddat_jax.train.experiment import build_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +33,7 @@ ADAPTER_BASELINES = (
 
 
 def albef_smoke(cache_dir, family="domain", **overrides):
-    sys.path.insert(0, str(ROOT / "configs"))
-    module = __import__(f"albef_{family}")
-    c = module.get_config("smoke")
+    c = config_from_file(f"configs/albef.py:{family},smoke")
     c.data.cache_dir = str(cache_dir)
     for key, value in overrides.items():
         target = c
@@ -56,9 +55,8 @@ def experiment(cache):
 
 
 def test_paper_configs_follow_spec():
-    sys.path.insert(0, str(ROOT / "configs"))
     for family in ("domain", "function", "scene", "task"):
-        c = __import__(f"albef_{family}").get_config()
+        c = config_from_file(f"configs/albef.py:{family}")
         assert (c.model.name, c.model.size, tuple(c.model.image_hw)) == (
             "albef",
             "base",
@@ -67,7 +65,7 @@ def test_paper_configs_follow_spec():
         assert (c.rounds, c.eval_every, c.batch_size, c.model.max_text_len) == (20, 5, 2, 40)
         assert (c.optim.learning_rate, c.optim.b2, c.optim.weight_decay) == (1e-4, 0.98, 0.01)
         assert c.data.source == "tfds" and c.data.family == family
-        smoke = __import__(f"albef_{family}").get_config("smoke")
+        smoke = config_from_file(f"configs/albef.py:{family},smoke")
         assert (smoke.rounds, smoke.model.size, smoke.data.source) == (1, "tiny", "embedded")
 
 
@@ -217,7 +215,7 @@ def test_albef_smoke_config_runs_one_round_through_launch(cache, tmp_path):
             sys.executable,
             str(ROOT / "launch.py"),
             "--config",
-            "configs/albef_domain.py:smoke",
+            "configs/albef.py:domain,smoke",
             "--workdir",
             str(tmp_path / "run"),
             f"--config.data.cache_dir={cache}",

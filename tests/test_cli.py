@@ -64,7 +64,7 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
         ),
         # missing data (item 2): the message names the config key to set
         (
-            ["--config", "configs/vilt_domain.py"],
+            ["--config", "configs/vilt.py:scene"],
             "error: this config reads a built benchmark but no folder is set "
             "(config.data.tfds_dir='');",
         ),

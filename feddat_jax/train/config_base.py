@@ -14,6 +14,7 @@ import ml_collections
 
 # the project's pretrained tiny ViLT (configs/pretrain_tiny_vilt.py), shipped in the package
 TINY_VILT = str(Path(__file__).resolve().parent.parent / "assets" / "tiny_vilt")
+REPO = Path(__file__).resolve().parents[2]  # the repository root: configs/ lives there
 
 # Fields that do not change the numbers a run computes: excluded from the checkpoint fingerprint,
 # so a resumed run may, e.g., train for more rounds or log differently. Where the run executes
@@ -159,46 +160,34 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def embedded_config(family: str, arg: str = "") -> ml_collections.ConfigDict:
-    """FedDAT, its main baselines and the reference rows on one family of the embedded benchmark
-    (docs/BENCHMARK.md), with the project's pretrained tiny ViLT: the settings the demo and
-    ``benchmarks/accuracy.py`` share.
+def family_and_variant(arg: str) -> tuple[str, str]:
+    """A family config's argument ``FAMILY[,smoke]`` (``configs/vilt.py:scene,smoke``) as
+    ``(family, variant)``; "" is the domain family and "smoke" alone the domain family's smoke
+    variant. Anything else is refused (the command line shows the message in one line)."""
+    from feddat_jax.data.embedded_families import FAMILIES
 
-    The comparison uses the fair schedule (fl/local_optim.py): every method's parameter groups get
-    the same learning rate at the same batch and warmup ends inside each round. Every method
-    trains seeds 0, 1, 2 on the replica axis (``sweep.seed``). ``arg`` "smoke": 4 clients, one
-    round, few examples, one seed (the tests).
-    """
-    c = base_config()
-    c.method = "feddat"
-    c.compare_methods = ("feddat", "fedavg_adapter", "local_adapter")
-    c.rounds = 20
-    c.eval_every = 10
-    c.batch_size = 8
-    c.eval_batch_size = 100
-    c.optim.learning_rate = 1e-3  # METHOD.md §2's 1e-4 is for ViLT-B; everything else is as there
-    c.optim.schedule = "fair"
-    c.peft.adapter_reduction = 8  # width 128 -> bottleneck 16
-    c.model.checkpoint = TINY_VILT if Path(TINY_VILT).is_dir() else ""
-    c.model.size = "tiny"
-    c.model.image_hw = (48, 48)
-    c.model.max_text_len = 24
-    c.data.source = "embedded"
-    c.data.family = family
-    c.data.image_size = 48
-    c.data.train_per_client = 200  # 80-320 per client (size_spread 0.6)
-    c.data.test_per_client = 1000  # a client's score to about +-3 points (95% CI)
-    c.sweep.seed = (0, 1, 2)  # three seeds per method as ONE program (train.sweep): mean ± std
-    if arg == "smoke":
-        c.rounds, c.eval_every = 1, 1
-        c.compare_methods = ("feddat", "fedavg_adapter")
-        c.data.num_clients, c.data.train_per_client, c.data.test_per_client = 4, 16, 8
-        c.references = ("blind",)  # the centralized reference has its own tests
-        c.tensorboard = False
-        c.sweep.seed = ()
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")
-    return c
+    family, _, variant = arg.partition(",")
+    if family in ("", "smoke") and not variant:
+        family, variant = "domain", family
+    if family not in FAMILIES or variant not in ("", "smoke"):
+        raise ValueError(
+            f"unknown config argument {arg!r}; allowed: FAMILY or FAMILY,smoke with FAMILY one "
+            f"of {', '.join(FAMILIES)}"
+        )
+    return family, variant
+
+
+def config_from_file(spec: str) -> ml_collections.ConfigDict:
+    """The config ``launch.py --config FILE[:ARG]`` builds (``configs/embedded.py:scene``), for
+    scripts and tests: configs/ is not a package. A relative FILE is the repository's."""
+    import importlib.util
+
+    file, _, arg = spec.partition(":")
+    path = Path(file) if Path(file).is_absolute() else REPO / file
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def sweep_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -261,54 +250,3 @@ def without_non_numeric(config_dict: dict) -> dict:
 def fingerprint_json(config: ml_collections.ConfigDict) -> str:
     """The config as canonical JSON without the fields that do not change the numbers."""
     return json.dumps(without_non_numeric(json.loads(config.to_json())), sort_keys=True)
-
-
-def _smoke(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-    """``arg`` "smoke": one round of a tiny random model on the embedded benchmark family of the
-    same name, so a paper config is exercised without the real data and checkpoint."""
-    if arg == "smoke":
-        c.data.source = "embedded"
-        c.data.num_clients = 4
-        c.data.train_per_client, c.data.test_per_client, c.data.image_size = 12, 6, 32
-        c.references = ("blind",)  # the centralized reference has its own tests
-        c.model.size, c.model.image_hw, c.model.max_text_len = "tiny", (32, 32), 16
-        c.rounds, c.eval_every, c.batch_size, c.tensorboard = 1, 1, 4, False
-    elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; allowed: '' or 'smoke'")
-    return c
-
-
-def paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
-    """ViLT on one of the paper's benchmarks with METHOD.md §2 hyperparameters.
-
-    ``arg`` is "" (the real run: pass --config.data.tfds_dir and --config.model.checkpoint) or
-    "smoke" (the same experiment shrunk to one round of a tiny random ViLT on the embedded
-    benchmark family of the same name, so the config is exercised without the real data).
-    """
-    c = base_config()
-    c.data.source = "tfds"
-    c.data.family = benchmark
-    c.segment_steps = 100  # S = 1,250 at the paper's client sizes: 13 calls of [C, 100, B, ...]
-    c.rounds = 30
-    c.eval_every = 5
-    return _smoke(c, arg)
-
-
-def albef_paper_config(benchmark: str, arg: str) -> ml_collections.ConfigDict:
-    """ALBEF (ViT-B/16 + BERT, the 14M ``ALBEF.pth``) on one of the paper's benchmarks:
-    METHOD.md §2 hyperparameters, 20 rounds, images resized to 384x384, answers ranked over each client's list.
-
-    ``arg`` is "" (the real run: pass --config.data.tfds_dir, --config.model.checkpoint=ALBEF.pth
-    and --config.model.tokenizer=a bert-base-uncased folder) or "smoke" (one round of a tiny
-    random ALBEF on the embedded benchmark family of the same name).
-    """
-    c = base_config()
-    c.model.name = "albef"
-    c.model.image_hw = (384, 384)  # ALBEF's VQA resolution (square: no padding, no pixel mask)
-    c.model.tokenizer = ""  # BERT tokenizer folder; "" = the checkpoint, if a folder
-    c.data.source = "tfds"
-    c.data.family = benchmark
-    c.segment_steps = 100
-    c.rounds = 20
-    c.eval_every = 5
-    return _smoke(c, arg)

@@ -353,7 +353,7 @@ def _tfds_clients(folder: str) -> int:
         raise ConfigError(
             "this config reads a built benchmark but no folder is set",
             where,
-            fix + ", or run the config's :smoke variant on the embedded data",
+            fix + ", or run the config's FAMILY,smoke variant on the embedded data",
         )
     path = Path(folder).expanduser()
     if not path.is_dir():
