@@ -6,11 +6,11 @@ import hashlib
 import json
 
 import pytest
+import reader_fixtures as fx
 
 from feddat_jax.data import build
 from feddat_jax.data.benchmarks import BENCHMARKS, get_benchmark
 from feddat_jax.data.readers import BadImageError, MalformedRecordError, MissingSourceError
-from feddat_jax.data.readers import fixtures as fx
 from feddat_jax.data.tfds_store import read_benchmark
 
 DOCUMENTED_CLIENTS = {
@@ -32,7 +32,7 @@ CLASSIFICATION_LABELS = {
     "vcr": ["A", "B", "C", "D"],
 }
 ARGS = ["--train", "5", "--test", "3", "--top_k", "3"]
-N = 10  # records per source split (fixtures.PROFILE: 1 of 10 falls out of the top-3 filter)
+N = 10  # records per source split (reader_fixtures.PROFILE: 1 of 10 falls out of the top-3 filter)
 
 
 @pytest.fixture(scope="module")

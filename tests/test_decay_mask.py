@@ -20,8 +20,9 @@ from test_vilt_equivalence import random_hf_vqa
 
 from feddat_jax.fl import local_optim
 from feddat_jax.models.albef import AlbefVQA, example_inputs
-from feddat_jax.models.torch_names import torch_name
+from feddat_jax.models.albef_checkpoint import albef_name
 from feddat_jax.models.vilt import ViltConfig, ViltVQA
+from feddat_jax.models.vilt_checkpoint import hf_name
 from feddat_jax.peft.config import PeftConfig
 from feddat_jax.peft.partition import PEFT_PATTERN, flatten
 
@@ -30,6 +31,17 @@ NO_DECAY = ["bias", "LayerNorm.weight"]  # the official code's list, verbatim
 
 def official_decays(name: str) -> bool:
     return not any(nd in name for nd in NO_DECAY)
+
+
+def torch_name(path: str) -> str:
+    """Our backbone parameter path -> its PyTorch name, by the checkpoint loaders' own mappings
+    (``head/…`` is ViLT's head when its modules are ViLT's, else ALBEF's LM head)."""
+    if path.split("/", 1)[0] in ("vilt", "head"):
+        try:
+            return hf_name(path)
+        except KeyError:  # a head with other modules than ViLT's
+            pass
+    return albef_name(path)
 
 
 def shapes(model, inputs) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import reader_fixtures as fx
 from reader_helpers import read_examples
 
 from feddat_jax.data.readers import (
@@ -17,7 +18,6 @@ from feddat_jax.data.readers import (
     ReadLog,
     get_reader,
 )
-from feddat_jax.data.readers import fixtures as fx
 from feddat_jax.data.readers._common import iter_json_items
 
 

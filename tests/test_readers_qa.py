@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import reader_fixtures as fx
 from reader_helpers import decode_image, read_examples
 
 from feddat_jax.data.readers import MalformedRecordError, get_reader
-from feddat_jax.data.readers import fixtures as fx
 
 # ------------------------------------------------------------------------------------ VQA format
 

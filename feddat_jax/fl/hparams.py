@@ -40,11 +40,6 @@ SWEEPABLE: dict[str, tuple[str, str]] = {
 SERVER_LEARNING_RATE = "server.hyper.learning_rate"
 
 
-def is_concrete(value: Any) -> bool:
-    """True for a Python or numpy number (a value known when the program is built)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def with_value(obj: Any, path: str, value: Any) -> Any:
     """A shallow copy of a (frozen) dataclass with the attribute at dotted ``path`` set to
     ``value``; the dataclass's own checks are skipped, since a traced value cannot be compared

@@ -22,8 +22,11 @@ Weight decay follows the official code's mask, which is a rule on PyTorch parame
 decay where the name contains ``bias`` or ``LayerNorm.weight``, decay for everything else. So
 BERT-style ``…embeddings.LayerNorm`` scales are exempt, while the head's LayerNorm scale and ViLT's
 lower-case ``layernorm_before`` / ``layernorm_after`` / final ``layernorm`` scales (and ALBEF's
-ViT ``norm1`` / ``norm2`` / ``norm``) ARE decayed. Our Flax paths are renamed to PyTorch names by
-the checkpoint loaders' own mappings (:mod:`feddat_jax.models.torch_names`).
+ViT ``norm1`` / ``norm2`` / ``norm``) ARE decayed. The rule reads our Flax paths with Flax's leaf
+names turned into PyTorch's (``kernel``, ``scale``, ``embedding`` -> ``weight``): our module names
+are the official ones, so that is the tensor's PyTorch name as far as the rule can tell, for every
+backbone and none (tests/test_decay_mask.py checks it against every tensor of ViLT and ALBEF), and
+the federated core needs no model's naming.
 """
 
 from __future__ import annotations
@@ -35,10 +38,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from feddat_jax.models.torch_names import torch_name
-
 PyTree = Any
 NO_DECAY_NAME_PARTS = ("bias", "LayerNorm.weight")  # the official rule, on PyTorch names
+FLAX_TO_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 SCHEDULES = ("official", "fair")
 
 
@@ -73,14 +75,19 @@ class LocalOptimConfig:
 def param_path(key_path) -> str:
     """A leaf's path ("vilt/encoder/…") from its dict keys; tuple positions such as FedAvg's
     (shared, private) are not part of it. A subtree (FedDAT's head group) gets its path inside
-    the subtree, which :func:`~feddat_jax.models.torch_names.torch_name` names generically."""
+    the subtree: the rule reads module and leaf names only, so the group's root does not matter."""
     return "/".join(str(k.key) for k in key_path if isinstance(k, jax.tree_util.DictKey))
 
 
 def decays(path: str) -> bool:
     """Whether the parameter at ``path`` gets weight decay (the official name rule)."""
-    name = torch_name(path)
-    return not any(part in name for part in NO_DECAY_NAME_PARTS)
+    return not any(part in torch_style_name(path) for part in NO_DECAY_NAME_PARTS)
+
+
+def torch_style_name(path: str) -> str:
+    """``"vilt/encoder/layer_0/output/LayerNorm/scale"`` -> ``"….output.LayerNorm.weight"``."""
+    *modules, leaf = path.split("/")
+    return ".".join([*modules, FLAX_TO_TORCH_LEAF.get(leaf, leaf)])
 
 
 def decay_mask(params: PyTree) -> PyTree:

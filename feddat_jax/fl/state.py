@@ -65,11 +65,6 @@ def stack_clients(per_client: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *per_client)
 
 
-def unstack_clients(tree_C: PyTree) -> list[PyTree]:
-    n = jax.tree.leaves(tree_C)[0].shape[0]
-    return [jax.tree.map(lambda x: x[i], tree_C) for i in range(n)]
-
-
 def gather(tree_N: PyTree, idx_C: np.ndarray) -> PyTree:
     """The cohort's slice of a stacked value (works on host numpy and device arrays)."""
     return jax.tree.map(lambda x: x[idx_C], tree_N)

@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from .clove import SCENES, annotation_name
+from feddat_jax.data.readers.clove import SCENES, annotation_name
 
 # --------------------------------------------------------------------------------------------
 # images
