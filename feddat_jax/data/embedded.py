@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,52 @@ def _annotate(q: Question, rng: np.random.Generator, noise: float) -> dict[str, 
     return {a: _SCORE.get(n, 1.0) for a, n in sorted(counts.items())}
 
 
+def _example_rng(family: str, client_index: int, part: str, i: int, seed: int):
+    """The generator that draws everything about one example (the docstring's pure function)."""
+    return np.random.default_rng([seed, FAMILIES.index(family), client_index, _PARTS.index(part), i])
+
+
+def _draw_type(kind: embedded_families.ClientKind, rng: np.random.Generator) -> str:
+    """An example's question type: the first draw of its generator."""
+    return kind.question_types[int(rng.integers(len(kind.question_types)))]
+
+
+def _lexicon(cd: ClientDef, generator) -> Lexicon:
+    return Lexicon(cd.convention, cd.kind.phrasing, shape_set=world.BENCHMARK_SHAPES).for_type(
+        generator.axes
+    )
+
+
+def question_type(cd: ClientDef, family: str, client_index: int, part: str, i: int, seed: int):
+    """Example i's question type without drawing the example (a partition's cheap label)."""
+    return _draw_type(cd.kind, _example_rng(family, client_index, part, i, seed))
+
+
+@functools.lru_cache(maxsize=None)
+def label_space(kind: embedded_families.ClientKind, convention) -> tuple[str, ...]:
+    """Every answer a client of this kind and convention can be asked for, sorted.
+
+    A question type's answer list (``Question.alternatives``) depends only on the type and the
+    client's wording, not on the scene, so one question of each type gives it: the label space
+    is known without drawing a client's examples. A client whose examples cover every type of
+    its kind (today's clients, with 1000 test questions) has exactly this label space.
+    """
+    cd = ClientDef("probe", kind, convention)
+    answers: set[str] = set()
+    for t, qtype in enumerate(kind.question_types):
+        generator = GENERATORS[qtype]
+        rng = np.random.default_rng([7717, t])
+        for _ in range(1000):
+            scene = world.sample_scene(rng, kind.shapes, kind.colours, "train")
+            question = generator.ask(scene, rng, _lexicon(cd, generator))
+            if question is not None:
+                answers.update(question.alternatives)
+                break
+        else:
+            raise RuntimeError(f"{kind.name}: no scene supports question type {qtype!r}")
+    return tuple(sorted(answers))
+
+
 def _example(
     cd: ClientDef,
     family: str,
@@ -84,14 +131,11 @@ def _example(
     noise: float,
 ) -> tuple[Example, tuple[str, ...]]:
     """One example and the answer set of its question type."""
-    key = [seed, FAMILIES.index(family), client_index, _PARTS.index(part), i]
-    rng = np.random.default_rng(key)
+    rng = _example_rng(family, client_index, part, i, seed)
     kind = cd.kind
-    qtype = kind.question_types[int(rng.integers(len(kind.question_types)))]
+    qtype = _draw_type(kind, rng)
     generator = GENERATORS[qtype]
-    lexicon = Lexicon(cd.convention, kind.phrasing, shape_set=world.BENCHMARK_SHAPES).for_type(
-        generator.axes
-    )
+    lexicon = _lexicon(cd, generator)
     label = None  # a statement's label, drawn uniformly from its label set (see below)
     # a mixed type's question: drawn where the conventions agree, or where they disagree
     agree = generator.group == "mixed" and bool(rng.random() < generator.agreeing_share)
@@ -127,7 +171,7 @@ def _example(
     return example, question.alternatives
 
 
-def _vocabulary(train: list[Example], label_space: set[str], top_k: int) -> list[str]:
+def vocabulary(train: Sequence[Example], label_space: set[str], top_k: int) -> list[str]:
     """Train answers by frequency, then the rest of the client's label space alphabetically
     (so a small sample still covers every answer its questions can have), cut to ``top_k``."""
     seen = answer_vocabulary(train, top_k)
@@ -209,7 +253,7 @@ def make_benchmark(
         }
         parts = {p: [ex for ex, _ in made[p]] for p in _PARTS}
         label_space = {a for p in _PARTS for _, answers in made[p] for a in answers}
-        vocab = _vocabulary(parts["train"], label_space, top_k)
+        vocab = vocabulary(parts["train"], label_space, top_k)
         kept = {p: [ex for ex in parts[p] if set(ex.answers) <= set(vocab)] for p in _PARTS}
         clients.append(ClientSplit(cd.name, cd.kind.task_kind, vocab, kept["train"], kept["test"]))
         info[cd.name] = {
