@@ -88,9 +88,12 @@ def build_algorithm(
     raise ValueError(f"unknown algorithm {method.algorithm!r} in method recipe")
 
 
-def split_params(method: Method, params: PyTree) -> tuple[PyTree, PyTree, PyTree]:
-    """``(frozen, shared, private)`` of a full parameter tree under the method's partition."""
-    return partition.split(params, partition.rules_for(method.partition))
+def split_params(
+    method: Method, params: PyTree, head: str = "private"
+) -> tuple[PyTree, PyTree, PyTree]:
+    """``(frozen, shared, private)`` of a full parameter tree under the method's partition, the
+    answer head ``head`` ("private", or "shared": ``config.peft.head``)."""
+    return partition.split(params, partition.rules_for(method.partition, head))
 
 
 def make_forward(model, inputs_fn: Callable[[dict], dict]) -> Forward:

@@ -16,6 +16,8 @@ import numpy as np
 from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, answer_vocabulary
 
 SCHEMES = ("natural", "iid", "dirichlet", "quantity_skew")
+# the config's names (``data.partition``): "natural" keeps the benchmark's own clients
+PARTITIONS = ("natural", "iid", "quantity", "dirichlet")
 
 
 class EmptyClientError(ValueError):
@@ -202,3 +204,56 @@ def summary_table(benchmark: FederatedBenchmark) -> tuple[str, dict]:
         "clients": rows,
         "total": total,
     }
+
+
+def deal(
+    scheme: str,
+    train_labels: np.ndarray | int,
+    test_labels: np.ndarray | int,
+    num_clients: int,
+    alpha: float,
+    seed: int,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Deal a pooled train split and test split over ``num_clients`` clients: per client, sorted
+    indices into each pool; every example goes to exactly one client.
+
+    ``scheme`` is one of :data:`PARTITIONS` but "natural". "iid" shuffles each pool and cuts it
+    into near-equal parts; "quantity" gives client k the share s_k ~ Dir(alpha) of each pool
+    (at least one example), so its test split is as large, relatively, as its train split;
+    "dirichlet" deals the two pools as ONE pool (train rows first) by label, each label's shares ~
+    Dir(alpha), so a client's test labels follow its train labels (``*_labels`` are the examples'
+    labels; the other schemes use only their counts).
+    A client left without a train or a test example raises :class:`EmptyClientError`.
+    """
+    n_train = train_labels if isinstance(train_labels, int) else len(train_labels)
+    n_test = test_labels if isinstance(test_labels, int) else len(test_labels)
+    if alpha <= 0:
+        raise ValueError(f"alpha={alpha} must be > 0")
+    if scheme == "iid":
+        train, test = iid(n_train, num_clients, seed), iid(n_test, num_clients, seed + 1)
+    elif scheme == "quantity":
+        _check_clients(num_clients, min(n_train, n_test))
+        rng = np.random.default_rng(seed)
+        share = rng.dirichlet(np.full(num_clients, float(alpha)))
+        train, test = (_cut(rng.permutation(n), share) for n in (n_train, n_test))
+    elif scheme == "dirichlet":
+        labels = np.concatenate([np.asarray(train_labels), np.asarray(test_labels)])
+        pooled = dirichlet(labels, num_clients, alpha, seed)
+        train = [p[p < n_train] for p in pooled]
+        test = [p[p >= n_train] - n_train for p in pooled]
+    else:
+        raise ValueError(f"unknown partition {scheme!r}; choose one of {PARTITIONS[1:]}")
+    for k, (a, b) in enumerate(zip(train, test)):
+        if a.size == 0 or b.size == 0:
+            raise EmptyClientError(
+                f"client {k} of {num_clients} received {a.size} train and {b.size} test examples"
+            )
+    return train, test
+
+
+def _cut(order: np.ndarray, share: np.ndarray) -> list[np.ndarray]:
+    """``order`` cut into one part per client: one example each, the rest by ``share``."""
+    n, k = order.size, share.size
+    sizes = 1 + np.floor(share * (n - k)).astype(int)
+    sizes[np.argsort(-share)[: n - sizes.sum()]] += 1  # the rounding leftover
+    return [np.sort(p) for p in np.split(order, np.cumsum(sizes)[:-1])]

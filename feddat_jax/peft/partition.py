@@ -56,11 +56,15 @@ RULES: dict[str, tuple[tuple[str, Role], ...]] = {
 }
 
 
-def rules_for(preset: str) -> tuple[tuple[str, Role], ...]:
-    """The rule set of a preset name, with an error listing the choices."""
+def rules_for(preset: str, head: Role = "private") -> tuple[tuple[str, Role], ...]:
+    """The rule set of a preset name, with an error listing the choices. ``head="shared"`` makes
+    the answer head a shared group (one head over the benchmark's answer space, aggregated like
+    the shared modules: the cross-device setting, docs/CROSS_DEVICE.md)."""
     if preset not in RULES:
         raise ValueError(f"unknown partition preset {preset!r}; choose one of {sorted(RULES)}")
-    return RULES[preset]
+    if head not in ("private", "shared"):
+        raise ValueError(f"head={head!r} is not one of ('private', 'shared')")
+    return tuple((_HEAD[0], head) if rule == _HEAD else rule for rule in RULES[preset])
 
 
 def role_of(path: str, rules: Rules) -> Role:
