@@ -40,6 +40,7 @@ NON_NUMERIC_FIELDS = (
     "distributed",
     "data.read_threads",
     "data.decoded_cache_mb",
+    "data.example_cache_mb",
     "data.cache_dir",
 )
 STRATEGIES = ("auto", "vmap", "scan")
@@ -130,6 +131,10 @@ def base_config() -> ml_collections.ConfigDict:
         dict(freeze_client_adapter_after_round0=False, same_order_each_round=False)
     )
     c.peft = ml_collections.ConfigDict(dict(adapter_reduction=16, lora_rank=16))
+    # where the answer head lives: "private" (each client's own, over its own answers: the paper's
+    # cross-silo design) | "shared" (one head over the benchmark's answer space, aggregated like
+    # the shared adapter: cross-device, few examples per client; docs/CROSS_DEVICE.md)
+    c.peft.head = "private"
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "vilt"  # "vilt" | "albef" (feddat_jax.models.registry.MODEL_NAMES)
@@ -156,6 +161,13 @@ def base_config() -> ml_collections.ConfigDict:
     # (0 = none; enough for every client's rows decodes each image once)
     c.data.read_threads = 8
     c.data.decoded_cache_mb = 0
+    # embedded: clients are drawn on demand; drawn examples kept in RAM (LRU, MB)
+    c.data.example_cache_mb = 256
+    # how the examples are dealt to clients: "natural" (the benchmark's own clients) | "iid" |
+    # "quantity" (client sizes ~ Dir(alpha)) | "dirichlet" (each label's shares ~ Dir(alpha)):
+    # the natural clients' examples pooled and dealt over num_clients clients, seeded by data.seed
+    c.data.partition = "natural"
+    c.data.dirichlet_alpha = 0.5  # "quantity" and "dirichlet": smaller = more skewed
     c.sweep = sweep_section(c)
     return c
 

@@ -24,9 +24,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from feddat_jax import methods
-from feddat_jax.data import embedded
+from feddat_jax.data import loading
 from feddat_jax.data import source as source_lib
-from feddat_jax.data.client_store import ClientDataStore, RowStore
+from feddat_jax.data.client_store import RowStore
 from feddat_jax.data.pipeline import eval_rows, gather_rows, task_metadata
 from feddat_jax.data.records import FederatedBenchmark
 from feddat_jax.errors import ConfigError
@@ -135,42 +135,30 @@ class Experiment:
         return registry.with_answer_lists(batch, self.answers_N, client_ids)
 
 
-def load_benchmark(data: ml_collections.ConfigDict, patch_size: int) -> FederatedBenchmark:
-    source = registry.choice(data.source, DATA_SOURCES, "data.source")
-    if source == "tfds":  # only the manifest: the examples are read when a round needs them
-        return source_lib.open_benchmark(data.tfds_dir)
-    return embedded.load_or_build(
-        data.family,
-        Path(data.cache_dir).expanduser(),
-        num_clients=data.num_clients or None,
-        image_size=data.image_size,
-        train_per_client=data.train_per_client,
-        test_per_client=data.test_per_client,
-        seed=data.seed,
-        patch_size=patch_size,
-        conventions=data.conventions,
-    )
+def load_benchmark(
+    data: ml_collections.ConfigDict, patch_size: int, head: str = "private"
+) -> FederatedBenchmark:
+    """Read on demand, partitioned, on the head's answer space (``data.loading``)."""
+    return loading.load_benchmark(data, patch_size, head)
 
 
 def row_store(
     config: ml_collections.ConfigDict, clients, part: str, encoder, num_answers: int
 ) -> RowStore:
-    """A split's rows: a stored (tfds) benchmark is read and decoded on demand (host memory does
-    not grow with the clients; ``data.decoded_cache_mb`` of decoded rows are kept), the embedded
-    one is decoded once into host arrays."""
+    """A split's rows, read (a stored benchmark) or drawn (the embedded one) and decoded on
+    demand: host memory does not grow with the clients; ``data.decoded_cache_mb`` of decoded
+    rows are kept."""
     hw, length = tuple(config.model.image_hw), config.model.max_text_len
-    if config.data.source == "tfds":
-        return source_lib.RecordStore(
-            clients,
-            part,
-            encoder,
-            hw,
-            length,
-            num_answers,
-            threads=config.data.read_threads,
-            cache_bytes=int(config.data.decoded_cache_mb) << 20,
-        )
-    return ClientDataStore.build(clients, part, encoder, hw, length, num_answers)
+    return source_lib.RecordStore(
+        clients,
+        part,
+        encoder,
+        hw,
+        length,
+        num_answers,
+        threads=config.data.read_threads,
+        cache_bytes=int(config.data.decoded_cache_mb) << 20,
+    )
 
 
 def resolve_strategy(config: ml_collections.ConfigDict, frozen: PyTree) -> str:
@@ -191,7 +179,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     method = methods.get_method(config.method)
     sweep = sweep_from_config(config, method)
     replica_configs = [sweep.replica_config(config, r) for r in range(sweep.size)]
-    benchmark = load_benchmark(config.data, registry.patch_size(config))
+    benchmark = load_benchmark(config.data, registry.patch_size(config), config.peft.head)
     encoder = registry.text_encoder(config, benchmark)
     clients = benchmark.clients
     num_answers = max(len(c.answers) for c in clients)
@@ -213,7 +201,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     model, params, inputs_fn, _, init_params = registry.build_backbone(
         replica_configs[0], peft, num_answers, encoder, answer_len=answer_len
     )
-    frozen, shared, private = methods.split_params(method, params)
+    frozen, shared, private = methods.split_params(method, params, config.peft.head)
 
     forward = methods.make_forward(model, inputs_fn)
     parts = [replica_parts(c, method, forward, len(clients), sweep) for c in replica_configs]
@@ -228,7 +216,9 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     trainable = {seeds[0]: (shared, private)}
     for seed in seeds[1:]:
         if seed not in trainable:  # replicas that differ only in hyperparameters share it
-            trainable[seed] = methods.split_params(method, init_params(seed))[1:]
+            trainable[seed] = methods.split_params(
+                method, init_params(seed), config.peft.head
+            )[1:]
     servers, privates = zip(
         *(initial_state(algorithm, server_tx, *trainable[s], s, len(clients)) for s in seeds)
     )

@@ -18,6 +18,8 @@ import ml_collections
 
 from feddat_jax import methods as methods_lib
 from feddat_jax.data import tfds_store
+from feddat_jax.data.loading import HEADS
+from feddat_jax.data.partition import PARTITIONS
 from feddat_jax.data.embedded_families import (
     CONVENTION_MODES,
     DEFAULT_CLIENTS,
@@ -223,10 +225,20 @@ def _peft_and_model(c: ml_collections.ConfigDict, names: list[str]) -> None:
         "must be >= 2",
         "e.g. --config.model.max_text_len=40",
     )
+    if _choice(c, "peft.head", HEADS) == "shared":
+        for method in names:
+            recipe = methods_lib.get_method(method)
+            if recipe.algorithm == "feddat" or recipe.partition == "local_adapter":
+                raise ConfigError(
+                    f"method {method!r} keeps its answer head with the client",
+                    _at("peft.head", "shared"),
+                    "use a FedAvg-family method (e.g. fedavg_adapter) or peft.head='private'",
+                )
     for method in names:
         peft = methods_lib.get_method(method).peft
-        with _guard("peft", dict(c.peft)):
-            PeftConfig(**{**dict(c.peft), **peft})
+        modules = {k: v for k, v in dict(c.peft).items() if k != "head"}  # head: a role, below
+        with _guard("peft", modules):
+            PeftConfig(**{**modules, **peft})
         if name == "albef" and (peft.get("lora_rank") or peft.get("num_text_prompts")):
             raise ConfigError(
                 f"method {method!r} needs LoRA or prompts, which ALBEF does not implement",
@@ -320,8 +332,19 @@ def _data(c: ml_collections.ConfigDict) -> int:
     source = _choice(c, "data.source", DATA_SOURCES)
     _at_least(c, "data.read_threads", 1, 8)
     _at_least(c, "data.decoded_cache_mb", 0, 0)
+    _at_least(c, "data.example_cache_mb", 0, 256)
+    _choice(c, "data.partition", PARTITIONS)
+    _above(c, "data.dirichlet_alpha", 0.0, 0.5)
+    _need(
+        data.num_clients >= 0,
+        "data.num_clients",
+        data.num_clients,
+        "must be >= 0 (0: the benchmark's own clients)",
+        "e.g. --config.data.num_clients=100",
+    )
     if source == "tfds":
-        return _tfds_clients(data.tfds_dir)
+        natural = _tfds_clients(data.tfds_dir)
+        return data.num_clients if data.partition != "natural" and data.num_clients else natural
     with _guard("data.family", data.family):
         family_clients(data.family)
     _choice(c, "data.conventions", CONVENTION_MODES)
