@@ -102,12 +102,22 @@ def test_mixed_task_kinds_cannot_be_pooled():
     assert "\n" not in str(err.value)
 
 
-def test_an_empty_client_is_one_line():
+def test_an_empty_client_is_one_line(tmp_path):
+    bench = embedded.make_benchmark("scene", num_clients=2, **SIZES)  # 2 x ~10 train examples
+    c = data_config("quantity", num_clients=50, source="tfds")
+    c.data.tfds_dir = str(tfds_store.write_benchmark(bench, tmp_path / "scene"))
     with pytest.raises(ConfigError) as err:
-        loading.load_benchmark(data_config("dirichlet", num_clients=8, alpha=0.01).data, 8)
+        loading.load_benchmark(c.data, 8)
     message = str(err.value)
-    assert "\n" not in message and "received no examples" in message
-    assert "data.num_clients=8, data.dirichlet_alpha=0.01); raise" in message
+    assert "\n" not in message and "cannot fill num_clients=50" in message
+    assert "data.num_clients=50, data.dirichlet_alpha=0.5); raise" in message
+
+
+def test_dirichlet_gives_an_emptied_client_one_example():
+    train, test = partition.deal("dirichlet", np.arange(40) % 4, np.arange(40) % 4, 10, 0.01, 0)
+    for parts in (train, test):
+        assert min(p.size for p in parts) >= 1
+        assert sorted(np.concatenate(parts).tolist()) == list(range(40))
 
 
 def test_a_bad_partition_value_is_one_line():

@@ -81,15 +81,7 @@ def dirichlet(labels: Sequence[Any], num_clients: int, alpha: float, seed: int) 
     _check_clients(num_clients, labels.size)
     if alpha <= 0:
         raise ValueError(f"alpha={alpha} must be > 0")
-    rng = np.random.default_rng(seed)
-    buckets: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-    for label in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == label))
-        share = rng.dirichlet(np.full(num_clients, float(alpha)))
-        cuts = np.round(np.cumsum(share)[:-1] * idx.size).astype(int)
-        for k, piece in enumerate(np.split(idx, cuts)):
-            buckets[k].append(piece)
-    parts = [np.concatenate(b) for b in buckets]
+    parts = _dirichlet_parts(labels, num_clients, alpha, seed)
     return _checked(
         parts,
         f"dirichlet(alpha={alpha}, {labels.size} examples)",
@@ -222,7 +214,8 @@ def deal(
     (at least one example), so its test split is as large, relatively, as its train split;
     "dirichlet" deals the two pools as ONE pool (train rows first) by label, each label's shares ~
     Dir(alpha), so a client's test labels follow its train labels (``*_labels`` are the examples'
-    labels; the other schemes use only their counts).
+    labels; the other schemes use only their counts); a client it leaves without a train (or a
+    test) example gets one from the largest client, so few examples per client stay usable.
     A client left without a train or a test example raises :class:`EmptyClientError`.
     """
     n_train = train_labels if isinstance(train_labels, int) else len(train_labels)
@@ -238,9 +231,10 @@ def deal(
         train, test = (_cut(rng.permutation(n), share) for n in (n_train, n_test))
     elif scheme == "dirichlet":
         labels = np.concatenate([np.asarray(train_labels), np.asarray(test_labels)])
-        pooled = dirichlet(labels, num_clients, alpha, seed)
-        train = [p[p < n_train] for p in pooled]
-        test = [p[p >= n_train] - n_train for p in pooled]
+        _check_clients(num_clients, min(n_train, n_test))
+        pooled = _dirichlet_parts(labels, num_clients, alpha, seed)
+        train = _fill_empty([p[p < n_train] for p in pooled])
+        test = _fill_empty([p[p >= n_train] - n_train for p in pooled])
     else:
         raise ValueError(f"unknown partition {scheme!r}; choose one of {PARTITIONS[1:]}")
     for k, (a, b) in enumerate(zip(train, test)):
@@ -257,3 +251,25 @@ def _cut(order: np.ndarray, share: np.ndarray) -> list[np.ndarray]:
     sizes = 1 + np.floor(share * (n - k)).astype(int)
     sizes[np.argsort(-share)[: n - sizes.sum()]] += 1  # the rounding leftover
     return [np.sort(p) for p in np.split(order, np.cumsum(sizes)[:-1])]
+
+
+def _dirichlet_parts(labels: np.ndarray, num_clients: int, alpha: float, seed: int):
+    """Each label's examples cut over the clients by shares ~ Dir(alpha) (empty parts kept)."""
+    rng = np.random.default_rng(seed)
+    buckets: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        share = rng.dirichlet(np.full(num_clients, float(alpha)))
+        cuts = np.round(np.cumsum(share)[:-1] * idx.size).astype(int)
+        for k, piece in enumerate(np.split(idx, cuts)):
+            buckets[k].append(piece)
+    return [np.concatenate(b) for b in buckets]
+
+
+def _fill_empty(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """Give each empty part the last example of the then largest part (deterministic)."""
+    parts = [np.sort(p) for p in parts]
+    for k in [k for k, p in enumerate(parts) if p.size == 0]:
+        big = int(np.argmax([p.size for p in parts]))
+        parts[k], parts[big] = parts[big][-1:], parts[big][:-1]
+    return parts
