@@ -37,7 +37,8 @@ class DataError(FeddatError, ValueError):
 
 
 class CheckpointError(FeddatError, ValueError):
-    """A model checkpoint (or a run checkpoint) that is missing, unreadable or does not fit."""
+    """A model checkpoint (or a run checkpoint) that is missing, unreadable, does not fit, or
+    cannot be written (a full disk, a read-only folder)."""
 
 
 class CheckpointMismatchError(CheckpointError):

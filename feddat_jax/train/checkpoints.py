@@ -13,7 +13,10 @@ difference is only a shape (another adapter size, another answer count).
 Saves are synchronous and atomic (orbax writes to a temporary folder and renames it), so a run
 killed at any point, even with ``kill -9``, leaves only whole checkpoints. A checkpoint that fails
 to restore (corrupt or truncated) gets one warning line and is moved aside to
-``<checkpoints>_unreadable/`` (nothing is deleted); the previous good one is used.
+``<checkpoints>_unreadable/`` (nothing is deleted); the previous good one is used. A checkpoint
+the disk refuses (full, read-only, no permission) is a :class:`CheckpointError` in one line that
+names the folder and the last good checkpoint; its partial write is removed and the earlier
+checkpoints stay, so the same command resumes once there is room.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import re
+import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from feddat_jax.errors import CheckpointMismatchError
+from feddat_jax.errors import CheckpointError, CheckpointMismatchError
 
 PyTree = Any
 log = logging.getLogger(__name__)
@@ -81,6 +88,17 @@ def _first_line(err: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def os_problem(err: BaseException) -> str | None:
+    """The operating system's reason in a failed write ("No space left on device", "Read-only
+    file system", "Permission denied"), or None for any other error. Python's writes raise
+    OSError; tensorstore's (the arrays) raise ValueError with ``os_error_code='28'`` in the
+    text."""
+    if isinstance(err, OSError) and err.errno:
+        return os.strerror(err.errno)
+    code = re.search(r"os_error_code='(\d+)'", str(err))
+    return os.strerror(int(code.group(1))) if code else None
+
+
 def _all_agree(ok: bool) -> bool:
     """True when ``ok`` holds on every process (a collective in a multi-process run)."""
     if jax.process_count() == 1:
@@ -128,13 +146,46 @@ class RoundCheckpointer:
             "config_fingerprint": self.config_fp,
             "round": round_index,
         }
-        self.manager.save(
-            round_index,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_to_savable(state)), meta=ocp.args.JsonSave(meta)
-            ),
+        try:
+            with quiet_logging():  # orbax's writer threads log a traceback per failed write
+                self.manager.save(
+                    round_index,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(_to_savable(state)),
+                        meta=ocp.args.JsonSave(meta),
+                    ),
+                )
+                self.manager.wait_until_finished()
+        except Exception as err:  # orbax and tensorstore raise OSError or ValueError
+            problem = os_problem(err)
+            if problem is None:  # not the disk: a bug, which keeps its traceback
+                raise
+            raise self._unwritable(round_index, problem) from err
+
+    def _unwritable(self, round_index: int, problem: str) -> CheckpointError:
+        """The error for a checkpoint the disk refused (full, read-only, no permission): the
+        partial write is removed, the earlier checkpoints stay, and the message names the last
+        one, from which rerunning the same command resumes."""
+        with quiet_logging():  # the writer threads still running fail and log as well
+            for thread in threading.enumerate():
+                if type(thread).__module__.startswith("orbax."):
+                    thread.join(timeout=60)
+        if jax.process_index() == 0:
+            for partial in self.directory.glob(f"{round_index}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        with quiet_logging():
+            self.manager.reload()
+            last = self.manager.latest_step()
+        resume = (
+            f"it resumes from round {last} ({self.directory / str(last)}), the last good one"
+            if last is not None
+            else "no round was saved yet, so it starts again"
         )
-        self.manager.wait_until_finished()
+        return CheckpointError(
+            f"cannot write the checkpoint of round {round_index} ({problem})",
+            str(self.directory),
+            f"free space there or make it writable, then rerun the same command: {resume}",
+        )
 
     def read_metas(self) -> dict[int, dict | None]:
         """Every step's meta record, newest first (None where it cannot be read)."""

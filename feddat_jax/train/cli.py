@@ -3,8 +3,9 @@
 Every problem a user can fix reaches the terminal as ONE line on stderr,
 ``error: <what is wrong> (<where>); <how to fix it>``, with exit status 2: a bad flag, a config
 file that does not load, an unknown config key, and every :class:`~feddat_jax.errors.FeddatError`
-raised later. ``--debug`` shows the traceback instead. An unexpected exception is a bug and keeps
-its traceback. Ctrl-C / SIGTERM end with exit status 130 (see :mod:`feddat_jax.train.interrupt`).
+raised later, and a write the disk refuses (full, read-only). ``--debug`` shows the traceback
+instead. An unexpected exception is a bug and keeps its traceback. Ctrl-C / SIGTERM end with
+exit status 130 (see :mod:`feddat_jax.train.interrupt`).
 
 This module imports no JAX, so ``--help`` answers at once.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,6 +27,9 @@ from feddat_jax.errors import ConfigError, FeddatError, RunInterrupted, one_line
 ROOT = Path(__file__).resolve().parents[2]
 HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "--helpfull", "-?")
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+# a write the disk refused: full, over quota, read-only, no permission (train/checkpoints.py
+# reports a checkpoint's own refusal with the last good checkpoint; these are the other writes)
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 DOCS = (
     ("README.md", "install, the demo, outputs, scale-out"),
     ("docs/METHOD.md", "the method, its equations, and our deviations from the official code"),
@@ -186,6 +192,17 @@ def error_boundary(debug: bool = False):
         if debug:
             raise
         fail(str(err))
+    except OSError as err:
+        if debug or err.errno not in DISK_ERRNOS:  # not the disk: a bug keeps its traceback
+            raise
+        fail(
+            one_line(
+                f"cannot write {err.filename or 'a file'} ({os.strerror(err.errno)})",
+                "--workdir",
+                "free space there or make it writable, then rerun the same command to resume "
+                "from the last checkpoint",
+            )
+        )
     except RunInterrupted as stop:
         _close_progress_bars()
         print(
