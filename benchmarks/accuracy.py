@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from feddat_jax.train import report as report_lib
 from feddat_jax.train import stats as stats_lib
-from feddat_jax.train.config_base import embedded_config
+from feddat_jax.train.config_base import config_from_file
 from feddat_jax.train.metrics import read_jsonl
 
 FAMILIES = ("domain", "function", "scene", "task")
@@ -72,7 +72,7 @@ def run_family(
     from feddat_jax.train.interrupt import StopRequest
     from feddat_jax.train.run import launch  # what launch.py runs: methods, references, report
 
-    config = embedded_config(family)
+    config = config_from_file(f"configs/embedded.py:{family}")
     config.sweep.seed = tuple(seeds)
     config.rounds = rounds
     config.eval_every = rounds  # only the final evaluation is reported here

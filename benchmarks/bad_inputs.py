@@ -132,19 +132,19 @@ CASES = [
     ),
     (
         "ALBEF + LoRA method",
-        ["--config", "configs/albef_domain.py:smoke", *wd("a"), "--config.method=fedavg_lora"],
+        ["--config", "configs/albef.py:domain,smoke", *wd("a"), "--config.method=fedavg_lora"],
         None,
     ),
     (
         "ALBEF non-square images",
-        ["--config", "configs/albef_domain.py:smoke", *wd("a"), "--config.model.image_hw=(32,64)"],
+        ["--config", "configs/albef.py:domain,smoke", *wd("a"), "--config.model.image_hw=(32,64)"],
         None,
     ),
     (
         "ALBEF checkpoint missing",
         [
             "--config",
-            "configs/albef_domain.py:smoke",
+            "configs/albef.py:domain,smoke",
             *wd("a"),
             "--config.model.checkpoint=/nonexistent/ALBEF.pth",
         ],
@@ -154,12 +154,12 @@ CASES = [
     ("unknown embedded family", [*SMOKE, *wd("a"), "--config.data.family=medical"], None),
     ("num_clients > family", [*SMOKE, *wd("a"), "--config.data.num_clients=9"], None),
     ("train_per_client=0", [*SMOKE, *wd("a"), "--config.data.train_per_client=0"], None),
-    ("real-data config without data", ["--config", "configs/vilt_domain.py", *wd("a")], None),
+    ("real-data config without data", ["--config", "configs/vilt.py:domain", *wd("a")], None),
     (
         "tfds_dir does not exist",
         [
             "--config",
-            "configs/vilt_domain.py",
+            "configs/vilt.py:domain",
             *wd("a"),
             "--config.data.tfds_dir=/nonexistent/domain",
         ],
@@ -167,7 +167,7 @@ CASES = [
     ),
     (
         "tfds_dir without manifest",
-        ["--config", "configs/vilt_domain.py", *wd("a"), f"--config.data.tfds_dir={TMP}"],
+        ["--config", "configs/vilt.py:domain", *wd("a"), f"--config.data.tfds_dir={TMP}"],
         None,
     ),
     ("unknown strategy", [*SMOKE, *wd("a"), "--config.strategy=pmap"], None),

@@ -80,10 +80,10 @@ def child(n: int, mode: str, args) -> dict:
         from feddat_jax.data import source
         from feddat_jax.data.pipeline import cohort_batches, task_metadata
         from feddat_jax.data.tokenize import HFTokenizerEncoder
-        from feddat_jax.train.config_base import paper_config
+        from feddat_jax.train.config_base import config_from_file
         from feddat_jax.train.experiment import build_experiment, row_store
 
-        cfg = paper_config("domain", "")
+        cfg = config_from_file("configs/vilt.py:domain")
         cfg.data.tfds_dir, cfg.model.checkpoint = str(store), str(TINY_VILT)
         cfg.model.image_hw, cfg.model.max_text_len = (384, 640), 24
         cfg.clients_per_round, cfg.eval_batch_size = args.cohort, 2

@@ -1,9 +1,9 @@
-"""The vilt_domain paper config at paper scale on CPU: the first segments of a round, host memory.
+"""The configs/vilt.py:domain paper config at paper scale on CPU: the first segments of a round, host memory.
 
     python benchmarks/bench_paper_round.py                 # 3 segments of K = 2 steps, ~10 min
     python benchmarks/bench_paper_round.py --segments 3 --segment-steps 2 --train 2500
 
-``configs/vilt_domain.py`` as a user runs it (``launch.py``'s ``build_experiment`` and
+``configs/vilt.py:domain`` as a user runs it (``launch.py``'s ``build_experiment`` and
 ``train.loop.train``), on a synthetic stored benchmark of the paper's shape: 5 clients of
 ``--train`` examples (2,500: S = 1,250 local steps of B = 2) with real-size 480x640 JPEG images
 padded to 384x640, ViLT-B/32 with random weights (no checkpoint), float32. The round runs in
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
 
     import dataclasses
 
-    import vilt_domain
+    from feddat_jax.train.config_base import config_from_file
 
     from feddat_jax.train import loop
     from feddat_jax.train.experiment import build_experiment
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
         args.train,
         args.test,
     )
-    cfg = vilt_domain.get_config("")
+    cfg = config_from_file("configs/vilt.py:domain")
     cfg.data.tfds_dir, cfg.model.checkpoint = str(store), ""  # random ViLT-B/32
     cfg.segment_steps, cfg.rounds, cfg.tensorboard = args.segment_steps, 1, False
     t0 = time.perf_counter()
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
         "segments": [],
     }
     print(
-        f"# vilt_domain: {out['clients']} clients, S = {out['steps_per_round']} steps of B = "
+        f"# vilt.py:domain: {out['clients']} clients, S = {out['steps_per_round']} steps of B = "
         f"{cfg.batch_size}, images {tuple(cfg.model.image_hw)}, segments of "
         f"{args.segment_steps} steps ({exp.strategy}); start-up {out['startup_s']:.0f} s, "
         f"RSS {out['startup_rss_MB']:.0f} MB",

@@ -4,7 +4,7 @@
     python benchmarks/bench_round.py --size base --image 384x640 --cohorts 1,4,16   # ViLT-B/32
 
 Strategies (the same FedDAT local epoch, METHOD.md §1, on the same synthetic cohort):
-  vmap  one jitted round, all cohort clients at once (make_round_fn, chunk_size=None)
+  vmap  one jitted round, all cohort clients at once (the R = 1 round, chunk_size=None)
   scan  one jitted round, one client after another inside it (chunk_size=1: lax.map)
   loop  the sequential baseline: a Python loop over clients and steps, one jitted call per step
 
@@ -36,10 +36,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 from round_cohort import DTYPES, build, cohort_inputs, pipeline_time, synthetic_batches
-from round_timing import LoopRound, flops_of, fresh, matmul_peak, time_compiled
+from round_timing import (
+    LoopRound,
+    flops_of,
+    fresh,
+    matmul_peak,
+    one_federation_round,
+    time_compiled,
+)
 
 from feddat_jax.fl.aggregation import MeanAggregator
-from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.state import init_server_state
 
 
@@ -171,7 +177,7 @@ def run(args) -> dict:
                             times.append(time.perf_counter() - t0)
                     row["xla_round_gflop"] = None
                 else:
-                    fn = make_round_fn(
+                    fn = one_federation_round(
                         st.algorithm,
                         st.server_tx,
                         MeanAggregator(),

@@ -45,8 +45,7 @@ import round_cohort
 import round_timing
 
 from feddat_jax.fl.aggregation import MeanAggregator
-from feddat_jax.fl.replicas import LAYOUTS, make_replica_round_fn, stack_replicas
-from feddat_jax.fl.round import make_round_fn
+from feddat_jax.fl.replicas import make_replica_round_fn, stack_replicas
 from feddat_jax.fl.state import init_server_state
 
 
@@ -57,7 +56,6 @@ def parse_args(argv=None):
     p.add_argument(
         "--parts", default="", help="launch,round (default: both for tiny, round for base)"
     )
-    p.add_argument("--layouts", default=",".join(LAYOUTS))
     # the launch part: a short ablation run of the demo
     p.add_argument("--launch-rounds", type=int, default=5)
     p.add_argument("--train-per-client", type=int, default=32)
@@ -208,7 +206,7 @@ def round_part(args, replicas: list[int], report: dict, save, start: float) -> N
     c = args.cohort
     server, private, tasks, ids, batches, hp = replica_inputs(st, 1, c)
     one = lambda t: jax.tree.map(lambda x: x[0], t)
-    single = make_round_fn(st.algorithm, st.server_tx, agg, jit=False)
+    single = round_timing.one_federation_round(st.algorithm, st.server_tx, agg, jit=False)
     rest = (one(tasks), one(ids), jax.device_put(one(batches)))
     compile_1, times_1, mem_1 = measure(
         single, frozen, one(server), one(private), rest, args.repeats
@@ -217,13 +215,13 @@ def round_part(args, replicas: list[int], report: dict, save, start: float) -> N
     run_1 = compile_1 + args.rounds * round_1
     report["round"]["single"] = {"compile_s": compile_1, "round_s": times_1, "peak_bytes": mem_1}
     rows = []
-    for layout in args.layouts.split(","):  # every R of the first layout first
+    for layout in ("vmap",):  # the library's one layout (fold / map: see git history)
         for r in replicas:
             if args.budget_s and time.perf_counter() - start > args.budget_s:
-                print(f"(budget of {args.budget_s:.0f} s reached: R={r} {layout} skipped)")
+                print(f"(budget of {args.budget_s:.0f} s reached: R={r} skipped)")
                 continue
             server, private, tasks, ids, batches, hp = replica_inputs(st, r, c, seed=r)
-            fn = make_replica_round_fn(st.algorithm, st.server_tx, agg, layout=layout, jit=False)
+            fn = make_replica_round_fn(st.algorithm, st.server_tx, agg, jit=False)
             rest = (tasks, ids, jax.device_put(batches), hp)
             compile_s, times, mem = measure(fn, frozen, server, private, rest, args.repeats)
             round_s = statistics.median(times)

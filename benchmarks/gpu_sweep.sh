@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 status=0
 timeout "${LIMIT_S:-520}" python benchmarks/bench_sweep.py --size base \
-  --replicas "${REPLICAS:-1,4,8}" --layouts "${LAYOUTS:-vmap,fold}" --cohort 5 --steps "${STEPS:-2}" \
+  --replicas "${REPLICAS:-1,4,8}" --cohort 5 --steps "${STEPS:-2}" \
   --rounds 5 --repeats 3 --dtype "${DTYPE:-float32}" --budget-s "${BUDGET_S:-420}" \
   --out "$out_dir/results_sweep_gpu.json" 2>&1 | tee "$out_dir/results_sweep_gpu.txt" || status=$?
 if [ "$status" -ne 0 ]; then

@@ -56,7 +56,12 @@ def measure(args) -> dict:
     from feddat_jax import methods
     from feddat_jax.fl import local_optim
     from feddat_jax.fl.aggregation import MeanAggregator
-    from feddat_jax.fl.round import client_context, make_round_fn
+    from feddat_jax.fl.round import client_context
+
+    try:  # code before the replica axis was always on
+        from feddat_jax.fl.round import make_round_fn
+    except ImportError:
+        from round_timing import one_federation_round as make_round_fn
     from feddat_jax.fl.server_optimizers import make_server_optimizer
     from feddat_jax.fl.state import ClientTasks, init_server_state
     from feddat_jax.models.inputs import to_model_inputs

@@ -130,6 +130,17 @@ def spec(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
 
 
+def one_replica(tree):
+    """Values (or specs) of one federation with the replica axis every round has (R = 1)."""
+
+    def leaf(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct((1,) + x.shape, x.dtype)
+        return x[None]
+
+    return jax.tree.map(leaf, tree)
+
+
 def live_bytes() -> int:
     return sum(x.nbytes for x in jax.live_arrays())
 
@@ -231,6 +242,7 @@ class Bench:
         any_alg = next(iter(self.setups.values())).algorithm
         self.server_tx = make_server_optimizer(method.server_optimizer)
         self.server = jax.device_put(init_server_state(shared, self.server_tx, jax.random.key(1)))
+        self.server_R = one_replica(self.server)
         self.private_one = jax.tree.map(np.asarray, any_alg.init_private(shared, private))
         self.result["model"] = {
             "size": args.size,
@@ -299,8 +311,8 @@ class Bench:
         self.submit(
             name,
             lambda: seg.lower(
-                spec(self.frozen), spec(self.server), private, tasks, ids,
-                block_spec(c, steps_per_call, self.args),
+                spec(self.frozen), spec(self.server_R), *one_replica((private, tasks, ids)),
+                one_replica(block_spec(c, steps_per_call, self.args)),
             ),
         )  # fmt: skip
         self.rounds[name] = seg
@@ -342,7 +354,7 @@ class Bench:
     def segments(self, block: dict, num_segments: int, samples: list | None):
         """Each segment's inputs placed when the round asks for it (like the training loop)."""
         for _ in range(num_segments):
-            placed = jax.device_put(block)
+            placed = jax.device_put(one_replica(block))
             if samples is not None:
                 jax.block_until_ready(placed)
                 samples.append(live_bytes())
@@ -351,10 +363,10 @@ class Bench:
     def placed(self, private, tasks, ids):
         """A cohort's state on device (the round donates it: one copy per run), placed before
         the clock starts, as the training loop's registry gathers it before the round."""
-        return jax.block_until_ready(jax.device_put((private, tasks, ids)))
+        return jax.block_until_ready(jax.device_put(one_replica((private, tasks, ids))))
 
     def run_round(self, seg, placed, block, num_segments, samples=None):
-        out = seg(self.frozen, self.server, *placed, self.segments(block, num_segments, samples))
+        out = seg(self.frozen, self.server_R, *placed, self.segments(block, num_segments, samples))
         jax.block_until_ready(out)
         return out
 

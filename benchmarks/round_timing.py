@@ -12,7 +12,20 @@ import numpy as np
 from round_cohort import Setup
 
 from feddat_jax.fl.aggregation import MeanAggregator, tree_delta
+from feddat_jax.fl.replicas import make_replica_round_fn
 from feddat_jax.fl.round import client_context, round_keys
+
+
+def one_federation_round(algorithm, server_tx, aggregator, *, chunk_size=None, jit=True):
+    """The library's round at R = 1 (what a run that sweeps nothing compiles), called with one
+    federation's values: the replica axis is added and dropped inside the program."""
+    run_R = make_replica_round_fn(algorithm, server_tx, aggregator, chunk_size=chunk_size, jit=False)
+
+    def run(frozen, server, *cohort):
+        lift = jax.tree.map(lambda x: x[None], (server, *cohort))
+        return jax.tree.map(lambda x: x[0], run_R(frozen, *lift))
+
+    return jax.jit(run, donate_argnums=(2,)) if jit else run
 
 
 # ---------------------------------------------------------------------------------- timings

@@ -80,7 +80,7 @@ def sharding_checks(out_path: str) -> None:
 
     from feddat_jax.fl.aggregation import MeanAggregator
     from feddat_jax.fl.registry import ClientRegistry, pad_batches, pad_ids
-    from feddat_jax.fl.round import make_round_fn
+    from feddat_jax.fl.replicas import make_replica_round_fn
     from feddat_jax.fl.server_optimizers import make_server_optimizer
     from feddat_jax.fl.state import gather, init_server_state
 
@@ -88,18 +88,23 @@ def sharding_checks(out_path: str) -> None:
     C = 16
     algorithm, frozen, shared, private, tasks, batches = _toy_setup(C)
     tx = make_server_optimizer("fedavg")
-    server = init_server_state(shared, tx, jax.random.key(1))
+    # every value on the replica axis (one federation: R = 1)
+    one = lambda t: jax.tree.map(lambda x: x[None], t)  # noqa: E731
+    first = lambda t: jax.tree.map(lambda x: x[0], t)  # noqa: E731
+    tasks, batches = one(tasks), one(batches)
+    server = one(init_server_state(shared, tx, jax.random.key(1)))
     private_C = jax.tree.map(
-        lambda x: np.repeat(np.asarray(x)[None], C, 0), algorithm.init_private(shared, private)
+        lambda x: np.repeat(np.asarray(x)[None, None], C, 1),
+        algorithm.init_private(shared, private),
     )
-    ids = np.arange(C, dtype=np.int32)
+    ids = np.arange(C, dtype=np.int32)[None]
     dev0 = jax.devices()[0]
 
     def on_dev0(t):
         return jax.device_put(t, dev0)
 
     # The single-device reference.
-    ref_fn = make_round_fn(algorithm, tx, MeanAggregator())
+    ref_fn = make_replica_round_fn(algorithm, tx, MeanAggregator())
     ref_server, ref_private, ref_metrics = ref_fn(
         *map(on_dev0, (frozen, server, private_C, tasks, ids, batches))
     )
@@ -111,7 +116,7 @@ def sharding_checks(out_path: str) -> None:
     def shard_rows(tree):
         return sorted(
             {
-                (len(x.addressable_shards), x.addressable_shards[0].data.shape[0])
+                (len(x.addressable_shards), x.addressable_shards[0].data.shape[1])
                 for x in jax.tree.leaves(tree)
             }
         )
@@ -119,7 +124,7 @@ def sharding_checks(out_path: str) -> None:
     mesh = mesh_lib.make_mesh()  # (8, 1)
     res["mesh"] = dict(mesh.shape)
     for name, chunk in (("vmap", None), ("scan", 1), ("chunk2", 2)):
-        fn = make_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh, chunk_size=chunk)
+        fn = make_replica_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh, chunk_size=chunk)
         args = (
             mesh_lib.put_frozen(frozen, mesh),
             mesh_lib.put_replicated(server, mesh),
@@ -142,7 +147,7 @@ def sharding_checks(out_path: str) -> None:
         }
 
     # Constraints inside map_clients take effect even when the inputs arrive unsharded.
-    fn = make_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh)
+    fn = make_replica_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh)
     out = fn(frozen, server, jax.tree.map(jnp.asarray, private_C), tasks, ids, batches)
     res["unsharded_inputs"] = {
         "private_spec": leaves_spec(out[1]),
@@ -154,7 +159,7 @@ def sharding_checks(out_path: str) -> None:
     frozen42 = jax.tree.map(
         mesh_lib._put, frozen, mesh_lib.frozen_shardings(frozen, mesh42, True, min_size=0)
     )
-    fn = make_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh42)
+    fn = make_replica_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh42)
     out = fn(
         frozen42,
         mesh_lib.put_replicated(server, mesh42),
@@ -168,19 +173,19 @@ def sharding_checks(out_path: str) -> None:
 
     # The registry on the mesh: gather shards the cohort, scatter writes rows back; a cohort of
     # 6 padded to 8 equals the unpadded 6-client round on one device.
-    reg = ClientRegistry.create(algorithm, shared, private, tasks, mesh=mesh)
+    reg = ClientRegistry.create(algorithm, shared, private, first(tasks), mesh=mesh)
     six = np.array([1, 3, 4, 9, 12, 15])
     pids, pmask = pad_ids(six, mesh_lib.clients_size(mesh))
-    g_private, g_tasks = reg.gather(pids, pmask)
-    padded = pad_batches(gather(batches, six), len(pids))
-    fn = make_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh)
+    g_private, g_tasks = reg.gather(pids[None], pmask[None])
+    padded = pad_batches(gather(first(batches), six), len(pids))
+    fn = make_replica_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh)
     srv, metrics = reg.run_round(
         fn,
         mesh_lib.put_frozen(frozen, mesh),
         mesh_lib.put_replicated(server, mesh),
-        pids,
-        padded,
-        pmask,
+        pids[None],
+        one(padded),
+        pmask[None],
     )
     r6 = ref_fn(
         *map(
@@ -188,20 +193,22 @@ def sharding_checks(out_path: str) -> None:
             (
                 frozen,
                 server,
-                gather(private_C, six),
-                gather(tasks, six),
-                six.astype(np.int32),
-                gather(batches, six),
+                one(gather(first(private_C), six)),
+                one(gather(first(tasks), six)),
+                six.astype(np.int32)[None],
+                one(gather(first(batches), six)),
             ),
         )
     )
     untouched = np.setdiff1d(np.arange(C), six)
     res["registry"] = {
         "gather_spec": leaves_spec((g_private, g_tasks)),
-        "padded_num_examples": np.asarray(g_tasks.num_examples).tolist(),
+        "padded_num_examples": np.asarray(g_tasks.num_examples)[0].tolist(),
         "server_diff": _max_diff(srv.shared, r6[0].shared),
-        "rows_diff": _max_diff(gather(reg.private, six), r6[1]),
-        "untouched_diff": _max_diff(gather(reg.private, untouched), gather(private_C, untouched)),
+        "rows_diff": _max_diff(gather(first(reg.private), six), first(r6[1])),
+        "untouched_diff": _max_diff(
+            gather(first(reg.private), untouched), gather(first(private_C), untouched)
+        ),
     }
     with open(out_path, "w") as f:
         json.dump(res, f, indent=1)
@@ -253,7 +260,7 @@ def round_worker(
 
     from feddat_jax.fl.aggregation import MeanAggregator
     from feddat_jax.fl.registry import ClientRegistry
-    from feddat_jax.fl.round import make_round_fn
+    from feddat_jax.fl.replicas import make_replica_round_fn
     from feddat_jax.fl.server_optimizers import make_server_optimizer
     from feddat_jax.fl.state import gather, init_server_state
 
@@ -268,20 +275,22 @@ def round_worker(
     my_batches = gather(batches, owned)
     del batches
     tx = make_server_optimizer("fedadam", learning_rate=0.05)
-    server = mesh_lib.put_replicated(init_server_state(shared, tx, jax.random.key(1)), mesh)
-    fn = make_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh)
+    server = init_server_state(shared, tx, jax.random.key(1))
+    server = mesh_lib.put_replicated(jax.tree.map(lambda x: x[None], server), mesh)  # R = 1
+    fn = make_replica_round_fn(algorithm, tx, MeanAggregator(), mesh=mesh)
     frozen = mesh_lib.put_frozen(frozen, mesh)
     cohorts = []
     for r in range(rounds):
         cohort = distributed.sample_cohort(7, r, N, C, mesh, num_processes=strata)
         mine = cohort[distributed.local_slots(mesh, C)]
         assert np.all(np.isin(mine, owned)), (mine, owned)
-        server, _ = reg.run_round(fn, frozen, server, mine, gather(my_batches, reg.rows(mine)))
+        mine_batches = jax.tree.map(lambda x: x[None], gather(my_batches, reg.rows(mine)))
+        server, _ = reg.run_round(fn, frozen, server, mine[None], mine_batches)
         cohorts.append(cohort)
-    host_server = mesh_lib.fetch_replicated(server.shared)
+    host_server = mesh_lib.fetch_replicated(jax.tree.map(lambda x: x[0], server.shared))
     flat = {f"shared/{i}": x for i, x in enumerate(jax.tree.leaves(host_server))}
     flat.update({f"initial/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(shared))})
-    flat.update({f"private/{i}": x for i, x in enumerate(jax.tree.leaves(reg.private))})
+    flat.update({f"private/{i}": x[0] for i, x in enumerate(jax.tree.leaves(reg.private))})
     np.savez(
         out_path,
         ids=owned,
@@ -293,7 +302,7 @@ def round_worker(
                 "devices": jax.device_count(),
                 "local_devices": jax.local_device_count(),
                 "gloo": gloo,
-                "round": int(mesh_lib.fetch_replicated(server.round)),
+                "round": int(np.max(mesh_lib.fetch_replicated(server.round))),
             }
         ),
     )

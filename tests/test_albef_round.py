@@ -10,10 +10,11 @@ import pytest
 from albef_helpers import DAT, A, B, L, make_inputs
 from albef_reference import CFG
 
+from one_federation import make_round_fn
 from feddat_jax.fl import local_optim
 from feddat_jax.fl.aggregation import MeanAggregator
 from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
-from feddat_jax.fl.round import client_context, make_round_fn, round_keys
+from feddat_jax.fl.round import client_context, round_keys
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, init_server_state, stack_clients
 from feddat_jax.models.albef import AlbefVQA, to_albef_inputs

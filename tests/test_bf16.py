@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from one_federation import make_round_fn
 from feddat_jax import methods
 from feddat_jax.fl import local_optim
 from feddat_jax.fl.aggregation import MeanAggregator
-from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, init_server_state
 from feddat_jax.models.albef import AlbefConfig, AlbefVQA, example_inputs

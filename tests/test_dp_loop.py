@@ -46,7 +46,7 @@ def test_poisson_dp_run_compiles_once_and_accounts(tmp_path):
     reference = PrivacyAccountant(1.0, "poisson", q, cfg.dp.delta, "rdp", n)
     for r, record in enumerate(history):
         assert record["dp/epsilon"] == pytest.approx(reference.epsilon_after(r + 1))
-    assert exp.accountant.sampling == "poisson" and exp.accountant.sample_rate == q
+    assert exp.accountants[0].sampling == "poisson" and exp.accountants[0].sample_rate == q
 
 
 def test_poisson_aggregator_and_sampling_validation(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 import toy_model as toy
+from one_federation import make_round_fn
 from feddat_jax.fl import local_optim
 from feddat_jax.fl.accounting import (
     PrivacyAccountant,
@@ -20,7 +21,6 @@ from feddat_jax.fl.accounting import (
 from feddat_jax.fl.aggregation import MeanAggregator
 from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
 from feddat_jax.fl.privacy import DPGaussianAggregator, make_dp_aggregator
-from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import init_server_state
 

@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import toy_model as toy
+from one_federation import make_round_fn, with_replica_axis
 
 from feddat_jax.fl import local_optim, sampling
 from feddat_jax.fl.aggregation import MeanAggregator
 from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
 from feddat_jax.fl.registry import ClientRegistry, chunk_size_for, pad_batches, pad_ids
-from feddat_jax.fl.round import make_round_fn
+from feddat_jax.fl.replicas import make_replica_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, gather, init_server_state
 
@@ -96,8 +97,8 @@ def test_10k_clients_100_per_round_three_rounds_one_compile():
     assert registry.num_clients == n and registry.storage == "host"
     initial = jax.tree.map(np.copy, registry.private)
     tx = make_server_optimizer("fedavg")
-    server = init_server_state(shared, tx, jax.random.key(1))
-    run = make_round_fn(algorithm, tx, MeanAggregator())
+    server = with_replica_axis(init_server_state(shared, tx, jax.random.key(1)))
+    run = make_replica_round_fn(algorithm, tx, MeanAggregator())
     frozen = jax.device_put(frozen)
 
     seen = []
@@ -109,21 +110,23 @@ def test_10k_clients_100_per_round_three_rounds_one_compile():
         if r == 1:
             first.stop()
             counter.start()
-        server, metrics = registry.run_round(run, frozen, server, ids, batches)
+        server, metrics = registry.run_round(
+            run, frozen, server, ids[None], with_replica_axis(batches)
+        )
         np.testing.assert_array_equal(
-            np.asarray(metrics["clients"]["steps"]), -(-tasks.num_examples[ids] // B)
+            np.asarray(metrics["clients"]["steps"])[0], -(-tasks.num_examples[ids] // B)
         )
         seen.append(ids)
     counter.stop()
 
-    assert int(server.round) == 3
+    assert int(server.round[0]) == 3
     assert len(traces) == 3, f"FedDAT traced {len(traces)} forward passes (3 = one trace)"
     assert run._cache_size() == 1
     assert len(first.events) >= 1  # the listener sees compilations: round 1 compiled the round
     assert counter.events == [], f"{len(counter.events)} compilations in rounds 2-3"
     trained = np.unique(np.concatenate(seen))
     untouched = np.setdiff1d(np.arange(n), trained)
-    head = lambda tree: tree["params"]["head"]["kernel"]
+    head = lambda tree: tree["params"]["head"]["kernel"][0]
     assert np.all(np.abs(head(registry.private)[trained] - head(initial)[trained]).max((1, 2)) > 0)
     np.testing.assert_array_equal(head(registry.private)[untouched], head(initial)[untouched])
     assert registry.nbytes < 100 * 2**20
@@ -136,11 +139,13 @@ def test_registry_round_equals_direct_round_host_and_device():
     tx = make_server_optimizer("fedadam", learning_rate=0.1)
     server0 = init_server_state(shared, tx, jax.random.key(1))
     run = make_round_fn(algorithm, tx, MeanAggregator())
+    run_R = make_replica_round_fn(algorithm, tx, MeanAggregator())
     host = ClientRegistry.create(algorithm, shared, private, tasks)
     device = ClientRegistry.create(algorithm, shared, private, tasks, storage="device")
-    reference = jax.tree.map(np.copy, host.private)
+    reference = jax.tree.map(lambda x: np.copy(x[0]), host.private)
 
-    s_host = s_dev = s_ref = server0
+    s_ref = server0
+    s_host = s_dev = with_replica_axis(server0)
     counter = CompileCounter()
     for r, ids in enumerate((np.array([0, 3, 4, 7, 11]), np.array([1, 3, 5, 7, 8]))):
         batches = cohort_batches(ids, tasks)
@@ -153,16 +158,17 @@ def test_registry_round_equals_direct_round_host_and_device():
             batches,
         )
         reference = jax.tree.map(lambda x, v: _set_rows(x, ids, v), reference, private_C)
-        s_host, _ = host.run_round(run, frozen, s_host, ids, batches)
+        batches_R = with_replica_axis(batches)
+        s_host, _ = host.run_round(run_R, frozen, s_host, ids[None], batches_R)
         if r == 1:
             counter.start()
-        s_dev, _ = device.run_round(run, frozen, s_dev, ids, batches)
+        s_dev, _ = device.run_round(run_R, frozen, s_dev, ids[None], batches_R)
     counter.stop()
     assert counter.events == [], "device-storage gather/scatter recompiled in round 2"
-    assert max_diff(s_host.shared, s_ref.shared) <= 1e-6
-    assert max_diff(s_dev.shared, s_ref.shared) <= 1e-6
-    assert max_diff(host.private, reference) <= 1e-6
-    assert max_diff(device.private, reference) <= 1e-6
+    assert max_diff(s_host.shared, with_replica_axis(s_ref.shared)) <= 1e-6
+    assert max_diff(s_dev.shared, with_replica_axis(s_ref.shared)) <= 1e-6
+    assert max_diff(host.private, with_replica_axis(reference)) <= 1e-6
+    assert max_diff(device.private, with_replica_axis(reference)) <= 1e-6
     assert max_diff(device.states().private, host.states().private) <= 1e-6
 
 
@@ -177,20 +183,24 @@ def test_padded_cohort_trains_the_same_as_unpadded():
     algorithm, frozen, shared, private = setup()
     tasks = tasks_for(n)
     tx = make_server_optimizer("fedavg")
-    server = init_server_state(shared, tx, jax.random.key(1))
-    run = make_round_fn(algorithm, tx, MeanAggregator("weighted"))
+    server = with_replica_axis(init_server_state(shared, tx, jax.random.key(1)))
+    run = make_replica_round_fn(algorithm, tx, MeanAggregator("weighted"))
     ids = np.array([2, 5, 6, 9, 1])
     a = ClientRegistry.create(algorithm, shared, private, tasks)
     b = ClientRegistry.create(algorithm, shared, private, tasks)
-    sa, _ = a.run_round(run, frozen, server, ids, cohort_batches(ids, tasks))
+    sa, _ = a.run_round(
+        run, frozen, server, ids[None], with_replica_axis(cohort_batches(ids, tasks))
+    )
     pids, mask = pad_ids(ids, 4)
     np.testing.assert_array_equal(pids, [2, 5, 6, 9, 1, 2, 2, 2])
     np.testing.assert_array_equal(mask, [1, 1, 1, 1, 1, 0, 0, 0])
     padded = pad_batches(cohort_batches(ids, tasks), len(pids))
     assert padded["example_mask"][5:].sum() == 0
-    _, tasks_C = b.gather(pids, mask)
-    np.testing.assert_array_equal(np.asarray(tasks_C.num_examples)[5:], 0)
-    sb, _ = b.run_round(run, frozen, server, pids, padded, mask)
+    _, tasks_C = b.gather(pids[None], mask[None])
+    np.testing.assert_array_equal(np.asarray(tasks_C.num_examples)[0, 5:], 0)
+    sb, _ = b.run_round(
+        run, frozen, server, pids[None], with_replica_axis(padded), mask[None]
+    )
     assert max_diff(sa.shared, sb.shared) <= 1e-6
     assert max_diff(a.private, b.private) <= 1e-6  # padded slots (all client 2) dropped
 

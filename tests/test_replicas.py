@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import toy_model as toy
+from one_federation import make_round_fn
 
 from feddat_jax.fl import hparams as hparams_lib
 from feddat_jax.fl import local_optim
@@ -16,7 +17,6 @@ from feddat_jax.fl.algorithms import FedAvg, FedAvgConfig, FedDAT, FedDATConfig
 from feddat_jax.fl.evaluation import make_eval_fn
 from feddat_jax.fl.privacy import make_dp_aggregator
 from feddat_jax.fl.replicas import make_replica_eval_fn, make_replica_round_fn, stack_replicas
-from feddat_jax.fl.round import make_round_fn
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import gather, init_server_state
 
@@ -126,24 +126,22 @@ def separate_runs(case):
 
 
 @pytest.mark.parametrize(
-    "case,layout,chunk_size",
+    "case,chunk_size",
     [
-        ("feddat", "vmap", None),
-        ("feddat", "fold", None),
-        ("feddat", "vmap", 1),  # the "scan" strategy: lax.map over each replica's clients
-        ("feddat", "map", None),
-        ("fedprox-dp", "vmap", None),
-        ("fedprox-dp", "fold", 2),
+        ("feddat", None),
+        ("feddat", 1),  # the "scan" strategy: lax.map over each replica's clients
+        ("fedprox-dp", None),
+        ("fedprox-dp", 2),
     ],
 )
-def test_replica_round_equals_separate_rounds(case, layout, chunk_size):
+def test_replica_round_equals_separate_rounds(case, chunk_size):
     build, server_name, agg_kind, values = CASES[case]
     base = build(values[0])
     _, batches, frozen, shared, _, private_C, tasks = toy.cohort(base, SIZES, KINDS, REAL, A, B)
     # One program: the swept values are traced, the server optimizer has learning rate 1.
     tx1 = make_server_optimizer(server_name, learning_rate=1.0)
     run_R = make_replica_round_fn(
-        base, tx1, aggregator_for(agg_kind, values[0]), layout=layout, chunk_size=chunk_size
+        base, tx1, aggregator_for(agg_kind, values[0]), chunk_size=chunk_size
     )
     hparams_R = {k: jnp.asarray([v[k] for v in values], jnp.float32) for k in values[0]}
     server_R = stack_replicas(
@@ -185,7 +183,7 @@ def test_replica_eval_equals_separate_evals():
         frozen, stack_replicas(shared_R), stack_replicas(shared_R[::-1]), stack_replicas(noise),
         tasks_R, batches,
     )  # fmt: skip
-    one = make_eval_fn(base)
+    one = jax.jit(make_eval_fn(base))
     for r in range(2):
         want = one(frozen, shared_R[r], shared_R[1 - r], noise[r], tasks, batches)
         assert max_diff(jax.tree.map(lambda x, r=r: x[r], got), want) <= 1e-4

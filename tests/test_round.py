@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 import toy_model as toy
+from one_federation import make_round_fn
 from feddat_jax.fl import local_optim
 from feddat_jax.fl.aggregation import MeanAggregator
 from feddat_jax.fl.algorithms import FedAvg, FedAvgConfig, FedDAT, FedDATConfig
-from feddat_jax.fl.round import client_context, make_round_fn, round_keys
+from feddat_jax.fl.round import client_context, round_keys
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import gather, init_server_state, stack_clients
 

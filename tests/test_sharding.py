@@ -24,7 +24,7 @@ from feddat_jax.fl.registry import pad_ids
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = 1e-5
-SHARDED = ["P('clients',)"]
+SHARDED = ["P(None, 'clients')"]  # [R, C, ...]: every replica's cohort axis over "clients"
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,10 @@ def test_single_process_slots_and_placement():
     np.testing.assert_array_equal(distributed.process_slots(mesh, 4), [0, 4])
     assert distributed.local_slots(mesh, 4) == slice(0, 4)
     tree = {"a": np.arange(8.0).reshape(4, 2), "k": jax.random.split(jax.random.key(0), 4)}
-    placed = mesh_lib.put_cohort(tree, mesh)
+    placed = mesh_lib.put_clients(tree, mesh)
     assert str(placed["a"].sharding.spec) == "P('clients',)"
+    cohort = mesh_lib.put_cohort(jax.tree.map(lambda x: x[None], tree), mesh)
+    assert str(cohort["a"].sharding.spec) == "P(None, 'clients')"
     np.testing.assert_array_equal(mesh_lib.local_rows(placed["a"]), tree["a"])
     server = mesh_lib.put_replicated({"w": np.ones(3), "rng": jax.random.key(1)}, mesh)
     assert server["w"].is_fully_replicated

@@ -1,10 +1,11 @@
-"""Per-client evaluation of every variant an algorithm reports, as one jitted function.
+"""Per-client evaluation of every variant an algorithm reports, for ONE federation.
 
 For FedDAT the variants are the DAT (A_c with Â_s: the headline number), A_c alone and A_s alone;
 for single-model methods one "global" variant. The function returns every test example's score
 (the VQA soft score in [0, 1]; accuracy for one-hot targets; 0 for padding), so the host can break
 the scores down by client, by question group and by question type (``train.scores``) without a
-recompile for each breakdown.
+recompile for each breakdown. ``fl.replicas.make_replica_eval_fn`` maps it over the replica axis
+and jits it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ def make_eval_fn(
     *,
     mesh: Mesh | None = None,
     chunk_size: int | None = None,
-    jit: bool = True,
 ) -> Callable[..., dict[str, jax.Array]]:
     """``eval_fn(frozen, round_start_shared, shared, private_C, tasks_C, batches_CxS)`` →
     ``{variant: score_CxSxB}``, each example's score in [0, 1] (0 for padded examples)."""
@@ -60,4 +60,4 @@ def make_eval_fn(
             private_C, tasks_C, batches_CxS
         )
 
-    return jax.jit(eval_fn) if jit else eval_fn
+    return eval_fn

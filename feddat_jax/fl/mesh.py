@@ -2,8 +2,10 @@
 
 The mesh has two axes, ``("clients", "model")``:
 
-* every stacked client leaf (private state, task metadata, cohort batches, client ids) is
-  sharded ``P("clients")`` on its leading axis, so device ``i`` holds clients ``i·C/n ..``;
+* every cohort leaf (private state, task metadata, batches, client ids), stacked ``[R, C, ...]``
+  (R replicas, ``fl.replicas``), is sharded ``P(None, "clients")``, so device ``i`` holds clients
+  ``i·C/n ..`` of every replica; test data that every replica shares is ``[C, ...]``,
+  ``P("clients")``;
 * the frozen backbone is replicated (``P()``), or with ``shard_frozen`` its big matrices are
   split over ``"model"`` (for backbones that do not fit one device; ``model`` = 1 by default);
 * server values (the global shared parameters, the server optimizer state) are replicated.
@@ -57,7 +59,7 @@ MESH_AXES = (CLIENTS_AXIS, MODEL_AXIS)
 
 # How the cohort's local epochs run, per backend, chosen by measurement
 # (benchmarks/bench_round.py; the numbers are in benchmarks/RESULTS.md):
-#   "vmap": all clients at once (make_round_fn(chunk_size=None));
+#   "vmap": all clients at once (make_replica_round_fn(chunk_size=None));
 #   "scan": one client at a time inside the same jitted round (chunk_size=1, i.e. lax.map);
 #   "loop": a Python loop over clients and steps (the sequential baseline; benchmark only).
 # CPU (tiny ViLT, the size CPU runs use): vmap was fastest at C = 5, 16, 64 (1.25-1.45x over
@@ -80,7 +82,7 @@ def default_strategy(backend: str | None = None, model_size: str | None = None) 
 
 
 def round_fn_kwargs(strategy: str, chunk_size: int | None = None) -> dict[str, Any]:
-    """``make_round_fn`` / ``make_eval_fn`` keyword arguments of a strategy.
+    """``make_replica_round_fn`` / ``make_replica_eval_fn`` keyword arguments of a strategy.
 
     ``"vmap"`` with a ``chunk_size`` is the memory fallback: ``chunk_size`` clients at a time per
     device (``lax.map(batch_size=…)``). ``"loop"`` has no jitted-round form (benchmark only).
@@ -173,8 +175,15 @@ def clients_size(mesh: Mesh | None) -> int:
 
 
 def clients_sharding(mesh: Mesh) -> NamedSharding:
-    """The layout of every stacked client leaf: leading axis over ``clients``."""
+    """The layout of client values every replica shares (``[C, ...]``, e.g. test data): the
+    leading axis over ``clients``."""
     return NamedSharding(mesh, P(CLIENTS_AXIS))
+
+
+def cohort_sharding(mesh: Mesh) -> NamedSharding:
+    """The layout of the round's cohort values ``[R, C, ...]``: every replica's cohort axis over
+    ``clients`` (each device holds its share of every replica's cohort)."""
+    return NamedSharding(mesh, P(None, CLIENTS_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -260,25 +269,21 @@ def _put_client_axis(
 
 
 def put_cohort(tree_local: PyTree, mesh: Mesh, cohort_size: int | None = None) -> PyTree:
-    """Stacked client values -> global arrays sharded ``P("clients")``.
+    """The round's cohort values ``[R, C_local, ...]`` -> global arrays ``[R, C, ...]`` sharded
+    ``P(None, "clients")``.
 
-    ``tree_local`` holds THIS process's rows of the cohort (its slots, :func:`local_slots`); in a
-    single-process run that is the whole cohort. Uses ``jax.make_array_from_process_local_data``
-    (``cohort_size`` is the global C; inferred when every process holds as many rows).
+    ``tree_local`` holds THIS process's slots of every replica's cohort (``fl.distributed
+    .local_slots``); in a single-process run that is the whole cohort. Uses
+    ``jax.make_array_from_process_local_data`` (``cohort_size`` is the global C; inferred when
+    every process holds as many slots).
     """
+    return _put_client_axis(tree_local, mesh, cohort_sharding(mesh), 1, cohort_size)
+
+
+def put_clients(tree_local: PyTree, mesh: Mesh, cohort_size: int | None = None) -> PyTree:
+    """Client values every replica shares (``[C_local, ...]``, e.g. an evaluation chunk's test
+    batches) -> global arrays ``[C, ...]`` sharded ``P("clients")``."""
     return _put_client_axis(tree_local, mesh, clients_sharding(mesh), 0, cohort_size)
-
-
-def replica_cohort_sharding(mesh: Mesh) -> NamedSharding:
-    """The layout of a sweep's cohort values ``[R, C, ...]``: every replica's cohort axis over
-    ``clients`` (each device holds its share of every replica's cohort)."""
-    return NamedSharding(mesh, P(None, CLIENTS_AXIS))
-
-
-def put_replica_cohort(tree_local: PyTree, mesh: Mesh, cohort_size: int | None = None) -> PyTree:
-    """A sweep's stacked cohort values ``[R, C_local, ...]`` (this process's slots of every
-    replica's cohort) -> global arrays ``[R, C, ...]`` sharded ``P(None, "clients")``."""
-    return _put_client_axis(tree_local, mesh, replica_cohort_sharding(mesh), 1, cohort_size)
 
 
 def local_rows(x: jax.Array, axis: int = 0) -> np.ndarray:

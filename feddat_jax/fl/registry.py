@@ -1,12 +1,12 @@
-"""Every registered client's private state and task metadata, stacked ``[N]``, for N up to 10,000.
+"""Every registered client's private state and task metadata, stacked ``[R, N]``, for N up to 10,000.
 
 A round trains only the sampled cohort, so the registry keeps all N clients where memory is
 cheap and moves just the cohort:
 
-    ids_C = sample_cohort(...)                        # sorted global ids (this process's slots)
-    private_C, tasks_C = registry.gather(ids_C)       # host rows -> device (sharded on a mesh)
-    server, private_C, metrics = round_fn(frozen, server, private_C, tasks_C, ids, batches)
-    registry.scatter(ids_C, private_C)                # the cohort's new rows -> host
+    ids_RxC = ...                                     # each replica's cohort (this process's slots)
+    private_RxC, tasks_RxC = registry.gather(ids_RxC) # host rows -> device (sharded on a mesh)
+    server_R, private_RxC, metrics = round_fn(frozen, server_R, private_RxC, tasks_RxC, ...)
+    registry.scatter(ids_RxC, private_RxC)            # the cohort's new rows -> host
 
 ``storage="host"`` (default) keeps the rows in host numpy (a FedDAT client of ViLT-B/32 is 8.5 M
 floats = 34 MB of private state: A_c, its head and their AdamW moments, so 10,000 clients are
@@ -16,9 +16,10 @@ assignment per leaf. ``storage="device"`` keeps them on the
 (single) device when they fit: gather and scatter are then two small jitted programs (compiled
 once; scatter donates the stacked buffers, so it updates in place).
 
-A sweep (``fl.replicas``) keeps R federations' clients in one registry (``replicas=R``): every
-private leaf is ``[R, N, ...]`` (task metadata stays ``[N]``), cohorts are ``[R, C]`` ids (each
-replica its own) and gathered values are ``[R, C, ...]``, sharded ``P(None, "clients")``.
+Every run has a replica axis R (``fl.replicas``; R = 1 unless a sweep asks for more), so the
+registry keeps R federations' clients: every private leaf is ``[R, N, ...]`` (task metadata stays
+``[N]``), cohorts are ``[R, C]`` ids (each replica its own) and gathered values are
+``[R, C, ...]``, sharded ``P(None, "clients")``.
 
 In a multi-process run each process builds a registry of the clients it owns
 (``distributed.owned_clients``) and gathers only its own slots of the cohort; ``gather`` then assembles
@@ -30,7 +31,7 @@ slots carry ``num_examples = 0`` (they weigh nothing in the size-weighted mean, 
 ``uniform`` mean and DP aggregation leave them out) and the loop gives them an all-zero
 ``example_mask``, so they train nothing; scatter drops them. ``train.loop`` runs every round
 this way (``fl.distributed.plan_cohort`` pads the cohort). When a cohort's activations do not fit on a device at
-once, run the round chunked (``make_round_fn(chunk_size=k)``, see :func:`chunk_size_for`).
+once, run the round chunked (``make_replica_round_fn(chunk_size=k)``, see :func:`chunk_size_for`).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def pad_batches(batches: dict, size: int) -> dict:
 def chunk_size_for(
     cohort_size: int, mesh: Mesh | None, max_clients_per_device: int | None
 ) -> int | None:
-    """``make_round_fn``'s ``chunk_size``: None (plain vmap) when each device's share of the
+    """``make_replica_round_fn``'s ``chunk_size``: None (plain vmap) when each device's share of the
     cohort fits, else the most clients a device can train at once."""
     per_device = -(-cohort_size // mesh_lib.clients_size(mesh))
     if not max_clients_per_device or per_device <= max_clients_per_device:
@@ -103,16 +104,15 @@ def _host_tree(tree: PyTree) -> PyTree:
 
 
 class ClientRegistry:
-    """The private state and ``ClientTasks`` of the clients this process owns, stacked ``[N]``.
+    """The private state and ``ClientTasks`` of the clients this process owns, stacked ``[R, N]``.
 
     Args:
-      private: the stacked private state (every leaf ``[N, ...]``); with host storage, writable
+      private: the stacked private state (every leaf ``[R, N, ...]``); with host storage, writable
         numpy leaves are used in place (the registry writes the cohort's rows into them).
       tasks: ``ClientTasks`` stacked ``[N]``.
       client_ids: global id of each row (sorted, unique); default ``0..N-1``.
       storage: ``"host"`` (numpy) or ``"device"`` (one process only).
-      mesh: optional mesh: gathered cohorts are sharded ``P("clients")`` over it.
-      replicas: R for a sweep: ``private`` is stacked ``[R, N, ...]`` and cohorts are ``[R, C]``.
+      mesh: optional mesh: gathered cohorts are sharded ``P(None, "clients")`` over it.
     """
 
     def __init__(
@@ -123,7 +123,6 @@ class ClientRegistry:
         client_ids=None,
         storage: str = "host",
         mesh: Mesh | None = None,
-        replicas: int | None = None,
     ):
         if storage not in STORAGES:
             raise ValueError(f"unknown storage {storage!r}; allowed: {', '.join(STORAGES)}")
@@ -135,13 +134,13 @@ class ClientRegistry:
         tasks = jax.tree.map(np.array, tasks)
         validate_tasks(tasks)
         n = int(tasks.num_examples.shape[0])
-        lead = (n,) if replicas is None else (replicas, n)
-        for leaf in jax.tree.leaves(private):
-            if np.shape(leaf)[: len(lead)] != lead:
+        leaves = jax.tree.leaves(private)
+        replicas = int(np.shape(leaves[0])[0]) if leaves else 1
+        for leaf in leaves:
+            if np.shape(leaf)[:2] != (replicas, n):
                 raise ValueError(
-                    f"private leaf of shape {np.shape(leaf)} is not stacked over the "
-                    f"{n} clients of the task metadata"
-                    + (f" (after the {replicas} replicas)" if replicas else "")
+                    f"private leaf of shape {np.shape(leaf)} is not stacked [R, N] over the "
+                    f"{replicas} replicas and the {n} clients of the task metadata"
                 )
         self.replicas = replicas
         ids = (
@@ -191,11 +190,12 @@ class ClientRegistry:
         storage: str = "host",
         mesh: Mesh | None = None,
     ) -> ClientRegistry:
-        """Every client starts from the same private state (METHOD.md §1: all A_c start identical), built
-        once with ``algorithm.init_private`` and repeated over the N rows of ``tasks``."""
+        """One federation (R = 1) whose clients all start from the same private state (METHOD.md
+        §1: all A_c start identical), built once with ``algorithm.init_private`` and repeated over
+        the N rows of ``tasks``."""
         n = int(np.shape(tasks.num_examples)[0])
         one = algorithm.init_private(shared, private_params)
-        private = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], n, axis=0), one)
+        private = jax.tree.map(lambda x: np.repeat(np.asarray(x)[None, None], n, axis=1), one)
         return cls(private, tasks, client_ids=client_ids, storage=storage, mesh=mesh)
 
     @classmethod
@@ -240,28 +240,22 @@ class ClientRegistry:
 
     # ---- the round's traffic ---------------------------------------------------------------------
     def _index(self, rows):
-        """The private rows of cohort rows ``[C]`` (``[R, C]``: replica r's rows of its own)."""
-        if self.replicas is None:
-            return rows
+        """The private rows of cohort rows ``[R, C]`` (replica r's rows of its own)."""
         return (np.arange(self.replicas)[:, None], rows)
 
     def _sharding(self):
-        if self.replicas is None:
-            return mesh_lib.clients_sharding(self.mesh)
-        return mesh_lib.replica_cohort_sharding(self.mesh)
+        return mesh_lib.cohort_sharding(self.mesh)
 
-    def _place(self, tree_C: PyTree) -> PyTree:
+    def _place(self, tree_RxC: PyTree) -> PyTree:
         if self.mesh is None:
-            return jax.device_put(tree_C)
-        if self.replicas is None:
-            return mesh_lib.put_cohort(tree_C, self.mesh)
-        return mesh_lib.put_replica_cohort(tree_C, self.mesh)
+            return jax.device_put(tree_RxC)
+        return mesh_lib.put_cohort(tree_RxC, self.mesh)
 
     def gather(self, ids, mask=None) -> tuple[PyTree, ClientTasks]:
-        """The cohort's ``(private_C, tasks_C)`` on device (``P("clients")`` on a mesh).
+        """The cohort's ``(private_RxC, tasks_RxC)`` on device (``P(None, "clients")`` on a mesh).
 
-        ``ids`` are this process's cohort slots (global ids; ``[R, C]`` in a sweep); slots with
-        ``mask`` False are padding: they get ``num_examples = 0``.
+        ``ids`` are this process's cohort slots of every replica (global ids ``[R, C]``); slots
+        with ``mask`` False are padding: they get ``num_examples = 0``.
         """
         rows = self.rows(ids).reshape(np.shape(ids))
         if self.storage == "host":
@@ -288,9 +282,8 @@ class ClientRegistry:
         rows = self.rows(ids).reshape(np.shape(ids))
         keep = np.ones(rows.shape, bool) if mask is None else np.asarray(mask, bool)
         if self.storage == "host":
-            axis = 0 if self.replicas is None else 1
-            values = mesh_lib.local_tree(private_C, axis) if self.mesh is not None else private_C
-            index = rows[keep] if self.replicas is None else (np.nonzero(keep)[0], rows[keep])
+            values = mesh_lib.local_tree(private_C, 1) if self.mesh is not None else private_C
+            index = (np.nonzero(keep)[0], rows[keep])
 
             def write(x, v):
                 x[index] = np.asarray(v)[keep]
@@ -314,11 +307,12 @@ class ClientRegistry:
         mask=None,
         hparams=None,
     ) -> tuple[ServerState, dict]:
-        """gather -> ``round_fn`` (``make_round_fn``'s, or ``make_replica_round_fn``'s with
-        ``replicas``) -> scatter; returns (server, metrics).
+        """gather -> ``round_fn`` (``make_replica_round_fn``'s) -> scatter; returns (server,
+        metrics).
 
-        ``batches`` are this process's slots' host arrays ``[C_local,S,B,...]`` (placed here) or
-        already-placed device arrays; ``hparams`` the swept hyperparameters (``fl.hparams``).
+        ``ids`` are ``[R, C_local]``; ``batches`` this process's slots' host arrays
+        ``[R, C_local, S, B, ...]`` (placed here) or already-placed device arrays; ``hparams`` the
+        swept hyperparameters (``fl.hparams``).
         """
         private_C, tasks_C = self.gather(ids, mask)
         if any(not isinstance(x, jax.Array) for x in jax.tree.leaves(batches)):

@@ -14,7 +14,8 @@ of a function written for ONE client:
 * ``end``: ``algorithm.end_round``, the shared deltas reduced over the client axis and the
   server optimizer's step on the pseudo-gradient ``-(mean delta)``.
 
-:func:`make_round_fn` composes them into ONE jitted call per round. Clients with fewer examples
+:func:`fl.replicas.make_replica_round_fn` composes them into ONE jitted call per round, mapped
+over the run's replica axis R (R = 1 unless a sweep asks for more). Clients with fewer examples
 are padded to the cohort's S and B; a padded example is masked out of every loss and a step with
 no real example is a no-op (params, optimizer state and schedule counter unchanged), so each
 client gets exactly the numbers it would get alone, and a segment padded with empty steps changes
@@ -22,9 +23,9 @@ nothing. Step ``i`` of a client draws its key from ``fold_in(fold_in(train_key, 
 so how the epoch is cut into segments does not change the numbers.
 
 ``hparams`` (``fl.hparams``) holds the scalar hyperparameters a sweep varies, as traced values;
-``{}`` or None (an unswept run) compiles the very program the config's constants describe. Every
-piece takes it last. The round is written for ONE federation; ``fl.replicas`` runs R of them (a
-sweep) as one program.
+``{}`` or None (nothing swept) compiles the very program the config's constants describe. Every
+piece takes it last. The round is written for ONE federation; ``fl.replicas`` is the one place
+that maps it over the replica axis.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from feddat_jax.fl.algorithms.base import ClientContext, LocalAlgorithm
 from feddat_jax.fl.state import ClientTasks, ServerState
 
 PyTree = Any
-RoundFn = Callable[..., tuple[ServerState, PyTree, dict[str, jax.Array]]]
 STEPS = "steps"  # the metric counting a client's active (non-empty) local steps
 
 
@@ -224,36 +224,3 @@ def make_round_parts(
         return server, private_C, {"clients": metrics_C, "server": agg_metrics}
 
     return RoundParts(begin, segment, end)
-
-
-def make_round_fn(
-    algorithm: LocalAlgorithm,
-    server_tx: optax.GradientTransformation,
-    aggregator: Aggregator,
-    *,
-    mesh: Mesh | None = None,
-    chunk_size: int | None = None,
-    jit: bool = True,
-) -> RoundFn:
-    """``run_round`` for one run: the whole local epoch in ONE call, jitted once (the cohort's
-    private buffers are donated). ``fl.segments.SegmentedRound`` runs the same round in pieces."""
-    parts = make_round_parts(algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size)
-
-    def run_round(
-        frozen,
-        server: ServerState,
-        private_C,
-        tasks_C: ClientTasks,
-        client_ids_C,
-        batches_CxS,
-        hparams: hparams_lib.HParams | None = None,
-    ):
-        batch_size = batches_CxS["example_mask"].shape[2]
-        local_C = parts.begin(frozen, server, private_C, tasks_C, batch_size, hparams)
-        first = jnp.zeros((), jnp.int32)
-        local_C, sums_C = parts.segment(
-            frozen, server, local_C, tasks_C, client_ids_C, batches_CxS, first, hparams
-        )
-        return parts.end(frozen, server, local_C, sums_C, tasks_C, batch_size, hparams)
-
-    return jax.jit(run_round, donate_argnums=(2,)) if jit else run_round

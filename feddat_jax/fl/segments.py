@@ -1,25 +1,23 @@
 """A round in segments: the local epoch runs as several calls of at most K local steps each.
 
-A round's inputs are ``[C, S, B, ...]``; at the paper's scale (S = 1,250 steps of ViLT-B/32 at
+A round's inputs are ``[R, C, S, B, ...]`` (R replicas, ``fl.replicas``); at the paper's scale (S = 1,250 steps of ViLT-B/32 at
 384x640) one round's images alone need ~9 GB of device memory at C = 5 and ~118 GB at C = 64.
-``SegmentedRound`` keeps only ``[C, K, B, ...]`` on device at a time:
+``SegmentedRound`` keeps only ``[R, C, K, B, ...]`` on device at a time:
 
     local_C = begin(private_C)                                  # one call
     for k in range(ceil(S / K)):                                # one call per segment
         local_C, sums_C = segment(local_C, batches of steps k*K .. k*K + K - 1)
     server, private_C, metrics = end(local_C, sums_C)           # one call: aggregate, server step
 
-Each call is ONE jitted program over the whole stacked cohort (``fl.round.make_round_parts``);
+Each call is ONE jitted program over every replica's whole cohort
+(``fl.replicas.make_replica_round_parts``);
 the local state stays on device and is donated from call to call. Every segment has the same
 shape (the last one is padded with empty steps, which are no-ops), so each program compiles once
 per run. A segment is dispatched before the previous one is waited for, so the device always has
 the next segment queued while the host prefetches the one after (``data.pipeline.Prefetcher``).
-The result equals the one-call round (``make_round_fn``) up to float reduction order
-(tests/test_segments.py); ``segment_steps = 0`` IS the one-call round.
-
-A sweep's R federations (``fl.replicas``, ``replica_layout``) run through the same class: every
-value gains a leading replica axis R (``[R, C, K, B, ...]`` segments) and the swept
-hyperparameters ``hparams`` go to every call.
+The result equals the one-call round (``make_replica_round_fn``) up to float reduction order
+(tests/test_segments.py); ``segment_steps = 0`` IS the one-call round. The swept hyperparameters
+``hparams`` (``[R]`` each, ``{}`` when none are swept) go to every call.
 """
 
 from __future__ import annotations
@@ -37,11 +35,12 @@ from jax.sharding import Mesh
 from feddat_jax.fl.aggregation import Aggregator
 from feddat_jax.fl.algorithms.base import LocalAlgorithm
 from feddat_jax.fl.replicas import make_replica_round_fn, make_replica_round_parts
-from feddat_jax.fl.round import add_sums, make_round_fn, make_round_parts
+from feddat_jax.fl.round import add_sums
 from feddat_jax.fl.state import ClientTasks, ServerState
 
 PyTree = Any
 Batches = dict[str, Any]
+_BATCH_AXIS = 3  # of a round's inputs [R, C, S, B, ...]
 
 
 def segment_windows(num_steps: int, segment_steps: int) -> list[tuple[int, int]]:
@@ -59,32 +58,12 @@ def segment_length(num_steps: int, segment_steps: int) -> int:
     return segment_windows(num_steps, segment_steps)[0][1]
 
 
-def split_epoch(batches_CxS: Batches, segment_steps: int) -> list[Batches]:
-    """A whole epoch's host batches ``[C, S, B, ...]`` cut into its segments ``[C, K, B, ...]``
-    (the last padded with empty steps). The training loop reads each segment's rows on demand
-    instead (``data.pipeline.cohort_batches(window=...)``); this is for epochs already in memory."""
-    num_steps = int(np.shape(batches_CxS["example_mask"])[1])
-    k = segment_length(num_steps, segment_steps)
-
-    def cut(x, start, stop):
-        x = np.asarray(x)
-        pad = np.zeros((x.shape[0], k - (stop - start)) + x.shape[2:], x.dtype)
-        return np.concatenate([x[:, start:stop], pad], axis=1)
-
-    return [
-        {key: cut(v, start, stop) for key, v in batches_CxS.items()}
-        for start, stop in segment_windows(num_steps, segment_steps)
-    ]
-
-
 class SegmentedRound:
     """Runs a round as begin / segments / end (``segment_steps`` > 0) or as one call (0).
 
     Args:
-      algorithm, server_tx, aggregator, mesh, chunk_size: as ``fl.round.make_round_fn``.
+      algorithm, server_tx, aggregator, mesh, chunk_size: as ``fl.replicas.make_replica_round_fn``.
       segment_steps: K, the most local steps per call; 0 = the whole epoch in one call.
-      replica_layout: None for one federation; a ``fl.replicas.LAYOUTS`` name for a sweep's R
-        federations stacked on a leading replica axis.
     """
 
     def __init__(
@@ -96,26 +75,14 @@ class SegmentedRound:
         segment_steps: int = 0,
         mesh: Mesh | None = None,
         chunk_size: int | None = None,
-        replica_layout: str | None = None,
     ):
         if segment_steps < 0:
             raise ValueError(f"segment_steps={segment_steps} must be >= 0 (0 = one call per round)")
         self.segment_steps = int(segment_steps)
         self._args = (algorithm, server_tx, aggregator)
-        self._kwargs = {"mesh": mesh, "chunk_size": chunk_size, "replica_layout": replica_layout}
-        # the batch axis of the inputs: [C, S, B, ...], or [R, C, S, B, ...] for replicas
-        self._batch_axis = 2 if replica_layout is None else 3
-        if replica_layout is None:
-            parts = make_round_parts(
-                algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size
-            )
-            self.round_fn = make_round_fn(
-                algorithm, server_tx, aggregator, mesh=mesh, chunk_size=chunk_size
-            )
-        else:
-            kwargs = {"mesh": mesh, "chunk_size": chunk_size, "layout": replica_layout}
-            parts = make_replica_round_parts(algorithm, server_tx, aggregator, **kwargs)
-            self.round_fn = make_replica_round_fn(algorithm, server_tx, aggregator, **kwargs)
+        self._kwargs = {"mesh": mesh, "chunk_size": chunk_size}
+        parts = make_replica_round_parts(algorithm, server_tx, aggregator, **self._kwargs)
+        self.round_fn = make_replica_round_fn(algorithm, server_tx, aggregator, **self._kwargs)
         # the cohort's private state, then the local state, are donated from call to call
         self.begin_fn = jax.jit(parts.begin, static_argnames="batch_size", donate_argnums=(2,))
         self.segment_fn = jax.jit(parts.segment, donate_argnums=(2,))
@@ -131,49 +98,49 @@ class SegmentedRound:
         return segment_windows(num_steps, self.segment_steps)
 
     def lower(
-        self, frozen, server, private_C, tasks_C, client_ids_C, batches_CxK, hparams=None
+        self, frozen, server, private_RxC, tasks_RxC, client_ids_RxC, batches_RxCxK, hparams=None
     ) -> dict[str, jax.stages.Lowered]:
         """Ahead-of-time: this round's programs lowered for these shapes (arguments may be
-        ``jax.ShapeDtypeStruct`` s; ``batches_CxK`` is one segment's, or the epoch's with
+        ``jax.ShapeDtypeStruct`` s; ``batches_RxCxK`` is one segment's, or the epoch's with
         ``segment_steps`` 0). Compile them (e.g. in threads) and pass them to :meth:`install`."""
-        extra, kw = _hparams_args(hparams, self._kwargs["replica_layout"])
+        hparams = hparams or {}
         if not self.segment_steps:
             return {
                 "round": self.round_fn.lower(
-                    frozen, server, private_C, tasks_C, client_ids_C, batches_CxK, *extra
+                    frozen, server, private_RxC, tasks_RxC, client_ids_RxC, batches_RxCxK, hparams
                 )
             }
-        batch_size = int(batches_CxK["example_mask"].shape[self._batch_axis])
-        local_C = jax.eval_shape(
-            lambda *a: self.begin_fn(*a, batch_size=batch_size, **kw),
+        batch_size = int(batches_RxCxK["example_mask"].shape[_BATCH_AXIS])
+        local_RxC = jax.eval_shape(
+            lambda *a: self.begin_fn(*a, batch_size=batch_size, hparams=hparams),
             frozen,
             server,
-            private_C,
-            tasks_C,
+            private_RxC,
+            tasks_RxC,
         )
         first = np.int32(0)
-        _, sums_C = jax.eval_shape(
+        _, sums_RxC = jax.eval_shape(
             self.segment_fn,
             frozen,
             server,
-            local_C,
-            tasks_C,
-            client_ids_C,
-            batches_CxK,
+            local_RxC,
+            tasks_RxC,
+            client_ids_RxC,
+            batches_RxCxK,
             first,
-            *extra,
+            hparams,
         )
         with _donation_where_it_fits():
             return {
                 "begin": self.begin_fn.lower(
-                    frozen, server, private_C, tasks_C, batch_size=batch_size, **kw
+                    frozen, server, private_RxC, tasks_RxC, batch_size=batch_size, hparams=hparams
                 ),
                 "segment": self.segment_fn.lower(
-                    frozen, server, local_C, tasks_C, client_ids_C, batches_CxK, first, *extra
+                    frozen, server, local_RxC, tasks_RxC, client_ids_RxC, batches_RxCxK, first, hparams
                 ),
-                "add": self.add_fn.lower(sums_C, sums_C),
+                "add": self.add_fn.lower(sums_RxC, sums_RxC),
                 "end": self.end_fn.lower(
-                    frozen, server, local_C, sums_C, tasks_C, batch_size=batch_size, **kw
+                    frozen, server, local_RxC, sums_RxC, tasks_RxC, batch_size=batch_size, hparams=hparams
                 ),
             }
 
@@ -192,59 +159,49 @@ class SegmentedRound:
         self,
         frozen: PyTree,
         server: ServerState,
-        private_C: PyTree,
-        tasks_C: ClientTasks,
-        client_ids_C,
+        private_RxC: PyTree,
+        tasks_RxC: ClientTasks,
+        client_ids_RxC,
         segments: Iterable[Batches],
         on_segment: Callable[[int], None] | None = None,
         hparams: PyTree = None,
     ) -> tuple[ServerState, PyTree, dict]:
-        """One round. ``segments`` yields each window's batches ``[C, K, B, ...]`` in order (one
-        ``[C, S, B, ...]`` batch when ``segment_steps`` is 0); it is asked for segment k + 1 once
+        """One round. ``segments`` yields each window's batches ``[R, C, K, B, ...]`` in order (one
+        ``[R, C, S, B, ...]`` batch when ``segment_steps`` is 0); it is asked for segment k + 1 once
         k is dispatched and k - 1 has finished, so inputs do not pile up on the device however
         fast the host is. ``on_segment(k)`` is called once segment k has finished (progress).
-        ``hparams``: the swept hyperparameters (``fl.hparams``; ``[R]`` each for replicas)."""
-        extra, kw = _hparams_args(hparams, self._kwargs["replica_layout"])
+        ``hparams``: the swept hyperparameters (``fl.hparams``: ``[R]`` each)."""
+        hparams = hparams or {}
         if not self.segment_steps:
             (batches,) = list(segments)
-            out = self.round_fn(frozen, server, private_C, tasks_C, client_ids_C, batches, *extra)
+            out = self.round_fn(frozen, server, private_RxC, tasks_RxC, client_ids_RxC, batches, hparams)
             if on_segment is not None:
                 jax.block_until_ready(out[0].round)
                 on_segment(0)
             return out
-        local_C = sums_C = pending = batch_size = None
+        local_RxC = sums_RxC = pending = batch_size = None
         for k, batches in enumerate(segments):
-            if local_C is None:
-                batch_size = int(np.shape(batches["example_mask"])[self._batch_axis])
+            if local_RxC is None:
+                batch_size = int(np.shape(batches["example_mask"])[_BATCH_AXIS])
                 with _donation_where_it_fits():
-                    local_C = self.begin_fn(
-                        frozen, server, private_C, tasks_C, batch_size=batch_size, **kw
+                    local_RxC = self.begin_fn(
+                        frozen, server, private_RxC, tasks_RxC, batch_size=batch_size, hparams=hparams
                     )
             first_step = np.int32(k * self.segment_steps)
-            local_C, seg_sums = self.segment_fn(
-                frozen, server, local_C, tasks_C, client_ids_C, batches, first_step, *extra
+            local_RxC, seg_sums = self.segment_fn(
+                frozen, server, local_RxC, tasks_RxC, client_ids_RxC, batches, first_step, hparams
             )
-            sums_C = seg_sums if sums_C is None else self.add_fn(sums_C, seg_sums)
+            sums_RxC = seg_sums if sums_RxC is None else self.add_fn(sums_RxC, seg_sums)
             if pending is not None:  # k is queued behind k - 1: wait for k - 1 only (inputs on
                 _finished(pending, on_segment)  # device: k - 1, k and the one prefetched next)
             pending = (k, seg_sums)
-        if local_C is None:
+        if local_RxC is None:
             raise ValueError("SegmentedRound: a round needs at least one segment of batches")
         _finished(pending, on_segment)
         with _donation_where_it_fits():
             return self.end_fn(
-                frozen, server, local_C, sums_C, tasks_C, batch_size=batch_size, **kw
+                frozen, server, local_RxC, sums_RxC, tasks_RxC, batch_size=batch_size, hparams=hparams
             )
-
-
-def _hparams_args(hparams, replica_layout: str | None) -> tuple[tuple, dict]:
-    """How the calls pass ``hparams``: (positional extra, keyword extra). Nothing for a plain
-    run without swept values (its programs keep their signature, e.g. for ``install``); the
-    replica round always takes them (``{}`` when only seeds are swept)."""
-    if not hparams and replica_layout is None:
-        return (), {}
-    hparams = hparams or {}
-    return (hparams,), {"hparams": hparams}
 
 
 @contextlib.contextmanager

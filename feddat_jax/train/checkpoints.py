@@ -30,6 +30,7 @@ import re
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,23 +213,30 @@ class RoundCheckpointer:
                 if got != self.config_fp:
                     raise self._mismatch(step, "a different config or data")
 
-    def restore_latest(self, target: PyTree) -> tuple[int, PyTree, dict] | None:
+    def restore_latest(
+        self, target: PyTree, older: tuple[PyTree, Callable[[PyTree], PyTree]] | None = None
+    ) -> tuple[int, PyTree, dict] | None:
         """``(round, state, meta)`` of the newest whole checkpoint, or None for a fresh workdir.
 
-        ``target`` is a state of the right structure (typed keys are converted back). If any
-        checkpoint belongs to another experiment, :class:`CheckpointMismatchError` is raised before
-        anything is touched; a damaged one is moved aside with one warning line.
+        ``target`` is a state of the right structure (typed keys are converted back). ``older``
+        is an earlier layout of the same state that still loads: ``(its target, a function
+        turning it into target's layout)`` (the run's state before every run had a replica
+        axis). If any checkpoint belongs to another experiment, :class:`CheckpointMismatchError`
+        is raised before anything is touched; a damaged one is moved aside with one warning line.
         """
-        want = self.fingerprint(target)
+        layouts = {self.fingerprint(target): (target, lambda state: state)}
+        if older is not None:
+            layouts.setdefault(self.fingerprint(older[0]), older)
         metas = self.read_metas()
         self.check_config(metas)
         for step, meta in metas.items():
-            if meta is not None and meta.get("fingerprint") != want:
+            if meta is not None and meta.get("fingerprint") not in layouts:
                 raise self._mismatch(step, "another state layout (parameter shapes or dtypes)")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_savable(target))
         for step, meta in metas.items():
             restored, problem = None, "its meta record is unreadable"
+            layout, upgrade = layouts[meta["fingerprint"]] if meta else (target, None)
             if meta is not None:
+                abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_savable(layout))
                 try:
                     with quiet_logging():
                         restored = self.manager.restore(
@@ -237,7 +245,7 @@ class RoundCheckpointer:
                 except Exception as err:  # orbax raises many types for a damaged folder
                     problem = _first_line(err)
             if _all_agree(restored is not None):
-                state = jax.tree.map(_restore_leaf, target, restored["state"])
+                state = upgrade(jax.tree.map(_restore_leaf, layout, restored["state"]))
                 return step, state, meta
             self._set_aside(step, problem)
         return None

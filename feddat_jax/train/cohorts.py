@@ -4,8 +4,9 @@ A round's cohort is a function of (seed, round) alone (``fl.sampling``, ``fl.dis
 with ``dp.sampling="poisson"`` a Poisson draw), and so is its data order
 (``data.pipeline.cohort_batches``, read one segment of the epoch at a time): a resumed run
 rebuilds exactly what the uninterrupted one saw.
-In a sweep every replica draws with its own seed; all replicas' cohorts are padded to ONE static
-size, so the replica round compiles once, and their batches are stacked ``[R, C, ...]``.
+Every replica (``train.sweep``; one unless a sweep asks for more) draws with its own seed; all
+replicas' cohorts are padded to ONE static size, so the replica round compiles once, and their
+batches are stacked ``[R, C, ...]``.
 
 Padded slots repeat a real client's id and carry ``mask`` False: the registry gives them
 ``num_examples = 0`` and the batches an all-zero ``example_mask``, so they train nothing and
@@ -70,9 +71,7 @@ class CohortPlanner:
         return ids, masks, distributed.local_slots(self.mesh, len(ids[0]))
 
     def place(self, tree_local: PyTree, cohort_size: int) -> PyTree:
-        """This process's cohort values (``[R, C_local, ...]`` in a sweep) on the mesh."""
-        if self.exp.sweep.stacked:
-            return mesh_lib.put_replica_cohort(tree_local, self.mesh, cohort_size)
+        """This process's cohort values ``[R, C_local, ...]`` on the mesh."""
         return mesh_lib.put_cohort(tree_local, self.mesh, cohort_size)
 
     def segment_batches(self, key: tuple[int, int], windows: list[tuple[int, int]]) -> PyTree:

@@ -3,10 +3,10 @@
 This is the only place where the config's names meet the library's objects, so a wrong key or
 value fails here, before any compute, with a message that names it.
 
-A config with a sweep (``train.sweep``) builds R replicas of the federation: the server state,
-every client's private state and the swept hyperparameters gain a leading replica axis R, and the
-round and evaluation functions are ``fl.replicas``' (one program for all R); the frozen backbone
-is built and placed once.
+Every run builds R replicas of the federation (``train.sweep``; R = 1 unless the config sweeps
+seeds or hyperparameters): the server state, every client's private state and the swept
+hyperparameters have a leading replica axis R, and the round and evaluation functions are
+``fl.replicas``' (one program for all R); the frozen backbone is built and placed once.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ from feddat_jax.fl import sampling as sampling_lib
 from feddat_jax.fl.accounting import PrivacyAccountant
 from feddat_jax.fl.aggregation import Aggregator, MeanAggregator
 from feddat_jax.fl.algorithms import LocalAlgorithm
-from feddat_jax.fl.evaluation import make_eval_fn
 from feddat_jax.fl.privacy import make_dp_aggregator
-from feddat_jax.fl.replicas import DEFAULT_LAYOUT, make_replica_eval_fn, stack_replicas
+from feddat_jax.fl.replicas import make_replica_eval_fn, stack_replicas
 from feddat_jax.fl.segments import SegmentedRound
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
@@ -70,24 +69,22 @@ class Experiment:
     tasks: ClientTasks  # [N]
     algorithm: LocalAlgorithm
     frozen: PyTree  # placed on the mesh (replicated, or split over "model")
-    server: ServerState  # the initial server state, replicated on the mesh ([R, ...] in a sweep)
-    private_N: PyTree  # every client's initial private state, host numpy [N, ...] ([R, N, ...])
-    # the round: config.segment_steps steps per call (0 = all); a sweep's is the replica round
-    segmented_round: SegmentedRound
-    eval_fn: Any  # make_eval_fn (a sweep: make_replica_eval_fn)
+    server: ServerState  # the initial server state [R, ...], replicated on the mesh
+    private_N: PyTree  # every client's initial private state, host numpy [R, N, ...]
+    segmented_round: SegmentedRound  # the round: config.segment_steps steps per call (0 = all)
+    eval_fn: Any  # make_replica_eval_fn
     param_share: communication.ParameterShare
-    accountant: PrivacyAccountant | None  # (a sweep: replica 0's; every replica's in accountants)
+    accountants: list[PrivacyAccountant | None]  # per replica (None: no DP)
     # ALBEF: every client's answer list [N, A, La] (registry.answer_lists); {} for ViLT
     answers_N: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     mesh: Mesh | None = None  # the ("clients", "model") mesh the run is placed on
     strategy: str = "vmap"  # the resolved config.strategy
     sweep: Sweep = dataclasses.field(default_factory=Sweep)  # the replicas (R = 1 unswept)
     hparams: dict[str, jax.Array] = dataclasses.field(default_factory=dict)  # swept scalars [R]
-    accountants: list[PrivacyAccountant | None] | None = None  # per replica (a sweep)
 
     @property
     def round_fn(self):
-        """The one-call round (``make_round_fn``): the whole local epoch in one jitted call."""
+        """The one-call round (``make_replica_round_fn``): the whole local epoch in one call."""
         return self.segmented_round.round_fn
 
     @property
@@ -127,7 +124,7 @@ class Experiment:
         return scores.client_tags(self.test_store, client_ids)
 
     def accountant_of(self, replica: int) -> PrivacyAccountant | None:
-        return self.accountants[replica] if self.accountants else self.accountant
+        return self.accountants[replica]
 
     def with_answer_lists(self, batch: dict[str, np.ndarray], client_ids) -> dict[str, np.ndarray]:
         """A pipeline batch [C, S, B, ...] of these clients plus what the backbone needs per client
@@ -231,16 +228,8 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         aggregator,
         segment_steps=config.segment_steps,
         mesh=mesh,
-        replica_layout=DEFAULT_LAYOUT if sweep.stacked else None,
         **placement,
     )
-    if sweep.stacked:
-        eval_fn = make_replica_eval_fn(algorithm, mesh=mesh, **placement)
-        server = stack_replicas(servers)
-        private_N = jax.tree.map(lambda *xs: np.stack(xs), *privates)
-    else:
-        eval_fn = make_eval_fn(algorithm, mesh=mesh, **placement)
-        server, private_N = servers[0], privates[0]
     return Experiment(
         config=config,
         method=method,
@@ -250,18 +239,17 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         tasks=tasks,
         algorithm=algorithm,
         frozen=mesh_lib.put_frozen(frozen, mesh, config.mesh.shard_frozen),
-        server=mesh_lib.put_replicated(server, mesh),
-        private_N=private_N,
+        server=mesh_lib.put_replicated(stack_replicas(servers), mesh),
+        private_N=jax.tree.map(lambda *xs: np.stack(xs), *privates),
         segmented_round=segmented_round,
-        eval_fn=eval_fn,
+        eval_fn=make_replica_eval_fn(algorithm, mesh=mesh, **placement),
         param_share=param_share,
-        accountant=parts[0][3],
+        accountants=[p[3] for p in parts],
         answers_N=answers_N,
         mesh=mesh,
         strategy=strategy,
         sweep=sweep,
         hparams=mesh_lib.put_replicated(sweep.hparams(), mesh),
-        accountants=[p[3] for p in parts] if sweep.stacked else None,
     )
 
 
@@ -296,7 +284,7 @@ def replica_parts(
         )
         aggregator, accountant = build_aggregation(config, num_clients)
     except ValueError as err:
-        if not sweep.stacked:
+        if not sweep.swept:
             raise
         values = {f: _get(config, f) for f in sweep.fields}
         raise SweepConfigError(f"config.sweep: the replica with {values}: {err}") from err
@@ -374,6 +362,3 @@ def algorithm_options(config: ml_collections.ConfigDict, method: methods.Method)
     opts["reset_optimizer_each_round"] = config.reset_optimizer_each_round
     return opts
 
-
-def workdir_for(config: ml_collections.ConfigDict, root: str | Path) -> Path:
-    return Path(root) / config.method

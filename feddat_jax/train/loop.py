@@ -172,13 +172,12 @@ def host_rows(tree: PyTree) -> PyTree:
 
 
 def all_clients(registry: ClientRegistry, num_clients: int) -> PyTree:
-    """Every registered client's private state as host numpy ``[N, ...]`` (``[R, N, ...]`` in a
-    sweep), on every process (a multi-process run gathers the processes' blocks: fine for the
+    """Every registered client's private state as host numpy ``[R, N, ...]``, on every process (a multi-process run gathers the processes' blocks: fine for the
     small N of one host's memory)."""
     local = registry.states().private
     if jax.process_count() == 1:
         return local
-    axis = 0 if registry.replicas is None else 1
+    axis = 1  # the clients axis of [R, N, ...]
     blocks = distributed.client_blocks(num_clients)
     sizes, most = np.diff(blocks), int(np.max(np.diff(blocks)))
 
@@ -195,6 +194,14 @@ def all_clients(registry: ClientRegistry, num_clients: int) -> PyTree:
         ),
         stacked,
     )
+
+
+def _without_replica_axis(state: PyTree) -> tuple[PyTree, Any] | None:
+    """The layout of a checkpoint written before every run had a replica axis (an unswept run's
+    state had none), and how to add the axis back; None for R > 1 (a sweep always had it)."""
+    if jax.tree.leaves(state)[0].shape[0] != 1:
+        return None
+    return jax.tree.map(lambda x: x[0], state), lambda old: jax.tree.map(lambda x: x[None], old)
 
 
 class _HistoryOnly:
@@ -232,7 +239,8 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = RoundCheckpointer(workdir / "checkpoints", exp.run_fingerprint())
     server, private_N, history = exp.server, exp.private_N, []
-    restored = ckpt.restore_latest({"server": server, "private": private_N})
+    state = {"server": server, "private": private_N}
+    restored = ckpt.restore_latest(state, older=_without_replica_axis(state))
     if restored is not None:
         start, state, meta = restored
         server = mesh_lib.put_replicated(state["server"], mesh)
@@ -257,9 +265,8 @@ def train(
     # This process's clients (all of them in one process), in a fresh registry per call: the
     # host copy is the registry's own (it writes the cohort's rows in place).
     owned = distributed.owned_clients(n)
-    axis = 1 if sweep.stacked else 0
     own = (
-        jax.tree.map(lambda x: np.array(np.take(np.asarray(x), owned, axis)), private_N),
+        jax.tree.map(lambda x: np.array(np.take(np.asarray(x), owned, 1)), private_N),
         jax.tree.map(lambda x: np.array(np.asarray(x)[owned]), exp.tasks),
     )
     storage = client_storage(cfg.client_storage, sum(x.nbytes for x in jax.tree.leaves(own)), mesh)
@@ -269,7 +276,6 @@ def train(
         client_ids=owned,
         storage=storage,
         mesh=mesh,
-        replicas=sweep.size if sweep.stacked else None,
     )
     planner = CohortPlanner(exp)
 
@@ -300,7 +306,7 @@ def train(
         ids, mask, mine = eval_chunks[i]
         real = ids[mine][mask[mine]]
         batch = pad_batches(exp.eval_batches(real), len(ids[mine]))
-        return mesh_lib.put_cohort(batch, mesh, len(ids))
+        return mesh_lib.put_clients(batch, mesh, len(ids))
 
     def evaluate(round_start_shared) -> list[Record]:
         """One record per replica: its per-client, per-group and per-question-type scores."""
@@ -342,13 +348,13 @@ def train(
         comm_totals[int(record.get("replica", 0))] = record["comm/bytes_cumulative"]
     budget = CommunicationBudget(cfg.comm_max_bytes or None)
     shared_shapes = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape[axis:], x.dtype), server.shared
+        lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), server.shared
     )
     bar = tqdm(
         total=cfg.rounds * static_steps,
         initial=start * static_steps,
         unit="step",
-        desc=cfg.method + (f" x{sweep.size}" if sweep.stacked else ""),
+        desc=cfg.method + (f" x{sweep.size}" if sweep.swept else ""),
         disable=not (show_progress and primary),
         dynamic_ncols=True,
     )
@@ -415,7 +421,7 @@ def train(
                     "clients": {k: v[masks[i]] for k, v in clients_R[i].items()},
                     "server": server_R[i],
                 }
-                where = f" (replica {i}: {sweep.label(i)})" if sweep.stacked else ""
+                where = f" (replica {i}: {sweep.label(i)})" if sweep.swept else ""
                 check_finite(m["clients"], cohorts[i], exp.client_names, r + 1, where)
                 comm_totals[i] += traffic[i].total_bytes
                 record = round_record(exp, r, cohorts[i], m, seconds, i)

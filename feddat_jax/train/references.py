@@ -63,10 +63,9 @@ def run_reference(name: str, config: ml_collections.ConfigDict, workdir: Path) -
 
 
 def reference_seeds(config: ml_collections.ConfigDict) -> list[int]:
-    """The seeds a seed-dependent reference runs with: the sweep's distinct seeds in order, or
-    ``config.seed`` without a sweep."""
-    sweep = sweep_from_config(config)
-    return list(dict.fromkeys(sweep.seeds(config))) if sweep.stacked else [int(config.seed)]
+    """The seeds a seed-dependent reference runs with: the sweep's distinct seeds in order
+    (``config.seed`` when no seed is swept)."""
+    return list(dict.fromkeys(sweep_from_config(config).seeds(config)))
 
 
 def _centralized(config: ml_collections.ConfigDict, seed: int, workdir: Path) -> list[Record]:

@@ -72,7 +72,7 @@ def run_method(
         sweep = experiment.sweep
         announce(
             f"== {config.method}: {len(experiment.client_names)} clients, {config.rounds} rounds"
-            + (f", {sweep.size} replicas in one program" if sweep.stacked else "")
+            + (f", {sweep.size} replicas in one program" if sweep.swept else "")
             + f" -> {workdir} (mesh {dict(mesh.shape)} over {jax.process_count()} "
             f"process(es), strategy {experiment.strategy})"
         )

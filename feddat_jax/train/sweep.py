@@ -1,5 +1,7 @@
 """Sweeps: R federations of ONE method (seeds × scalar hyperparameters) trained as ONE program.
 
+Every run is a sweep: one that sweeps nothing is R = 1, trained by the same program and loop.
+
     python launch.py --config configs/demo.py --workdir runs/s --config.sweep.seed='(0,1,2)'
     python launch.py ... --config.sweep.seed='(0,1,2)' --config.sweep.optim.learning_rate='(1e-3,3e-4)'
 
@@ -42,15 +44,17 @@ class SweepConfigError(ConfigError):
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    """The replicas of one method's run: R settings of the swept fields.
-
-    ``stacked`` is False when nothing is swept: one federation, no replica axis anywhere (the
-    program, the state and the outputs are exactly those of a plain run).
-    """
+    """The replicas of one method's run: R settings of the swept fields (R = 1, no fields, when
+    nothing is swept). The state always has the replica axis; only what a person reads (metrics
+    rows, TensorBoard runs, labels) leaves out the replica of a run that sweeps nothing."""
 
     fields: tuple[str, ...] = ()
     values: tuple[tuple[Any, ...], ...] = ((),)
-    stacked: bool = False
+
+    @property
+    def swept(self) -> bool:
+        """Whether the config sweeps anything (then rows and labels name each replica)."""
+        return bool(self.fields)
 
     @property
     def size(self) -> int:
@@ -86,9 +90,8 @@ class Sweep:
         return out
 
     def hparams(self) -> dict[str, np.ndarray]:
-        """The swept scalars as float32 ``[R]`` (``{}`` unswept: nothing is traced)."""
-        if not self.stacked:
-            return {}
+        """The swept scalars as float32 ``[R]`` (``{}`` when none is swept: nothing is traced, the
+        config's constants are compiled in)."""
         return {
             f: np.asarray([self.setting(r)[f] for r in range(self.size)], np.float32)
             for f in self.hparam_fields
@@ -100,8 +103,8 @@ class Sweep:
 
     def run_names(self) -> list[str] | None:
         """One TensorBoard run name per replica (``seed=1,optim.learning_rate=0.001``); None
-        unswept (one run)."""
-        if not self.stacked:
+        when nothing is swept (one run)."""
+        if not self.swept:
             return None
         return [self.label(r).replace(" ", ",") for r in range(self.size)]
 
@@ -111,21 +114,17 @@ class Sweep:
 
     def row_fields(self, config: ml_collections.ConfigDict, r: int) -> dict[str, Any]:
         """What every metrics row of replica r carries: ``replica``, ``seed`` and the swept
-        values (nothing unswept)."""
-        if not self.stacked:
+        values (nothing when nothing is swept)."""
+        if not self.swept:
             return {}
         return {"replica": r, SEED: self.seed(config, r), **self.setting(r)}
 
     # ---- the replica axis on the host side -------------------------------------------------------
     def stack(self, per_replica: list[PyTree]) -> PyTree:
-        """Host values of every replica -> one value with a leading R axis (unswept: the value)."""
-        if not self.stacked:
-            return per_replica[0]
+        """Host values of every replica -> one value with a leading R axis."""
         return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *per_replica)
 
     def unstack(self, tree: PyTree) -> list[PyTree]:
-        if not self.stacked:
-            return [tree]
         return [jax.tree.map(lambda x, r=r: x[r], tree) for r in range(self.size)]
 
 
@@ -211,4 +210,4 @@ def sweep_from_config(config: ml_collections.ConfigDict, method=None) -> Sweep:
                 f"same number of values; got {lengths}"
             )
         combos = list(zip(*(swept[p] for p in order)))
-    return Sweep(tuple(order), tuple(combos), True)
+    return Sweep(tuple(order), tuple(combos))

@@ -142,7 +142,7 @@ def _sweep(config: ml_collections.ConfigDict, names: list[str]) -> None:
     for method in names:
         method_config = with_method(config, method)
         sweep = sweep_from_config(method_config, methods_lib.get_method(method))
-        if not sweep.stacked:
+        if not sweep.swept:
             continue
         for r in range(sweep.size):
             try:
