@@ -111,16 +111,17 @@ def test_eval_fn_scores_every_client_for_every_feddat_variant(experiment):
     assert set(flatten(exp.server.shared)) and all(
         "/adapter_shared/" in p for p in flatten(exp.server.shared)
     )
-    scores = jax.device_get(
-        exp.eval_fn(
+    scores_R = jax.device_get(
+        exp.eval_fn(  # every value on the replica axis (R = 1) but the shared test data
             exp.frozen,
             exp.server.shared,
             exp.server.shared,
             exp.private_N,
-            exp.tasks,
+            jax.tree.map(lambda x: x[None], exp.tasks),
             exp.eval_batches(np.arange(len(exp.client_names))),
         )
     )
+    scores = {variant: values[0] for variant, values in scores_R.items()}
     assert set(scores) == {"dat", "client", "shared"}
     rows = exp.eval_rows(np.arange(len(exp.client_names)))
     for variant, per_example in scores.items():
@@ -192,7 +193,7 @@ def test_checkpoint_and_tokenizer_load_through_build_experiment(experiment, cach
     frozen = flatten(exp.frozen)
     head = flatten({"head": exp.private_N["params"]["head"]})
     for path, value in want.items():
-        got = frozen[path] if path in frozen else head[path][0]
+        got = frozen[path] if path in frozen else head[path][0][0]  # replica 0, client 0
         np.testing.assert_array_equal(np.asarray(got), value, err_msg=path)
     assert not any(
         np.allclose(np.asarray(v), flatten(saved)[p]) for p, v in flatten(exp.server.shared).items()

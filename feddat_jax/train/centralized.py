@@ -113,7 +113,9 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
     )
     epoch_fn, tx = make_epoch_fn(exp, epochs * steps_per_epoch)
     # host copies: the epoch function donates its state, and the experiment's arrays stay intact
-    trainable = jax.device_get((exp.server.shared, exp.private_N["params"]))
+    # the one adapter and N heads start from replica 0 of the experiment's initial state
+    initial = (exp.server.shared, exp.private_N["params"])
+    trainable = jax.device_get(jax.tree.map(lambda x: x[0], initial))
     state = {"trainable": trainable, "opt": tx.init(trainable), "tick": jnp.zeros((), jnp.int32)}
     # the schedule spans the whole run, so unlike a method's, the number of epochs changes the
     # numbers: it is part of the fingerprint
@@ -142,14 +144,11 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
         }
         if (e + 1) % cfg.eval_every == 0 or e + 1 == epochs:
             shared, heads_N = state["trainable"]
-            scores = exp.eval_fn(
-                exp.frozen,
-                shared,
-                shared,
-                {"params": heads_N},
-                exp.tasks,
-                exp.eval_batches(all_ids),
+            replica = jax.tree.map(lambda x: x[None], (shared, {"params": heads_N}, exp.tasks))
+            scores_R = exp.eval_fn(  # the evaluation of one replica (R = 1)
+                exp.frozen, replica[0], replica[0], replica[1], replica[2], exp.eval_batches(all_ids)
             )
+            scores = jax.tree.map(lambda x: x[0], scores_R)
             record.update(eval_record(exp, scores, all_ids))
         writer.write(record)
         if (e + 1) % cfg.checkpoint_every == 0 or e + 1 == epochs:
