@@ -20,7 +20,7 @@ GOLDEN = Path(__file__).parent / "data" / "unswept_golden.json"
 
 
 def smoke(method: str, rounds: int):
-    """The settings tests/data/unswept_golden.json was recorded with (commit 5aae23a, the last
+    """The settings tests/data/unswept_golden.json was recorded with (commit 3303db9, the last
     one whose unswept runs had no replica axis)."""
     c = config_from_file("configs/demo.py:smoke")
     c.method, c.rounds, c.clients_per_round, c.segment_steps = method, rounds, 2, 2
