@@ -16,6 +16,7 @@ import numpy as np
 from feddat_jax.train import plots, stats
 from feddat_jax.train.metrics import Record
 from feddat_jax.train.scores import GROUPS
+from feddat_jax.train.sweep import sweep_from_config
 
 # Up to this many clients the table shows a column per client; beyond, results.txt does.
 MAX_CLIENT_COLUMNS = 6
@@ -151,16 +152,36 @@ def format_table(
     return "\n".join(lines)
 
 
-def write_report(runs: dict[str, list[Record]], clients: list[str], workdir: str | Path) -> str:
-    """Write ``results.json``, ``results.txt``, ``scores.png`` and ``communication.png``; return
-    the table text."""
+def plot_title(config, num_clients: int) -> str:
+    """The plots' title: the benchmark, the backbone and what every row shares, e.g.
+    ``domain benchmark (embedded), 12 clients, tiny_vilt: 20 rounds, batch 8, lr 0.001, 3 seeds``
+    (a swept field is left out: the legend names it)."""
+    data, model, sweep = config.data, config.model, sweep_from_config(config)
+    backbone = Path(model.checkpoint).name if model.checkpoint else f"{model.size} {model.name}"
+    shared = [f"{config.rounds} round{'s' if config.rounds > 1 else ''}"]
+    shared += [f"batch {config.batch_size}"]
+    if "optim.learning_rate" not in sweep.fields:
+        shared += [f"lr {config.optim.learning_rate:g}"]
+    seeds = len(set(sweep.seeds(config)))
+    shared += [f"{seeds} seeds"] if seeds > 1 else []
+    return (
+        f"{data.family} benchmark ({data.source}), {num_clients} clients, {backbone}: "
+        + ", ".join(shared)
+    )
+
+
+def write_report(
+    runs: dict[str, list[Record]], clients: list[str], workdir: str | Path, title: str = ""
+) -> str:
+    """Write ``results.json``, ``results.txt``, ``scores.png`` and ``communication.png`` (titled
+    ``title``, e.g. :func:`plot_title`); return the table text."""
     workdir = Path(workdir)
     scores = final_scores(runs, clients)
     (workdir / "results.json").write_text(json.dumps(scores, indent=2))
     groups = setting_groups(runs)
     variants = {name: s["variant"] for name, s in scores.items()}
-    plots.plot_scores(groups, clients, workdir / "scores.png", variants)
-    plots.plot_communication(groups, workdir / "communication.png", variants)
+    plots.plot_scores(groups, clients, workdir / "scores.png", variants, title)
+    plots.plot_communication(groups, workdir / "communication.png", variants, title)
     table = format_table(scores, clients)
     per_client = format_table(scores, clients, max_client_columns=len(clients))
     (workdir / "results.txt").write_text(table + "\n\nper client:\n" + per_client + "\n")

@@ -24,7 +24,7 @@ from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.train import workdir as workdir_lib
 from feddat_jax.train.interrupt import StopRequest
 from feddat_jax.train.references import run_reference
-from feddat_jax.train.report import write_report
+from feddat_jax.train.report import plot_title, write_report
 from feddat_jax.train.runs import run_method
 from feddat_jax.train.validate import run_methods, run_references, validate_config, with_method
 
@@ -120,7 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest | No
         raise RunInterrupted(pending[0], 0)
     if not primary:
         return ""
-    table = write_report(runs, clients, workdir)
+    table = write_report(runs, clients, workdir, plot_title(config, len(clients)))
     print(table)
     print(
         f"\nresults: {workdir / 'results.json'}; plots: {workdir / 'scores.png'}, "
