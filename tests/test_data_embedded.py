@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from feddat_jax.data import embedded
-from feddat_jax.data.embedded import GENERATORS, load_or_build, make_benchmark
+from feddat_jax.data.embedded import GENERATORS, make_benchmark
 from feddat_jax.data.embedded_families import FAMILIES, KINDS, family_clients
 from feddat_jax.data.embedded_lexicon import (
     CONVENTIONS,
@@ -318,21 +318,6 @@ def test_statement_labels_are_balanced_in_every_type_and_group():
                 assert len(labels) > 0.7 * len(of_type) / len(halves), (c.name, qtype, group)
                 assert set(counts) == set(c.answers), (c.name, qtype, group, counts)
                 assert min(counts.values()) > 0.6 * uniform, (c.name, qtype, group, counts)
-
-
-def test_load_or_build_reuses_the_cache(tmp_path, monkeypatch):
-    kw = dict(num_clients=2, train_per_client=4, test_per_client=2, image_size=32)
-    first = load_or_build("task", tmp_path, **kw)
-    monkeypatch.setattr(embedded, "make_benchmark", lambda *a, **k: pytest.fail("rebuilt"))
-    again = load_or_build("task", tmp_path, **kw)
-    assert again == first
-    assert embedded.cache_path("task", tmp_path, **{**kw, "train_per_client": 5}) != (
-        embedded.cache_path("task", tmp_path, **kw)
-    )
-    # an edit to the generator's code must not reuse data built before it
-    before = embedded.cache_path("task", tmp_path, **kw)
-    monkeypatch.setattr(embedded, "generator_digest", lambda: "edited")
-    assert embedded.cache_path("task", tmp_path, **kw) != before
 
 
 @pytest.mark.parametrize(

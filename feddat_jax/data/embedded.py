@@ -19,12 +19,8 @@ import collections
 import functools
 import hashlib
 import inspect
-import json
-import os
-import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +36,6 @@ from feddat_jax.data.embedded_lexicon import Lexicon
 from feddat_jax.data.embedded_questions import QUESTIONS, Question
 from feddat_jax.data.embedded_statements import STATEMENTS
 from feddat_jax.data.records import ClientSplit, Example, FederatedBenchmark, answer_vocabulary
-from feddat_jax.data.tfds_store import MANIFEST, read_benchmark, write_benchmark
 from feddat_jax.errors import ConfigError
 
 GENERATOR_VERSION = 7
@@ -48,9 +43,9 @@ GENERATOR_VERSION = 7
 
 @functools.lru_cache(maxsize=1)
 def generator_digest() -> str:
-    """A hash of the source of every module that decides the generated data, so that a cached
-    benchmark is never reused after any of them changes (a version number alone is easy to forget
-    to bump)."""
+    """A hash of the source of every module that decides the generated data: the manifest records
+    it, so that a workdir trained on data of an earlier generator is refused (a version number
+    alone is easy to forget to bump)."""
     modules = (world, embedded_families, embedded_lexicon, embedded_questions, embedded_statements)
     sources = [inspect.getsource(m) for m in modules] + [inspect.getsource(sys.modules[__name__])]
     return hashlib.sha256("".join(sources).encode()).hexdigest()[:16]
@@ -293,35 +288,3 @@ def make_benchmark(
     }
     return FederatedBenchmark(f"embedded_{family}", clients, seed, manifest)
 
-
-_BUILD_SIGNATURE = inspect.signature(make_benchmark)
-
-
-def cache_path(family: str, cache_dir: str | os.PathLike, **kw) -> Path:
-    """Where :func:`load_or_build` keeps this benchmark: keyed by every parameter of
-    :func:`make_benchmark` (defaults included), the generator version and its source digest."""
-    bound = _BUILD_SIGNATURE.bind(family, **kw)
-    bound.apply_defaults()
-    key = json.dumps(
-        {"version": GENERATOR_VERSION, "source": generator_digest(), **bound.arguments},
-        sort_keys=True,
-    )
-    return Path(cache_dir) / f"embedded_{family}_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def load_or_build(family: str, cache_dir: str | os.PathLike, **kw) -> FederatedBenchmark:
-    """Read the cached benchmark for these parameters, or build, store and return it.
-
-    The build is written to a private temporary folder and renamed into place, so concurrent
-    callers never read a half-written benchmark.
-    """
-    path = cache_path(family, cache_dir, **kw)
-    if not (path / MANIFEST).is_file():
-        benchmark = make_benchmark(family, **kw)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        write_benchmark(benchmark, tmp, overwrite=True)
-        try:
-            tmp.rename(path)
-        except OSError:  # another process finished first; its copy is identical
-            shutil.rmtree(tmp)
-    return read_benchmark(path)
