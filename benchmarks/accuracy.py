@@ -1,10 +1,10 @@
 r"""Accuracy of FedDAT, its baselines and the reference rows on every family of the embedded
 benchmark, over several seeds: can methods differ here, and where does FedDAT stand?
 
-  python benchmarks/accuracy.py --out benchmarks            # 4 families x 3 seeds (hours on 2 cores)
-  python benchmarks/accuracy.py --families domain --seeds 0,1 --rounds 5 --workdir /tmp/acc
-  python benchmarks/accuracy.py --report-only --workdir /tmp/acc  # the report of finished runs
-  python benchmarks/accuracy.py --methods local_adapter,fedavg_adapter  # the checks, without FedDAT
+  python -m benchmarks.accuracy --out benchmarks            # 4 families x 3 seeds (hours on 2 cores)
+  python -m benchmarks.accuracy --families domain --seeds 0,1 --rounds 5 --workdir /tmp/acc
+  python -m benchmarks.accuracy --report-only --workdir /tmp/acc  # the report of finished runs
+  python -m benchmarks.accuracy --methods local_adapter,fedavg_adapter  # the checks, without FedDAT
   bash benchmarks/gpu_accuracy.sh                            # one GPU: the families in parallel
 
 Each family runs configs/embedded.py:<family> (12 clients, 80-320 training questions each, 1,000
@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from feddat_jax.train import report as report_lib
 from feddat_jax.train import stats as stats_lib
@@ -307,7 +306,7 @@ def main() -> None:
         results[family] = collect(family, seeds, root, rows)
         results[family]["checks"] = checks(results[family])
     minutes = (time.time() - t0) / 60
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:])
     report = [
         REPORT_TITLE,
         "",

@@ -1,7 +1,7 @@
 """Runs launch.py on 77 bad inputs and prints a markdown table: input | exit | lines | the line.
 
-    python benchmarks/bad_inputs.py > /tmp/bad_inputs.md      # ~10 min on 2 cores
-    python benchmarks/bad_inputs.py workdir                   # only the cases whose label has "workdir"
+    python -m benchmarks.bad_inputs > /tmp/bad_inputs.md      # ~10 min on 2 cores
+    python -m benchmarks.bad_inputs workdir                   # only the cases whose label has "workdir"
 
 Every user error should end in ONE line (``error: <what> (<where>); <fix>``) and exit 2; the
 table is how we check that, and docs/ERRORS.md shows its last output.

@@ -18,7 +18,6 @@ out_dir="${OUT:-benchmarks}"
 work="${WORKDIR:-/tmp/accuracy_gpu}"
 py="${PYTHON:-python3}"
 mkdir -p "$out_dir" "$work"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false # four processes share the card
 log="$out_dir/gpu_accuracy.log"
 {
@@ -31,7 +30,7 @@ seeds="${SEEDS:-0,1,2}"
 rounds="${ROUNDS:-20}"
 start=$(date +%s)
 for family in $families; do
-  timeout "${LIMIT_S:-480}" "$py" benchmarks/accuracy.py --families "$family" \
+  timeout "${LIMIT_S:-480}" "$py" -m benchmarks.accuracy --families "$family" \
     --seeds "$seeds" --rounds "$rounds" --workdir "$work" \
     --out "$work/report_$family" >"$work/$family.log" 2>&1 &
 done
@@ -42,7 +41,7 @@ for family in $families; do # the end of each log, progress bars as lines
   echo "== $family" >>"$log"
   tr '\r' '\n' <"$work/$family.log" | grep -v 'step/s' | tail -n 15 >>"$log"
 done
-"$py" benchmarks/accuracy.py --report-only --families "${families// /,}" \
+"$py" -m benchmarks.accuracy --report-only --families "${families// /,}" \
   --seeds "$seeds" --rounds "$rounds" --workdir "$work" --out "$out_dir" \
   >>"$log" 2>&1 || status=$?
 tar czf "$out_dir/accuracy_runs.tgz" --exclude=checkpoints -C "$work" . || true

@@ -2,7 +2,7 @@
 over the cohort against the sequential per-client loop, in float32 and bf16, in segments.
 
     bash benchmarks/gpu_check.sh                          # the real thing (ViLT-B/32, < 8 min)
-    python benchmarks/gpu_check.py --size tiny            # the same script shrunk (CPU smoke)
+    python -m benchmarks.gpu_check --size tiny            # the same module shrunk (CPU smoke)
 
 Rows (most important first; a time budget skips what does not fit and says so):
 
@@ -33,26 +33,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import harness
+from benchmarks.gpu_check_rows import Bench, datasheet_peak
 
-from round_bench import DTYPES, Bench, datasheet_peak, device_peak
-from round_timing import matmul_peak
-
-SIZES = {  # model, image HxW, text length, answers; default cohorts, S, K, memory S values
-    "base": dict(image=(384, 640), text_len=40, answers=100, cohorts="1,8,32,64", steps=8,
-                 segment_steps=4, memory_cohort=32, memory_steps="8,32,128"),
-    "mid": dict(image=(64, 64), text_len=16, answers=100, cohorts="1,8,16", steps=8,
-                segment_steps=4, memory_cohort=8, memory_steps="8,32,128"),
-    "tiny": dict(image=(64, 64), text_len=16, answers=10, cohorts="1,2,4", steps=4,
-                 segment_steps=2, memory_cohort=2, memory_steps="4,8,16"),
+DEFAULTS = {  # per harness size: cohorts, S, K, the memory table's C and S values
+    "base": dict(cohorts="1,8,32,64", steps=8, segment_steps=4, memory_cohort=32,
+                 memory_steps="8,32,128"),
+    "mid": dict(cohorts="1,8,16", steps=8, segment_steps=4, memory_cohort=8,
+                memory_steps="8,32,128"),
+    "tiny": dict(cohorts="1,2,4", steps=4, segment_steps=2, memory_cohort=2,
+                 memory_steps="4,8,16"),
 }  # fmt: skip
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", choices=tuple(SIZES), default="base")
+    p.add_argument("--size", choices=tuple(DEFAULTS), default="base")
     p.add_argument("--cohorts", default="", help="comma-separated C (default per size)")
     p.add_argument("--dtypes", default="bfloat16,float32")
     p.add_argument("--steps", type=int, default=0, help="S local steps per round")
@@ -69,9 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--peak-tflops", default="", help="bfloat16=..,float32=.. (datasheet)")
     p.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for gpu_check.json")
     args = p.parse_args(argv)
-    d = SIZES[args.size]
-    args.image = d["image"]
-    args.text_len, args.answers = d["text_len"], d["answers"]
+    d, shape = DEFAULTS[args.size], harness.SIZES[args.size]
+    args.image, args.text_len, args.answers = shape.image_hw, shape.text_len, shape.answers
     args.cohorts = [int(c) for c in (args.cohorts or d["cohorts"]).split(",")]
     args.steps = args.steps or d["steps"]
     args.segment_steps = args.segment_steps or d["segment_steps"]
@@ -119,7 +115,7 @@ def round_row(bench: Bench, key: tuple[str, str, int], units: Units) -> None:
         row["flop_per_s"] = row["round_flop"] / row["round_s"]
         row["mfu"] = row["flop_per_s"] / peaks["datasheet"] if peaks["datasheet"] else None
         row["matmul_peak_fraction"] = row["flop_per_s"] / peaks["measured"]
-        row["device_peak_so_far"] = device_peak()
+        row["device_peak_so_far"] = harness.device_peak_bytes()
         row["compiles_running"] = bench.compiling()
         vmap = [
             r
@@ -210,7 +206,7 @@ def main(argv=None) -> dict:
     n_peak = 8192 if dev["backend"] != "cpu" else 1024
     res["peaks"] = {}
     for dtype in args.dtypes:
-        measured = matmul_peak(DTYPES[dtype], n_peak)["flops_per_s"]
+        measured = harness.matmul_peak(harness.DTYPES[dtype], n_peak)["flops_per_s"]
         sheet, source = datasheet_peak(dev["kind"], dtype, args.peak_tflops)
         res["peaks"][dtype] = {"measured": measured, "n": n_peak, "datasheet": sheet}
         res["peaks"][dtype]["source"] = source

@@ -7,22 +7,22 @@
 #
 #   bash benchmarks/gpu_check.sh                  # writes benchmarks/gpu_check.{json,txt}
 #   OUT=/some/dir bash benchmarks/gpu_check.sh    # writes there instead
-#   python benchmarks/gpu_check.py --size tiny    # the same script shrunk: a CPU smoke run
+#   python -m benchmarks.gpu_check --size tiny    # the same script shrunk: a CPU smoke run
 #
 # The JSON is rewritten after every row, so a time limit keeps what was measured. It needs only
-# jax, flax, optax and numpy. Paste the printed tables into benchmarks/RESULTS.md with the card's
-# name; if "loop" ever beats "vmap", revisit DEFAULT_STRATEGY["gpu"] in feddat_jax/fl/mesh.py.
+# jax, flax, optax and numpy. To commit it: copy gpu_check.json to
+# benchmarks/results_gpu_check_<card>.json and run `python -m benchmarks.results_md`; if "loop"
+# ever beats "vmap", revisit DEFAULT_STRATEGY["gpu"] in feddat_jax/fl/mesh.py.
 # Overrides: LIMIT_S (hard stop, 470), BUDGET_S (no new row after, 360), PYTHON, and any
-# gpu_check.py flag after the script name.
+# benchmarks.gpu_check flag after the script name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out_dir="${OUT:-benchmarks}"
 mkdir -p "$out_dir"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 py="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout "${LIMIT_S:-470}" "$py" benchmarks/gpu_check.py --out "$out_dir" \
+timeout "${LIMIT_S:-470}" "$py" -m benchmarks.gpu_check --out "$out_dir" \
   --budget-s "${BUDGET_S:-360}" "$@" 2>&1 | tee "$out_dir/gpu_check.txt"
 status=${PIPESTATUS[0]}
 if [ "$status" -ne 0 ]; then

@@ -1,7 +1,7 @@
-"""Host memory and start-up time against the number of registered clients N (100 to 10,000).
+"""How do host memory and start-up time grow with the number of registered clients N (100 to 10,000)?
 
-    python benchmarks/bench_host_memory.py                       # N = 100, 1000, 10000
-    python benchmarks/bench_host_memory.py --counts 100,1000 --eager-up-to 1000
+    python -m benchmarks.host_memory                       # N = 100, 1000, 10000
+    python -m benchmarks.host_memory --counts 100,1000 --eager-up-to 1000
 
 Each N gets a synthetic stored benchmark (tensorflow-datasets array_record + manifest, written
 once into ``--store-dir`` and reused): ``--train`` + ``--test`` examples per client whose images
@@ -19,25 +19,23 @@ are real-size 480x640 JPEGs (~90 KB; a pool of 16 distinct ones). Then, in a fre
 Columns: ``data_s`` / ``data_MB`` (the data side alone: manifest, lazy splits, row stores and
 task metadata; then RSS), ``startup_s`` / ``rss_start_MB`` (the whole ``build_experiment``, model
 and client registry included), ``peak_MB`` (the process's peak RSS), ``segment_s`` (the first
-segment's rows read and decoded), ``registry_MB`` (every client's private state: it does grow with
-N, by design: ``fl.registry``; ``rss-registry`` is the rest). Writes ``--out`` after every row.
+segment's rows read and decoded), ``registry_MB`` (the client registry's private state at
+start-up: each replica's one initial state, ``exp.private_init``; ``rss-registry`` is the rest).
+Writes ``--out`` after every row.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from synthetic_store import write_store  # noqa: E402
+from benchmarks.harness import ROOT, command, default_out, write_json
+from benchmarks.synthetic_store import write_store
 
 TINY_VILT = ROOT / "feddat_jax" / "assets" / "tiny_vilt"
 
@@ -51,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--segment-steps", type=int, default=1)
     p.add_argument("--eager-up-to", type=int, default=1000, help="largest N for decode_once")
     p.add_argument("--store-dir", default="/tmp/feddat_host_memory_stores")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_host_memory.json"))
+    p.add_argument("--out", default=str(default_out("host_memory")))
     p.add_argument("--child", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -76,7 +74,6 @@ def child(n: int, mode: str, args) -> dict:
     t0 = time.perf_counter()
     out = {"N": n, "mode": mode, "rss_before_MB": base}
     if mode == "on_demand":
-        sys.path.insert(0, str(ROOT / "configs"))
         from feddat_jax.data import source
         from feddat_jax.data.pipeline import cohort_batches, task_metadata
         from feddat_jax.data.tokenize import HFTokenizerEncoder
@@ -100,7 +97,7 @@ def child(n: int, mode: str, args) -> dict:
         exp = build_experiment(cfg)
         out["startup_s"] = time.perf_counter() - t0
         out["rss_start_MB"] = rss_mb()
-        out["registry_MB"] = sum(x.nbytes for x in __import__("jax").tree.leaves(exp.private_N))
+        out["registry_MB"] = sum(x.nbytes for x in __import__("jax").tree.leaves(exp.private_init))
         out["registry_MB"] /= 2**20
         ids = np.arange(min(args.cohort, n))
         t1 = time.perf_counter()
@@ -149,14 +146,15 @@ def main(argv=None) -> None:
         for mode in ("on_demand", "decode_once"):
             if mode == "decode_once" and n > args.eager_up_to:
                 continue
-            cmd = [sys.executable, __file__, "--child", str(n), mode, *(argv or sys.argv[1:])]
-            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            cmd = [sys.executable, "-m", "benchmarks.host_memory", "--child", str(n), mode]
+            cmd += argv or sys.argv[1:]
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if done.returncode:
                 row = {"N": n, "mode": mode, "error": done.stderr[-800:]}
             else:
                 row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
-            Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+            write_json(args.out, {"command": command("host_memory"), "args": vars(args), "rows": rows})
             if "error" in row:
                 print(f"{n:>6} {mode:11} ERROR {row['error'][-300:]}", flush=True)
                 continue

@@ -1,6 +1,7 @@
-"""How ``bench_round.py`` times a round: the device's matmul peak, fresh device buffers for the
-donated private state, the median-ready timing loop, XLA's FLOP count, and ``LoopRound``, the
-sequential baseline strategy (one jitted call per client step)."""
+"""The sequential baseline of ``round_speed``'s ``loop`` strategy: per client, ``begin_round``,
+one jitted call per local step (host slices of the batches), ``end_round``; then one jitted
+server update. The same numbers as the library's jitted round, one dispatch per step: what the
+vmapped and scanned rounds are measured against."""
 
 from __future__ import annotations
 
@@ -8,69 +9,16 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from round_cohort import Setup
 
+from benchmarks.harness import Cohort
 from feddat_jax.fl.aggregation import MeanAggregator, tree_delta
-from feddat_jax.fl.replicas import make_replica_round_fn
 from feddat_jax.fl.round import client_context, round_keys
 
 
-def one_federation_round(algorithm, server_tx, aggregator, *, chunk_size=None, jit=True):
-    """The library's round at R = 1 (what a run that sweeps nothing compiles), called with one
-    federation's values: the replica axis is added and dropped inside the program."""
-    run_R = make_replica_round_fn(algorithm, server_tx, aggregator, chunk_size=chunk_size, jit=False)
-
-    def run(frozen, server, *cohort):
-        lift = jax.tree.map(lambda x: x[None], (server, *cohort))
-        return jax.tree.map(lambda x: x[0], run_R(frozen, *lift))
-
-    return jax.jit(run, donate_argnums=(2,)) if jit else run
-
-
-# ---------------------------------------------------------------------------------- timings
-def matmul_peak(dtype, n: int) -> dict:
-    """FLOP/s of one large jnp.dot on the default device (the best of 5)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-    f = jax.jit(jnp.dot)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return {"n": n, "dtype": jnp.dtype(dtype).name, "seconds": best, "flops_per_s": 2 * n**3 / best}
-
-
-def fresh(tree):
-    """New device buffers (the round donates the cohort's private state)."""
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x)), tree)
-
-
-def time_compiled(compiled, make_args, repeats: int) -> list[float]:
-    times = []
-    for i in range(repeats + 1):
-        args = make_args()
-        jax.block_until_ready(args)
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        if i:  # the first run warms caches and allocators
-            times.append(time.perf_counter() - t0)
-    return times
-
-
-def flops_of(compiled) -> float:
-    ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    return float(ca.get("flops", 0.0)) if ca else 0.0
-
-
 class LoopRound:
-    """The sequential baseline: per client, begin_round, one jitted call per local step,
-    end_round; then one jitted server update. Same numbers as the jitted round."""
+    """The sequential baseline of a cohort (the module docstring says what runs)."""
 
-    def __init__(self, st: Setup):
+    def __init__(self, st: Cohort):
         alg, b = st.algorithm, st.batch
         self.st = st
 

@@ -1,7 +1,7 @@
-"""The configs/vilt.py:domain paper config at paper scale on CPU: the first segments of a round, host memory.
+"""Does the configs/vilt.py:domain paper config fit in host memory at paper scale? The first segments of a round on CPU.
 
-    python benchmarks/bench_paper_round.py                 # 3 segments of K = 2 steps, ~10 min
-    python benchmarks/bench_paper_round.py --segments 3 --segment-steps 2 --train 2500
+    python -m benchmarks.paper_round                 # 3 segments of K = 2 steps, ~10 min
+    python -m benchmarks.paper_round --segments 3 --segment-steps 2 --train 2500
 
 ``configs/vilt.py:domain`` as a user runs it (``launch.py``'s ``build_experiment`` and
 ``train.loop.train``), on a synthetic stored benchmark of the paper's shape: 5 clients of
@@ -17,20 +17,19 @@ memory: the decode-once store would hold 12.5 GB of decoded images and a one-cal
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "configs"))
+import psutil
 
-import psutil  # noqa: E402
-from synthetic_store import write_store  # noqa: E402
+from benchmarks.harness import command, default_out, write_json
+from benchmarks.synthetic_store import write_store
+from feddat_jax.train import loop
+from feddat_jax.train.config_base import config_from_file
+from feddat_jax.train.experiment import build_experiment
 
 
 class Stop(Exception):
@@ -81,16 +80,8 @@ def main(argv=None) -> dict:
     p.add_argument("--segments", type=int, default=3)
     p.add_argument("--segment-steps", type=int, default=2)
     p.add_argument("--store-dir", default="/tmp/feddat_paper_store")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_paper_round.json"))
+    p.add_argument("--out", default=str(default_out("paper_round")))
     args = p.parse_args(argv)
-
-    import dataclasses
-
-    from feddat_jax.train.config_base import config_from_file
-
-    from feddat_jax.train import loop
-    from feddat_jax.train.experiment import build_experiment
-
     store = write_store(
         Path(args.store_dir) / f"c{args.clients}_tr{args.train}_te{args.test}",
         args.clients,
@@ -103,6 +94,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     exp = build_experiment(cfg)
     out = {
+        "command": command("paper_round"),
         "args": vars(args),
         "startup_s": time.perf_counter() - t0,
         "startup_rss_MB": psutil.Process().memory_info().rss / 2**20,
@@ -130,7 +122,7 @@ def main(argv=None) -> dict:
         except Stop:
             pass
     out["peak_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    write_json(args.out, out)
     later = [r["seconds"] for r in out["segments"][1:]]
     print(
         f"peak RSS {out['peak_MB']:.0f} MB; seconds per segment after the first: "

@@ -1,7 +1,7 @@
 r"""What does the frozen backbone's pooled token carry? A linear probe per question type.
 
-  python benchmarks/probe_backbone.py                                   # the committed tiny ViLT
-  python benchmarks/probe_backbone.py --checkpoint runs/tiny_vilt --train 2000 --test 500
+  python -m benchmarks.probe_backbone                                   # the committed tiny ViLT
+  python -m benchmarks.probe_backbone --checkpoint runs/tiny_vilt --train 2000 --test 500
 
 Every downstream head (private to its client) reads only the pooled token, and the adapters can
 only reshape what the frozen layers pass on. So before any federated run, this asks per question
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,7 +37,6 @@ import numpy as np
 import optax
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from feddat_jax.data import embedded_world as world
 from feddat_jax.data.embedded import GENERATORS
@@ -175,6 +175,7 @@ def main(argv=None) -> None:
             flush=True,
         )
     result = {"checkpoint": str(args.checkpoint), "train": args.train, "test": args.test}
+    result["command"] = shlex.join(["python", "-m", "benchmarks.probe_backbone", *sys.argv[1:]])
     Path(args.out).write_text(json.dumps({**result, "types": rows}, indent=2))
     print(f"wrote {args.out}")
 

@@ -1,20 +1,21 @@
-"""Where the time of the mid-size FedDAT round goes on CPU, and how close it is to the matmul peak.
+"""Where does the time of the mid-size FedDAT round go on CPU, and how close is it to the matmul peak?
 
-    python benchmarks/profile_round.py                      # time the round, print the share
-    python benchmarks/profile_round.py --trace              # + per-op profile (jax.profiler)
-    python benchmarks/profile_round.py --compare /tmp/base  # interleave with another checkout
+    python -m benchmarks.profile_round                      # time the round, print the share
+    python -m benchmarks.profile_round --trace              # + per-op profile (jax.profiler)
+    python -m benchmarks.profile_round --compare /tmp/base  # interleave with another checkout
 
-The round is the issue-15 mid-size one: ViLT of width 192, 4 layers, 4 heads, FFN 768, 64x64
-images of 16-pixel patches, 16 text tokens, 100 answers, FedDAT, B = 2, S = 8, C = 16, float32;
-``make_round_fn`` (vmap over the cohort, one call per round), inputs on device.
+The round is the harness's ``mid`` size (issue 15): ViLT of width 192, 4 layers, 4 heads, FFN
+768, 64x64 images of 16-pixel patches, 16 text tokens, 100 answers, FedDAT, B = 2, S = 8, C = 16,
+float32; the library's R = 1 round (vmap over the cohort, one call per round), inputs on device.
 
 Share of peak = (XLA's FLOP count of ONE client step x C x S) / round time / matmul peak, where the
 peak is the best of 5 runs of one 2048x2048 float32 ``jnp.dot`` on the same device. ``--trace``
 adds a ``jax.profiler`` trace of 3 rounds, summed by XLA op (fusion) name and by op category.
 
-``--compare DIR`` runs this script alternately against DIR's ``feddat_jax`` and this checkout's
-(``--rounds`` pairs of subprocesses, each timing ``--repeats`` rounds), so a before/after is
-measured under the same machine load; it prints the medians and the load average.
+``--compare DIR`` runs this module alternately in DIR (another checkout, with this module) and in
+this checkout (``--rounds`` pairs of subprocesses, each timing ``--repeats`` rounds), so a
+before/after is measured under the same machine load; it prints the medians and the load average.
+``--out`` writes the measurement (or the comparison) as JSON.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import jax
+
+from benchmarks import harness
+from feddat_jax.fl.aggregation import MeanAggregator
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--code", default=os.path.dirname(HERE), help="checkout whose feddat_jax runs")
     p.add_argument("--cohort", type=int, default=16)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=2)
@@ -44,136 +47,43 @@ def parse_args(argv=None):
     p.add_argument("--compare", default="", help="another checkout to interleave with")
     p.add_argument("--rounds", type=int, default=3, help="--compare: subprocess pairs")
     p.add_argument("--json", action="store_true", help="print one JSON line (for --compare)")
+    p.add_argument("--out", default="", help="also write the result to this JSON file")
     return p.parse_args(argv)
 
 
 def measure(args) -> dict:
-    sys.path.insert(0, args.code)
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from feddat_jax import methods
-    from feddat_jax.fl import local_optim
-    from feddat_jax.fl.aggregation import MeanAggregator
-    from feddat_jax.fl.round import client_context
-
-    try:  # code before the replica axis was always on
-        from feddat_jax.fl.round import make_round_fn
-    except ImportError:
-        from round_timing import one_federation_round as make_round_fn
-    from feddat_jax.fl.server_optimizers import make_server_optimizer
-    from feddat_jax.fl.state import ClientTasks, init_server_state
-    from feddat_jax.models.inputs import to_model_inputs
-    from feddat_jax.models.vilt import ViltConfig, ViltVQA
-
-    cfg = ViltConfig(
-        hidden_size=192,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=768,
-        vocab_size=99,
-        max_position_embeddings=16,
-        patch_size=16,
-        image_size=64,
-    )
-    C, S, B, L, A, HW = args.cohort, args.steps, args.batch, 16, 100, (64, 64)
-    method = methods.get_method("feddat")
-    model = ViltVQA(cfg, methods.peft_config(method), A, jnp.float32)
-    rng = np.random.default_rng(0)
-    targets = np.zeros((C, S, B, A), np.float32)
-    np.put_along_axis(targets, rng.integers(0, A, (C, S, B, 1)), 1.0, axis=-1)
-    batches = {
-        "input_ids": rng.integers(1, 99, (C, S, B, L), dtype=np.int32),
-        "attention_mask": np.ones((C, S, B, L), np.int32),
-        "image": rng.integers(0, 256, (C, S, B, *HW, 3), dtype=np.uint8),
-        "pixel_mask": np.ones((C, S, B, *HW), np.uint8),
-        "targets": targets,
-        "example_mask": np.ones((C, S, B), np.float32),
-    }
-    one = jax.tree.map(lambda x: x[0, 0], batches)
-    params = jax.jit(lambda r, b: model.init(r, to_model_inputs(b), adapter_mode="none"))(
-        jax.random.key(0), one
-    )["params"]
-    frozen, shared, private = methods.split_params(method, params)
-    algorithm = methods.build_algorithm(
-        method, methods.make_forward(model, to_model_inputs), local_optim.LocalOptimConfig()
-    )
-    server_tx = make_server_optimizer(method.server_optimizer)
-    server = init_server_state(shared, server_tx, jax.random.key(1))
-    private_one = algorithm.init_private(shared, private)
-    tasks = ClientTasks(
-        answer_mask=jnp.ones((C, A), jnp.float32),
-        task_kind=jnp.zeros((C,), jnp.int32),
-        num_examples=jnp.full((C,), S * B, jnp.int32),
-    )
-    ids = jnp.arange(C, dtype=jnp.int32)
-    batches = jax.device_put(batches)
-
-    def fresh_private():
-        return jax.tree.map(lambda x: jnp.array(np.repeat(np.asarray(x)[None], C, 0)), private_one)
-
-    # XLA's FLOPs of one client step (no loops inside, so the count is complete)
-    def step(frozen, gshared, tasks_k, local, batch, key):
-        ctx = client_context(frozen, gshared, tasks_k, B, jnp.zeros((), jnp.int32))
-        return algorithm.local_step(ctx, local, batch, key)
-
-    tasks0 = jax.tree.map(lambda x: x[0], tasks)
-    ctx0 = client_context(frozen, shared, tasks0, B, jnp.zeros((), jnp.int32))
-    local0 = algorithm.begin_round(ctx0, private_one)
-    step_c = jax.jit(step).lower(frozen, shared, tasks0, local0, one, jax.random.key(0)).compile()
-    ca = step_c.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    step_flops = float(ca["flops"])
-
-    run = make_round_fn(algorithm, server_tx, MeanAggregator())
+    """Time the round, its share of the matmul peak and (``--trace``) its per-op profile."""
+    st = harness.build("mid", steps=args.steps, batch=args.batch)
+    c, s = args.cohort, args.steps
+    private, tasks, ids = st.cohort(c)
+    frozen, server = jax.device_put(st.frozen), jax.device_put(st.server())
+    tasks, ids, batches = jax.device_put((tasks, ids, st.batches(c, s)))
+    flops, _ = harness.step_flops(st.lower_step())
+    run = harness.one_federation_round(st.algorithm, st.server_tx, MeanAggregator())
     t0 = time.perf_counter()
-    compiled = run.lower(frozen, server, fresh_private(), tasks, ids, batches).compile()
+    compiled = run.lower(frozen, server, harness.fresh(private), tasks, ids, batches).compile()
     compile_s = time.perf_counter() - t0
-
-    cpu_times = []
-
-    def once():
-        p = fresh_private()
-        jax.block_until_ready(p)
-        t, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(compiled(frozen, server, p, tasks, ids, batches))
-        cpu_times.append(time.process_time() - c)
-        return time.perf_counter() - t
-
-    once()
-    cpu_times.clear()
-    times = [once() for _ in range(args.repeats)]
-
-    n = 2048
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    best = best_cpu = float("inf")
-    for _ in range(5):
-        t, c = time.perf_counter(), time.process_time()
-        dot(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-        best_cpu = min(best_cpu, time.process_time() - c)
-    peak = 2 * n**3 / best
-    round_s = statistics.median(times)
-    round_cpu_s = statistics.median(cpu_times)
+    args_of = lambda: (frozen, server, harness.fresh(private), tasks, ids, batches)
+    timings = harness.time_calls(compiled, args_of, args.repeats)
+    peak = harness.matmul_peak(harness.DTYPES["float32"], 2048)
+    round_s, round_cpu_s = statistics.median(timings.wall), statistics.median(timings.cpu)
     out = {
-        "code": args.code,
+        "code": os.getcwd(),
         "compile_s": compile_s,
         "round_s": round_s,
-        "round_s_all": times,
-        "step_gflop": step_flops / 1e9,
-        "round_gflop": step_flops * C * S / 1e9,
-        "gflop_per_s": step_flops * C * S / round_s / 1e9,
-        "peak_gflop_per_s": peak / 1e9,
-        "share": step_flops * C * S / round_s / peak,
+        "round_s_all": timings.wall,
+        "step_gflop": flops / 1e9,
+        "round_gflop": flops * c * s / 1e9,
+        "gflop_per_s": flops * c * s / round_s / 1e9,
+        "peak_gflop_per_s": peak["flops_per_s"] / 1e9,
+        "share": flops * c * s / round_s / peak["flops_per_s"],
         # the same ratio in CPU seconds (all threads), robust to other processes' load
         "round_cpu_s": round_cpu_s,
-        "cpu_share": (step_flops * C * S / round_cpu_s) / (2 * n**3 / best_cpu),
+        "cpu_share": (flops * c * s / round_cpu_s) / (2 * 2048**3 / peak["cpu_seconds"]),
         "load": os.getloadavg(),
     }
     if args.trace:
+        once = lambda: jax.block_until_ready(compiled(*args_of()))
         events = trace_events(once, 3)
         out["profile"] = categorize(events, parse_hlo(compiled.as_text()), round_s)
     return out
@@ -181,8 +91,6 @@ def measure(args) -> dict:
 
 def trace_events(run_once, rounds: int) -> dict[str, float]:
     """Seconds per round of every XLA:CPU op event (summed over the executor's threads)."""
-    import jax
-
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d):
             for _ in range(rounds):
@@ -297,16 +205,17 @@ def categorize(events: dict[str, float], instrs: dict[str, dict], round_s: float
     }
 
 
-def compare(args) -> None:
-    here, there = os.path.dirname(HERE), os.path.abspath(args.compare)
+def compare(args) -> dict:
+    """Alternate processes in the other checkout and in this one: each measures with its own
+    ``feddat_jax`` and ``benchmarks`` (the first entry of ``sys.path`` is its folder)."""
+    here, there = str(harness.ROOT), os.path.abspath(args.compare)
     results = {"before": [], "after": []}
     for i in range(args.rounds):
         for label, code in (("before", there), ("after", here)):
-            cmd = [sys.executable, os.path.abspath(__file__), "--json", "--code", code]
+            cmd = [sys.executable, "-m", "benchmarks.profile_round", "--json"]
             cmd += ["--repeats", str(args.repeats), "--cohort", str(args.cohort)]
             cmd += ["--steps", str(args.steps), "--batch", str(args.batch)]
-            env = {**os.environ, "PYTHONPATH": code}
-            line = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            line = subprocess.run(cmd, cwd=code, capture_output=True, text=True, check=True)
             r = json.loads(line.stdout.strip().splitlines()[-1])
             results[label].append(r)
             print(
@@ -338,14 +247,21 @@ def compare(args) -> None:
         f"{a['round_cpu_s']:.3f}s ({100 * a['cpu_share']:.1f}%); "
         f"{b['round_cpu_s'] / a['round_cpu_s']:.2f}x"
     )
+    return {"compare": summary, "pairs": results}
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.compare:
-        compare(args)
+        result = compare(args)
+        if args.out:
+            harness.write_json(args.out, {"command": harness.command("profile_round"), "device": harness.device_info(),
+                 "args": vars(args), **result})
         return
     out = measure(args)
+    if args.out:
+        harness.write_json(args.out, {"command": harness.command("profile_round"), "device": harness.device_info(),
+                 "args": vars(args), "measure": out})
     if args.json:
         print(json.dumps(out))
         return

@@ -1,7 +1,7 @@
 r"""Which accuracy does README.md report? The table generated from benchmarks/results_accuracy.json.
 
-  python benchmarks/readme_table.py            # rewrite README.md's results block in place
-  python benchmarks/readme_table.py --check    # exit 1 if README.md's block is not the generated one
+  python -m benchmarks.readme_table            # rewrite README.md's results block in place
+  python -m benchmarks.readme_table --check    # exit 1 if README.md's block is not the generated one
 
 The table is generated, never typed, so README.md cannot drift from the committed accuracy run
 (benchmarks/accuracy.py writes the JSON). It replaces what stands between the two markers

@@ -1,7 +1,7 @@
-"""A sweep as ONE program against one run per value: wall time, compile included.
+"""How much faster is a sweep as ONE program than one run per value? Wall time, compile included.
 
-    python benchmarks/bench_sweep.py                  # CPU, tiny model: launches + rounds (~20 min)
-    python benchmarks/bench_sweep.py --size base      # ViLT-B/32 size, random weights (one GPU)
+    python -m benchmarks.sweep_speed                  # CPU, tiny model: launches + rounds (~20 min)
+    python -m benchmarks.sweep_speed --size base      # ViLT-B/32 size, random weights (one GPU)
 
 Two measurements (``--parts``):
 
@@ -10,11 +10,11 @@ through ``launch.py``: R seeds in ONE launch (``--config.sweep.seed=(0,..,R-1)``
 launches one after another (seed 0..R-1, each its own process: start-up, data, compile, training,
 evaluation, checkpoints, report). "R separate" is the sum of the first R separate launches.
 
-``round`` (both sizes): the FedDAT round on a synthetic cohort of C clients (``bench_round.py``'s
-setup from ``round_cohort.py``, random weights) in this process. Per R and replica layout (``fl.replicas``: "vmap",
-"fold", "map") the replica round's compile time and median round time, with a swept (traced)
-learning rate; against the one-federation round, of which R runs one after another cost
-``R x (compile + K rounds)`` (a fresh process recompiles; here every run gets a new jit).
+``round`` (both sizes): the FedDAT round on the harness's synthetic cohort of C clients per
+replica (random weights) in this process: the replica round's compile time and median round time
+per R, with a swept (traced) learning rate; against the one-federation round, of which R runs
+one after another cost ``R x (compile + K rounds)`` (a fresh process recompiles; here every run
+gets a new jit).
 
 Prints the tables and writes everything to ``--out`` (JSON, rewritten after every row, so a run
 cut short by ``--budget-s`` or a time limit keeps what it measured). Not a test.
@@ -36,22 +36,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-
 import jax
 import numpy as np
-import round_cohort
-import round_timing
 
+from benchmarks import harness
 from feddat_jax.fl.aggregation import MeanAggregator
 from feddat_jax.fl.replicas import make_replica_round_fn, stack_replicas
-from feddat_jax.fl.state import init_server_state
+
+ROOT = harness.ROOT
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", choices=("tiny", "base"), default="tiny")
+    p.add_argument("--size", choices=tuple(harness.SIZES), default="tiny")
     p.add_argument("--replicas", default="1,4,8,16", help="comma-separated R")
     p.add_argument(
         "--parts", default="", help="launch,round (default: both for tiny, round for base)"
@@ -61,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--train-per-client", type=int, default=32)
     p.add_argument("--test-per-client", type=int, default=100)
     p.add_argument("--launch-batch", type=int, default=2)
-    # the round part (bench_round.py's synthetic cohort)
+    # the round part (the harness's synthetic cohort)
     p.add_argument("--cohort", type=int, default=5, help="clients per replica C")
     p.add_argument("--steps", type=int, default=2, help="local steps S per client")
     p.add_argument("--batch", type=int, default=2)
@@ -70,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--image", default="")
     p.add_argument("--text-len", type=int, default=0)
     p.add_argument("--answers", type=int, default=0)
-    p.add_argument("--dtype", choices=tuple(round_cohort.DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(harness.DTYPES), default="float32")
     p.add_argument("--budget-s", type=float, default=0, help="skip rows after this many seconds")
     p.add_argument(
         "--out", default="", help="JSON path (default benchmarks/results_sweep_<backend>.json)"
@@ -171,20 +168,15 @@ def print_launch(rows, separate) -> None:
 
 
 # -------------------------------------------------------------------------------------- rounds
-def replica_inputs(st, replicas: int, c: int, seed: int = 0):
+def replica_inputs(st: harness.Cohort, replicas: int, c: int, seed: int = 0):
     """R federations' round inputs: own server keys, own cohort data, a swept learning rate."""
-    rng = np.random.default_rng(seed)
-    batches = round_cohort.synthetic_batches(
-        rng, replicas * c, st.steps, st.batch, st.image_hw, st.text_len, st.vocab, st.answers
-    )
+    batches = st.batches(replicas * c, st.steps, seed=seed)
     batches = {k: v.reshape((replicas, c) + v.shape[1:]) for k, v in batches.items()}
-    private, tasks, ids = round_cohort.cohort_inputs(st, c)
     stack = lambda t: jax.tree.map(lambda x: np.stack([x] * replicas), t)
-    server = stack_replicas(
-        [init_server_state(st.shared, st.server_tx, jax.random.key(r)) for r in range(replicas)]
-    )
+    private, tasks, ids = stack(st.cohort(c))
+    server = stack_replicas([st.server(seed=r) for r in range(replicas)])
     hparams = {"optim.learning_rate": np.geomspace(1e-4, 1e-3, replicas).astype(np.float32)}
-    return server, stack(private), stack(tasks), stack(ids), batches, hparams
+    return server, private, tasks, ids, batches, hparams
 
 
 def measure(fn, frozen, server, private, rest, repeats: int) -> tuple[float, list[float], int]:
@@ -192,21 +184,25 @@ def measure(fn, frozen, server, private, rest, repeats: int) -> tuple[float, lis
     t0 = time.perf_counter()
     compiled = jax.jit(fn, donate_argnums=(2,)).lower(frozen, server, private, *rest).compile()
     compile_s = time.perf_counter() - t0
-    times = round_timing.time_compiled(
-        compiled, lambda: (frozen, server, round_timing.fresh(private), *rest), repeats
+    timings = harness.time_calls(
+        compiled, lambda: (frozen, server, harness.fresh(private), *rest), repeats
     )
-    stats = jax.devices()[0].memory_stats() or {}
-    return compile_s, times, int(stats.get("peak_bytes_in_use", -1))
+    peak = harness.device_peak_bytes()
+    return compile_s, timings.wall, -1 if peak is None else int(peak)
 
 
 def round_part(args, replicas: list[int], report: dict, save, start: float) -> None:
-    st = round_cohort.build(args)
+    image = tuple(int(v) for v in args.image.split("x")) if args.image else None
+    st = harness.build(
+        args.size, steps=args.steps, batch=args.batch, dtypes=(args.dtype,), image_hw=image,
+        text_len=args.text_len, answers=args.answers,
+    )  # fmt: skip
     frozen = jax.device_put(st.frozen)
     agg = MeanAggregator()
     c = args.cohort
     server, private, tasks, ids, batches, hp = replica_inputs(st, 1, c)
     one = lambda t: jax.tree.map(lambda x: x[0], t)
-    single = round_timing.one_federation_round(st.algorithm, st.server_tx, agg, jit=False)
+    single = harness.one_federation_round(st.algorithm, st.server_tx, agg, jit=False)
     rest = (one(tasks), one(ids), jax.device_put(one(batches)))
     compile_1, times_1, mem_1 = measure(
         single, frozen, one(server), one(private), rest, args.repeats
@@ -215,32 +211,31 @@ def round_part(args, replicas: list[int], report: dict, save, start: float) -> N
     run_1 = compile_1 + args.rounds * round_1
     report["round"]["single"] = {"compile_s": compile_1, "round_s": times_1, "peak_bytes": mem_1}
     rows = []
-    for layout in ("vmap",):  # the library's one layout (fold / map: see git history)
-        for r in replicas:
-            if args.budget_s and time.perf_counter() - start > args.budget_s:
-                print(f"(budget of {args.budget_s:.0f} s reached: R={r} skipped)")
-                continue
-            server, private, tasks, ids, batches, hp = replica_inputs(st, r, c, seed=r)
-            fn = make_replica_round_fn(st.algorithm, st.server_tx, agg, jit=False)
-            rest = (tasks, ids, jax.device_put(batches), hp)
-            compile_s, times, mem = measure(fn, frozen, server, private, rest, args.repeats)
-            round_s = statistics.median(times)
-            rows.append(
-                {
-                    "R": r,
-                    "layout": layout,
-                    "compile_s": compile_s,
-                    "round_s": times,
-                    "peak_bytes": mem,
-                    "run_s": compile_s + args.rounds * round_s,
-                    "separate_run_s": r * run_1,
-                    "speedup_run": r * run_1 / (compile_s + args.rounds * round_s),
-                    "speedup_round": r * round_1 / round_s,
-                    "load": os.getloadavg()[0],
-                }
-            )
-            report["round"]["rows"] = rows
-            save()
+    for r in replicas:
+        if args.budget_s and time.perf_counter() - start > args.budget_s:
+            print(f"(budget of {args.budget_s:.0f} s reached: R={r} skipped)")
+            continue
+        server, private, tasks, ids, batches, hp = replica_inputs(st, r, c, seed=r)
+        fn = make_replica_round_fn(st.algorithm, st.server_tx, agg, jit=False)
+        rest = (tasks, ids, jax.device_put(batches), hp)
+        compile_s, times, mem = measure(fn, frozen, server, private, rest, args.repeats)
+        round_s = statistics.median(times)
+        rows.append(
+            {
+                "R": r,
+                "layout": "vmap",
+                "compile_s": compile_s,
+                "round_s": times,
+                "peak_bytes": mem,
+                "run_s": compile_s + args.rounds * round_s,
+                "separate_run_s": r * run_1,
+                "speedup_run": r * run_1 / (compile_s + args.rounds * round_s),
+                "speedup_round": r * round_1 / round_s,
+                "load": os.getloadavg()[0],
+            }
+        )
+        report["round"]["rows"] = rows
+        save()
     print_rounds(args, compile_1, round_1, rows)
 
 
@@ -268,9 +263,9 @@ def main(argv=None) -> None:
     parts = (args.parts or ("launch,round" if args.size == "tiny" else "round")).split(",")
     if "launch" in parts and args.size != "tiny":
         raise SystemExit("error: the launch part runs the demo's tiny model only (--size tiny)")
-    out = Path(args.out or ROOT / "benchmarks" / f"results_sweep_{jax.default_backend()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or harness.default_out(f"sweep_{jax.default_backend()}"))
     report = {
+        "command": harness.command("sweep_speed"),
         "device": str(jax.devices()[0]),
         "backend": jax.default_backend(),
         "host": platform.node(),
@@ -282,7 +277,7 @@ def main(argv=None) -> None:
     }
 
     def save() -> None:
-        out.write_text(json.dumps(report, indent=1, default=str))
+        harness.write_json(out, report)
 
     print(f"device {report['device']} ({report['backend']}), jax {jax.__version__}")
     if "round" in parts:

@@ -1,4 +1,4 @@
-"""benchmarks/accuracy.py --report-only: the rows, the spread over seeds and the benchmark's checks
+"""benchmarks.accuracy --report-only: the rows, the spread over seeds and the benchmark's checks
 computed from finished runs' metrics.jsonl, against a hand computation (no training)."""
 
 import json
@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "accuracy.py"
 
 # per run folder: per seed (overall, shared, shifted); `shape` is a shared type, `colour_pick` a
 # shifted one, so their scores reuse the groups'
@@ -40,8 +39,9 @@ def write_run(folder: Path, records: list[dict]) -> None:
 
 def report(workdir: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "--report-only", "--workdir", str(workdir)]
+        [sys.executable, "-m", "benchmarks.accuracy", "--report-only", "--workdir", str(workdir)]
         + ["--families", "domain", "--methods", "local_adapter,fedavg_adapter", "--out", str(out)],
+        cwd=ROOT,
         capture_output=True,
         check=False,
         text=True,

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py runs on a bare accelerator image: its smoke size completes on CPU with
+"""benchmarks.gpu_check runs on a bare accelerator image: its smoke size completes on CPU with
 every package the GPU machine lacks blocked, and writes its rows and memory table."""
 
 import json
@@ -21,15 +21,15 @@ RUNNER = f"""
 import runpy, sys
 for name in {ABSENT_ON_GPU_IMAGE!r}:
     sys.modules[name] = None  # importing it now raises ImportError
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+sys.argv = ["gpu_check", *sys.argv[1:]]
+runpy.run_module("benchmarks.gpu_check", run_name="__main__", alter_sys=True)
 """
 
 
 @pytest.mark.slow  # compiles a few tiny-ViLT programs (~1 min on 2 CPU cores)
 def test_gpu_check_smoke_runs_without_the_absent_packages(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(ROOT / "benchmarks" / "gpu_check.py")]
+        [sys.executable, "-c", RUNNER]
         + ["--size", "tiny", "--cohorts", "1,2", "--dtypes", "float32", "--steps", "4"]
         + ["--segment-steps", "2", "--memory-cohort", "2", "--memory-steps", "4,16"]
         + ["--repeats", "1", "--out", str(tmp_path)],

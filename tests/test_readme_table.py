@@ -22,7 +22,7 @@ def test_readme_block_is_the_generated_table():
     readme = (ROOT / "README.md").read_text()
     results = json.loads((ROOT / "benchmarks" / "results_accuracy.json").read_text())
     assert readme == script.render(readme, results), (
-        "README.md's results block is stale: run python benchmarks/readme_table.py"
+        "README.md's results block is stale: run python -m benchmarks.readme_table"
     )
 
 

@@ -278,8 +278,8 @@ class Block:
         if name.split(".")[0] in {BLOCKED + ("tensorboardX",)!r}:
             raise ImportError("the GPU image has no " + name)
 sys.meta_path.insert(0, Block())
-sys.argv = ["bench_sweep.py", *sys.argv[1:]]
-runpy.run_path("benchmarks/bench_sweep.py", run_name="__main__")
+sys.argv = ["sweep_speed", *sys.argv[1:]]
+runpy.run_module("benchmarks.sweep_speed", run_name="__main__", alter_sys=True)
 """
 
 

@@ -58,7 +58,7 @@ MODEL_AXIS = "model"
 MESH_AXES = (CLIENTS_AXIS, MODEL_AXIS)
 
 # How the cohort's local epochs run, per backend, chosen by measurement
-# (benchmarks/bench_round.py; the numbers are in benchmarks/RESULTS.md):
+# (benchmarks/round_speed.py; the numbers are in benchmarks/RESULTS.md):
 #   "vmap": all clients at once (make_replica_round_fn(chunk_size=None));
 #   "scan": one client at a time inside the same jitted round (chunk_size=1, i.e. lax.map);
 #   "loop": a Python loop over clients and steps (the sequential baseline; benchmark only).
