@@ -98,6 +98,22 @@ class Units:
         )
 
 
+def recorded(bench: Bench, rows: list, row: dict, measure, label: str) -> bool:
+    """Fill ``row`` by ``measure()``, add it to ``rows`` and save the JSON. An exception (e.g.
+    out of memory at a large cohort or S) is recorded as the row's error and printed: the check
+    goes on with the next row. False when the row failed."""
+    try:
+        measure()
+    except Exception as e:  # recorded in the row, not raised: the next rows still run
+        row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+    rows.append(row)
+    bench.save()
+    if "error" in row:
+        print(f"{label} ERROR {row['error'][:160]}", flush=True)
+        return False
+    return True
+
+
 def round_row(bench: Bench, key: tuple[str, str, int], units: Units) -> None:
     """Measure one (dtype, mode, C) row, add it to the JSON and print it."""
     args, res = bench.args, bench.result
@@ -106,8 +122,9 @@ def round_row(bench: Bench, key: tuple[str, str, int], units: Units) -> None:
         res["skipped"].append(f"{dtype} {mode} C={c}")
         return
     row = {"dtype": dtype, "mode": mode, "C": c, "S": args.steps, "K": args.segment_steps}
-    try:
-        row.update(bench.vmap_row(dtype, c) if mode == "vmap" else bench.loop_row(dtype, c))
+
+    def measure() -> None:
+        row.update(bench.round_row(dtype, c, mode))
         flops, source = bench.step_flops(dtype)
         peaks = res["peaks"][dtype]
         row["step_gflop"], row["flops_source"] = flops / 1e9, source
@@ -124,12 +141,8 @@ def round_row(bench: Bench, key: tuple[str, str, int], units: Units) -> None:
         ]
         if mode == "loop" and vmap:  # how much faster the vmapped round of this cohort was
             row["vmap_speedup"] = row["round_s"] / vmap[0]["round_s"]
-    except Exception as e:  # e.g. out of memory at a large cohort: record it and go on
-        row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
-    res["rows"].append(row)
-    bench.save()
-    if "error" in row:
-        print(f"{dtype:9} {mode:5} {c:>3} ERROR {row['error'][:160]}", flush=True)
+
+    if not recorded(bench, res["rows"], row, measure, f"{dtype:9} {mode:5} {c:>3}"):
         return
     mfu = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}"
     sp = row.get("vmap_speedup")
@@ -162,14 +175,10 @@ def memory_table(bench: Bench, dtype: str, units: Units) -> None:
                 res["skipped"].append(f"memory S={s} {mode}")
                 continue
             row = {"S": s, "mode": mode, "C": args.memory_cohort, "dtype": dtype}
-            try:
-                row.update(bench.memory_row(dtype, args.memory_cohort, s, segmented))
-            except Exception as e:  # e.g. out of memory in one call at a large S
-                row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
-            res["memory"].append(row)
-            bench.save()
-            if "error" in row:
-                print(f"{s:>5} {mode:9} ERROR {row['error'][:160]}", flush=True)
+            measure = lambda: row.update(
+                bench.memory_row(dtype, args.memory_cohort, s, segmented)  # noqa: B023
+            )
+            if not recorded(bench, res["memory"], row, measure, f"{s:>5} {mode:9}"):
                 continue
             print(
                 f"{s:>5} {mode:9} {units.b(row['input_bytes_on_device']):>9} "

@@ -25,11 +25,6 @@ DATASHEET_TFLOPS = {
 DISTINCT_STEPS = 8  # random steps drawn per segment, then repeated (values do not change a timing)
 
 
-def client_rows(tree, k: int):
-    """Client k of a stacked cohort value, as a cohort of one."""
-    return jax.tree.map(lambda x: x[k : k + 1], tree)
-
-
 def one_replica(tree):
     """Values (or specs) of one federation with the replica axis every round has (R = 1)."""
 
@@ -205,47 +200,29 @@ class Bench:
         seg.install(compiled)
         return seg, compile_s, max(extra_bytes(p) for p in compiled.values())
 
-    def vmap_row(self, dtype: str, c: int) -> dict:
+    def round_row(self, dtype: str, c: int, mode: str) -> dict:
+        """``vmap``: the round of the whole cohort; ``loop``: the C = 1 round's programs, one
+        client after another (one repeat at C >= 32). A warm-up round (of client 0 alone for
+        the loop) samples the memory; each repeat places every group's state, then times."""
         args = self.args
-        name = self.submit_round(dtype, c, args.segment_steps, args.segment_steps)
-        seg, compile_s, extra = self.install(name)
-        private, tasks, ids = self.st.cohort(c)
-        block = self.block(c, args.segment_steps, seed=c)
-        n_seg = -(-args.steps // args.segment_steps)
-        samples: list[int] = []
-        self.run_round(seg, self.placed(private, tasks, ids), block, n_seg, samples)  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            placed = self.placed(private, tasks, ids)
-            t0 = time.perf_counter()
-            self.run_round(seg, placed, block, n_seg)
-            times.append(time.perf_counter() - t0)
-        return {
-            "compile_s": compile_s,
-            "round_s_all": times,
-            "round_s": statistics.median(times),
-            "peak_mem_est": max(samples) + extra,
-        }
-
-    def loop_row(self, dtype: str, c: int) -> dict:
-        """The C = 1 round's programs, one client after another (one repeat at C >= 32)."""
-        args = self.args
+        size = c if mode == "vmap" else 1
         seg, compile_s, extra = self.install(
-            self.submit_round(dtype, 1, args.segment_steps, args.segment_steps)
+            self.submit_round(dtype, size, args.segment_steps, args.segment_steps)
         )
-        private, tasks, ids = self.st.cohort(c)
-        block = self.block(c, args.segment_steps, seed=c)
+        cohort, block = self.st.cohort(c), self.block(c, args.segment_steps, seed=c)
+        groups = [slice(k, k + size) for k in range(0, c, size)]
+        part = lambda tree, g: jax.tree.map(lambda x: x[g], tree)
         n_seg = -(-args.steps // args.segment_steps)
-        one = client_rows
         samples: list[int] = []
-        first = self.placed(one(private, 0), one(tasks, 0), one(ids, 0))
-        self.run_round(seg, first, one(block, 0), n_seg, samples)  # warm-up
+        warm = self.placed(*part(cohort, groups[0]))
+        self.run_round(seg, warm, part(block, groups[0]), n_seg, samples)
+        repeats = args.repeats if mode == "vmap" else (1 if c >= 32 else min(2, args.repeats))
         times = []
-        for _ in range(1 if c >= 32 else min(2, args.repeats)):
-            placed = [self.placed(one(private, k), one(tasks, k), one(ids, k)) for k in range(c)]
+        for _ in range(repeats):
+            placed = [self.placed(*part(cohort, g)) for g in groups]
             t0 = time.perf_counter()
-            for k in range(c):
-                self.run_round(seg, placed[k], one(block, k), n_seg)
+            for g, p in zip(groups, placed):
+                self.run_round(seg, p, part(block, g), n_seg)
             times.append(time.perf_counter() - t0)
         return {
             "compile_s": compile_s,
