@@ -50,6 +50,8 @@ COLOURS = {
 }
 STYLES = ("-", "--", ":", "-.")
 HATCHES = ("", "//", "..", "xx")
+MARKERS = ("o", "s", "D", "^", "v")  # hollow, so that points on one spot can be told apart
+_LABEL = dict(ha="center", va="bottom", fontsize=6.5)  # a bar's score
 # A panel (or bar group) per client up to this many clients; beyond, results.txt has them.
 MAX_CLIENT_PANELS = 12
 
@@ -180,8 +182,10 @@ def _bars(groups: Groups, rows: list[list[str]], variant_of: dict[str, str]) -> 
                 edgecolor="white",
                 label=name,
             )
-            labels = ["" if np.isnan(m) else f"{m:.1f}" for m in means]  # a 0 is a bar too
-            ax.bar_label(bars, labels, fontsize=6, padding=1)
+            for bar, m, s in zip(bars, means, stds):  # above its error bar; a 0 is a bar too
+                if not np.isnan(m):
+                    at = (bar.get_x() + bar.get_width() / 2, m + s)
+                    ax.annotate(f"{m:.1f}", at, (0, 1), textcoords="offset points", **_LABEL)
         ax.set_ylim(0, max(5.0, ax.get_ylim()[1]) * 1.08)
         ax.set_xticks(np.arange(len(row)), [p.removeprefix("group/") for p in row], fontsize=9)
         ax.set_ylabel("score (%)")
@@ -229,7 +233,7 @@ def _draw(ax, x, mean, std, label: str, style: str = "-") -> None:
 
 def communication_figure(groups: Groups, variant_of: dict[str, str], title: str = "") -> Figure:
     """Mean headline score against cumulative bytes communicated (up + down): a line per setting
-    over its evaluations, a point with ± std where it evaluated once, and a dashed level at the
+    over its evaluations, a hollow point (± std) where it evaluated once, and a dashed level at the
     final score of a setting that communicates nothing (local training, the references)."""
     fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
     index = _variant_index(groups)
@@ -245,8 +249,10 @@ def communication_figure(groups: Groups, variant_of: dict[str, str], title: str 
                 x[0] / 1e6,
                 mean[0],
                 yerr=std[0] or None,
-                fmt="o",
-                ms=7,
+                fmt=MARKERS[len(ax.containers) % len(MARKERS)],
+                ms=max(5, 12 - 3 * len(ax.containers)),  # two on one spot: a ring in a ring
+                mfc="none",
+                mew=2,
                 capsize=3,
                 color=colour(name),
                 label=name,
