@@ -1,8 +1,8 @@
 """The ClientApp: a node that trains and evaluates its co-located clients (``node.Node``).
 
 The run's config comes from Flower's run config (``config``: ``FILE[:ARG]``, ``overrides``:
-JSON; ``runconfig``), or is bound when the app is made (the simulation). The node's own settings
-come from its node config, given on the SuperNode's command line
+JSON; ``runconfig``), or is bound when the app is made (the simulation: a ``ConfigDict``). The
+node's own settings come from its node config, given on the SuperNode's command line
 (``--node-config "partition-id=0 num-partitions=2 state-dir='/var/feddat' data-dir='/data'"``):
 which block of clients it holds, where their private state persists (default
 ``~/.feddat_flower``), and where its data lives (``data.cache_dir`` of the embedded benchmark,
@@ -12,9 +12,9 @@ built federation and its compiled functions; each keeps its own clients' state.
 
 from __future__ import annotations
 
-import functools
-import json
 from pathlib import Path
+
+import ml_collections
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,37 +24,47 @@ from feddat_jax.flower.federation import Federation, build_federation
 from feddat_jax.flower.node import Node
 
 DEFAULT_STATE_DIR = "~/.feddat_flower"
+# the built federation and nodes of this process's run (one at a time)
+_FEDERATIONS: dict[tuple[str, str], Federation] = {}
+_NODES: dict[tuple, Node] = {}
 
 
-@functools.lru_cache(maxsize=2)
-def _federation(spec: str, overrides: str, data_dir: str) -> Federation:
-    config = runconfig.load(spec, overrides)
-    if data_dir:
-        with config.unlocked():
-            if config.data.source == "tfds":
-                config.data.tfds_dir = data_dir
-            else:
-                config.data.cache_dir = data_dir
-    return build_federation(config)
+def _federation(config: ml_collections.ConfigDict, data_dir: str) -> Federation:
+    key = (config.to_json_best_effort(sort_keys=True), data_dir)
+    if key not in _FEDERATIONS:
+        config = config.copy_and_resolve_references()
+        if data_dir:
+            with config.unlocked():
+                if config.data.source == "tfds":
+                    config.data.tfds_dir = data_dir
+                else:
+                    config.data.cache_dir = data_dir
+        _FEDERATIONS.clear()  # one run per process at a time: free the previous one
+        _NODES.clear()
+        _FEDERATIONS[key] = build_federation(config)
+    return _FEDERATIONS[key]
 
 
-@functools.lru_cache(maxsize=16)
-def _node(spec: str, overrides: str, data_dir: str, partition: int, partitions: int, state: str):
-    fed = _federation(spec, overrides, data_dir)
-    return Node(fed, partition, partitions, Path(state).expanduser())
-
-
-def node_of(context: Context, bound: dict[str, str] | None, state_dir: str | None) -> Node:
-    run = bound or context.run_config
+def node_of(
+    context: Context, bound: ml_collections.ConfigDict | None, state_dir: str | None
+) -> Node:
+    run = context.run_config
+    if bound is None:
+        bound = runconfig.load(
+            str(run[runconfig.CONFIG_KEY]), str(run.get(runconfig.OVERRIDES_KEY, ""))
+        )
     node = context.node_config
-    return _node(
-        str(run[runconfig.CONFIG_KEY]),
-        str(run.get(runconfig.OVERRIDES_KEY, "")),
-        str(node.get("data-dir", "")),
+    data_dir = str(node.get("data-dir", ""))
+    fed = _federation(bound, data_dir)
+    key = (
+        fed.exp.run_fingerprint(),
         int(node["partition-id"]),
         int(node["num-partitions"]),
         str(node.get("state-dir", state_dir or DEFAULT_STATE_DIR)),
     )
+    if key not in _NODES:
+        _NODES[key] = Node(fed, key[1], key[2], Path(key[3]).expanduser())
+    return _NODES[key]
 
 
 def handle_query(node: Node) -> RecordDict:
@@ -96,10 +106,11 @@ def handle_evaluate(node: Node, content: RecordDict) -> RecordDict:
 
 
 def make_client_app(
-    spec: str | None = None, overrides: str = "", state_dir: str | None = None
+    config: ml_collections.ConfigDict | None = None, state_dir: str | None = None
 ) -> ClientApp:
-    """The ClientApp; ``spec`` given: bound to that config (else the run config names it)."""
-    bound = runconfig.run_config(spec, json.loads(overrides or "{}")) if spec else None
+    """The ClientApp; ``config`` given: bound to it (the simulation, whose actors receive it
+    pickled), else the run config names it (``flwr run``)."""
+    bound = config
     app = ClientApp()
 
     @app.query()

@@ -31,7 +31,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from feddat_jax.errors import DataError, DistributedError
+from feddat_jax.errors import DataError, DistributedError, RunInterrupted
 from feddat_jax.fl.communication import round_traffic
 from feddat_jax.fl.round import round_keys, server_step
 from feddat_jax.fl.state import ServerState
@@ -39,6 +39,7 @@ from feddat_jax.flower import protocol, wire
 from feddat_jax.flower.federation import Federation
 from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.cohorts import CohortPlanner
+from feddat_jax.train.interrupt import StopRequest
 from feddat_jax.train.loop import eval_record, round_record
 from feddat_jax.train.metrics import MetricsWriter, Record
 
@@ -183,7 +184,8 @@ class FlowerServer:
         return eval_record(self.fed.exp, scores, ids)
 
     # ------------------------------------------------------------------ the run
-    def run(self, grid: Grid) -> list[Record]:
+    def run(self, grid: Grid, stop: StopRequest | None = None) -> list[Record]:
+        """Every round not yet checkpointed; ``stop`` (Ctrl-C) ends it between rounds."""
         fed, cfg = self.fed, self.fed.config
         exp = fed.exp
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +205,8 @@ class FlowerServer:
         total = history[-1]["comm/bytes_cumulative"] if history else 0
         try:
             for r in range(start, cfg.rounds):
+                if stop is not None and stop.requested_here():
+                    raise RunInterrupted(cfg.method, r)
                 t0 = time.perf_counter()
                 ids, mask = self.planner.plan(cfg.seed, r)
                 cohort = np.asarray(ids)[np.asarray(mask)]

@@ -6,7 +6,8 @@
 the ServerApp runs in this process, the ClientApps in Ray actors (``actors`` of them, each
 using ``cpus_per_actor`` cores; one actor serves every node in turn and builds the federation
 once). Each node's private state persists under ``<state_dir>`` (default
-``<workdir>/.nodes``).
+``<workdir>/.nodes``). ``launch.py --config.engine=flower`` runs each method through
+``simulate_method`` (``flower.launch``).
 """
 
 from __future__ import annotations
@@ -14,34 +15,35 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import ml_collections
 from flwr.simulation import run_simulation
 
 from feddat_jax.errors import DistributedError
+from feddat_jax.flower import runconfig
 from feddat_jax.flower.client_app import make_client_app
-from feddat_jax.flower.server_app import bound_run_config, make_server_app
+from feddat_jax.flower.federation import build_federation
+from feddat_jax.flower.server_app import BoundRun, make_server_app
 from feddat_jax.train.metrics import Record
+from feddat_jax.train.report import write_report
 
-import json
 
-
-def simulate(
-    spec: str,
-    overrides: dict,
-    workdir: str | Path,
+def simulate_method(
+    config: ml_collections.ConfigDict,
+    run: BoundRun,
     *,
     nodes: int,
-    state_dir: str | Path | None = None,
+    state_dir: str | Path,
     actors: int = 1,
     cpus_per_actor: int = 1,
     verbose: bool = False,
 ) -> list[Record]:
-    workdir = Path(workdir)
-    state_dir = Path(state_dir) if state_dir else workdir / ".nodes"
+    """Train ``config.method`` (``run.fed`` built from ``config``) into ``run.method_dir`` on
+    ``nodes`` virtual SuperNodes; the metrics history."""
     result: list = []
-    server_app = make_server_app(bound_run_config(spec, overrides, workdir), result)
-    client_app = make_client_app(spec, json.dumps(overrides, sort_keys=True), str(state_dir))
+    server_app = make_server_app(run, result)
+    client_app = make_client_app(config, str(state_dir))
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # not its deprecation notes
     run_simulation(
         server_app=server_app,
         client_app=client_app,
@@ -64,3 +66,32 @@ def simulate(
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]
+
+
+def simulate(
+    spec: str,
+    overrides: dict,
+    workdir: str | Path,
+    *,
+    nodes: int,
+    state_dir: str | Path | None = None,
+    actors: int = 1,
+    cpus_per_actor: int = 1,
+    verbose: bool = False,
+) -> list[Record]:
+    """``config.method`` of ``spec`` + ``overrides`` in ``<workdir>/<method>``, the report in
+    ``workdir``; the metrics history."""
+    workdir = Path(workdir)
+    config = runconfig.load(spec, overrides)
+    fed = build_federation(config)
+    history = simulate_method(
+        config,
+        BoundRun(fed, workdir / config.method),
+        nodes=nodes,
+        state_dir=state_dir or workdir / ".nodes",
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        verbose=verbose,
+    )
+    write_report({config.method: history}, fed.exp.client_names, workdir)
+    return history

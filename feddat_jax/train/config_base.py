@@ -38,6 +38,7 @@ NON_NUMERIC_FIELDS = (
     "eval_clients_per_call",
     "client_storage",
     "distributed",
+    "engine",
     "data.read_threads",
     "data.decoded_cache_mb",
     "data.example_cache_mb",
@@ -45,6 +46,7 @@ NON_NUMERIC_FIELDS = (
 )
 STRATEGIES = ("auto", "vmap", "scan")
 CLIENT_STORAGES = ("auto", "device", "host")
+ENGINES = ("simulation", "flower")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -79,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
     # every client's private state: "device" (on the accelerator), "host" (numpy) or "auto" (device
     # when it fits in a quarter of a device's memory, 2 GiB where unknown; host with processes > 1)
     c.client_storage = "auto"
+    # "simulation": the project's own loop; "flower": each method on Flower's simulation engine,
+    # one node per client, same outputs (docs/FLOWER.md; needs pip install -e '.[flower]')
+    c.engine = "simulation"
     # multi-process runs (fl.distributed.initialize_distributed); empty = one process, or the environment
     # (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); auto_detect: SLURM / MPI / TPU;
     # initialization_timeout: seconds every process may take to join before the run gives up

@@ -76,6 +76,15 @@ def claim_workdir(
     return lock
 
 
+def method_runner(config: ml_collections.ConfigDict):
+    """``train.runs.run_method``, or its twin on Flower's simulation engine (``config.engine``)."""
+    if config.get("engine", "simulation") == "flower":
+        from feddat_jax.flower.launch import run_method as run_on_flower  # flwr is optional
+
+        return run_on_flower
+    return run_method
+
+
 def run(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest | None = None) -> str:
     """Train every method of the config, then write and return the comparison table.
 
@@ -91,7 +100,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, stop: StopRequest | No
     for method in run_methods(config):
         if stop is not None and stop.requested():
             raise RunInterrupted(method, 0)
-        run_ = run_method(
+        run_ = method_runner(config)(
             with_method(config, method),
             workdir / method,
             mesh=mesh,

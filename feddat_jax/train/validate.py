@@ -11,6 +11,7 @@ The mesh is checked when it is built (it needs the devices).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from feddat_jax.fl.local_optim import SCHEDULES, LocalOptimConfig
 from feddat_jax.fl.server_optimizers import SERVER_OPTIMIZERS
 from feddat_jax.models import registry
 from feddat_jax.peft.config import PeftConfig
-from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES
+from feddat_jax.train.config_base import CLIENT_STORAGES, ENGINES, STRATEGIES
 from feddat_jax.train.experiment import DATA_SOURCES
 from feddat_jax.train.references import check_references
 from feddat_jax.train.sweep import sweep_from_config
@@ -297,6 +298,10 @@ def _privacy(c: ml_collections.ConfigDict) -> None:
 
 def _execution(c: ml_collections.ConfigDict) -> None:
     _choice(c, "strategy", STRATEGIES)
+    if _choice(c, "engine", ENGINES) == "flower" and importlib.util.find_spec("flwr") is None:
+        raise ConfigError(
+            "engine 'flower' needs the flwr package", "config.engine", "pip install -e '.[flower]'"
+        )
     _choice(c, "client_storage", CLIENT_STORAGES)
     _at_least(c, "chunk_size", 0, 0)
     clients = c.mesh.clients
