@@ -4,7 +4,7 @@ One place builds the cohort (FedDAT on ``ViltVQA`` with random weights, batches 
 contract's keys, dtypes and shapes ``[C, S, B, ...]``, the cohort's private state and tasks) and
 one place measures it (the library's round at R = 1, fresh donated buffers, medians after a
 warm-up, XLA's FLOP count of one client step, the device's matmul peak), so that
-``round_speed``, ``profile_round``, ``sweep_speed`` and ``gpu_check`` time the same thing and
+``round_speed``, ``sweep_speed`` and ``gpu_check`` time the same thing and
 their numbers can be compared.
 
 Imports only jax, flax, optax, numpy and the round's own modules (no ml_collections,

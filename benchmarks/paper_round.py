@@ -46,7 +46,7 @@ class FirstSegments:
     def windows(self, num_steps: int):
         return self.inner.windows(num_steps)
 
-    def __call__(self, *args, on_segment=None):
+    def __call__(self, *args, on_segment=None, **kwargs):
         def hook(k: int) -> None:
             now = time.perf_counter()
             self.rows.append(
@@ -69,7 +69,7 @@ class FirstSegments:
             if k + 1 >= self.count:
                 raise Stop
 
-        return self.inner(*args, on_segment=hook)
+        return self.inner(*args, on_segment=hook, **kwargs)
 
 
 def main(argv=None) -> dict:

@@ -74,6 +74,19 @@ def round_speed(d: dict) -> list[str]:
             ],
         ),  # fmt: skip
     ]
+    ok = [r for r in d["rows"] if "error" not in r]
+    if any("cpu_peak_fraction" in r for r in ok):
+        out.append("In process CPU seconds (all threads; robust to other processes' load):")
+        out.append(
+            table(
+                ["strategy", "C", "round CPU s (median)", "% of peak, CPU time"],
+                [[r["strategy"], f"{r['C']}", num(r["round_cpu_s"], ".4f"),
+                  f"{100 * r['cpu_peak_fraction']:.1f} %"] for r in ok],
+            )  # fmt: skip
+        )
+    profiled = [r for r in ok if "profile" in r]
+    if profiled:
+        out += profile({"profiles": {f"{r['strategy']} C={r['C']}": shares(r["profile"]) for r in profiled}})
     if any(i.get("pipeline_s") is not None for i in d["inputs"]):
         out.append("Inputs per round (host vs device):")
         out.append(
@@ -91,6 +104,12 @@ def round_speed(d: dict) -> list[str]:
     if "fastest" in d:
         out.append(f"Fastest: **{d['fastest']}** (cohort sizes won: {d['wins']}).")
     return out
+
+
+def shares(prof: dict) -> dict[str, float]:
+    """``op_profile``'s seconds per category as shares of the op time."""
+    total = prof["thread_seconds_per_round"]
+    return {k: v / total for k, v in prof["categories"].items() if not k.startswith("(")}
 
 
 def profile(d: dict) -> list[str]:
@@ -118,7 +137,7 @@ def profile(d: dict) -> list[str]:
                 ["", "round wall s (median)", "share of peak, wall", "round CPU s (median)",
                  "share of peak, CPU time", "load"],
                 [
-                    [k, num(v["round_s"]), f"{100 * v['share']:.1f} %", num(v["round_cpu_s"], ".3f"),
+                    [k, num(v["round_s"], ".4f"), f"{100 * v['share']:.1f} %", num(v["round_cpu_s"], ".3f"),
                      f"{100 * v['cpu_share']:.1f} %", num(v["load"], ".1f")]
                     for k, v in d["compare"].items()
                 ],
@@ -267,6 +286,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("accuracy", "Accuracy on the embedded benchmark", accuracy),
     ("round_", "Round speed", round_speed),
     ("profile_", "Where the round's CPU time goes", profile),
+    ("compare_", "A change's round time, before and after", profile),
     ("sweep_", "Sweeps: R replicas in one program vs R separate runs", sweep),
     ("gpu_check", "The GPU check's round and memory tables", gpu_check),
     ("host_memory", "Host memory and start-up against registered clients", host_memory),

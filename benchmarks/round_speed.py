@@ -1,7 +1,10 @@
-"""How fast is one federated round, for each way of running the cohort's clients?
+"""How fast is one federated round, for each way of running the cohort's clients, and where does its time go?
 
     python -m benchmarks.round_speed                          # CPU default, tiny ViLT, ~3 min
-    python -m benchmarks.round_speed --size base --image 384x640 --cohorts 1,4,16   # ViLT-B/32
+    python -m benchmarks.round_speed --size base --cohorts 1,4,16   # ViLT-B/32 size
+    python -m benchmarks.round_speed --size mid --cohorts 16 --steps 8 --strategies vmap --trace
+    python -m benchmarks.round_speed --size mid --cohorts 16 --steps 8 --strategies vmap \
+        --compare /tmp/base --pairs 4                         # a change's before/after
 
 Strategies (the same FedDAT local epoch, METHOD.md §1, on the harness's synthetic cohort):
   vmap  one jitted round, all cohort clients at once (the R = 1 round, chunk_size=None)
@@ -12,8 +15,16 @@ Reported per (strategy, cohort size C): compile time (AOT lower+compile, apart),
 round time over --repeats runs (inputs already on device), examples/s, the model FLOPs of a round
 (XLA's count of ONE client step x C x S; the round's own count, ``xla_round_gflop``, counts a
 loop body once) and the achieved FLOP/s against the measured matmul peak of the same device.
-The input table compares host time (building the synthetic cohort in numpy; the data pipeline's
-``cohort_batches`` on a synthetic store) with the host->device copy and the device's round time.
+The CPU-time columns are the same ratio in process CPU seconds (all threads; robust to other
+processes on a shared CPU). The input table compares host time (building the synthetic cohort in
+numpy; the data pipeline's ``cohort_batches`` on a synthetic store) with the host->device copy and
+the device's round time.
+
+``--trace`` adds each jitted round's per-op profile (``op_profile``: 3 rounds under
+``jax.profiler``, op time by category). ``--compare DIR`` instead runs this module with the same
+flags alternately in DIR (another checkout that has it) and in this one (``--pairs`` pairs of
+processes), so a before/after is measured under the same machine load, and prints and writes the
+medians.
 
 Writes the table to stdout and everything to --out (JSON, rewritten after every row).
 """
@@ -22,13 +33,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 
-from benchmarks import harness
+from benchmarks import harness, op_profile
 from benchmarks.loop_round import LoopRound
 from feddat_jax.fl.aggregation import MeanAggregator
 
@@ -52,7 +69,12 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peak-size", type=int, default=0, help="matmul size for the peak (0: auto)")
     p.add_argument("--no-pipeline", action="store_true", help="skip timing data.pipeline")
-    p.add_argument("--out", default="", help="JSON (default benchmarks/results_round_<backend>.json)")
+    p.add_argument("--trace", action="store_true", help="per-op profile of the jitted rounds")
+    p.add_argument("--compare", default="", help="another checkout to interleave with")
+    p.add_argument("--pairs", type=int, default=3, help="--compare: pairs of processes")
+    p.add_argument(
+        "--out", default="", help="JSON (default benchmarks/results_{round,compare}_<backend>.json)"
+    )
     return p.parse_args(argv)
 
 
@@ -79,7 +101,7 @@ def pipeline_time(st: harness.Cohort, c: int) -> float:
     return statistics.median(times)
 
 
-def time_strategy(strategy, st, frozen, server, c, batches, batches_host, repeats, loop) -> dict:
+def time_strategy(strategy, st, frozen, server, c, batches, batches_host, args, loop) -> dict:
     """Compile seconds, round times and the XLA round count of one strategy at one C (the
     ``loop`` strategy's per-client programs do not depend on C: after the first cohort only its
     server update compiles)."""
@@ -90,25 +112,32 @@ def time_strategy(strategy, st, frozen, server, c, batches, batches_host, repeat
         timings = harness.time_calls(
             lambda p: loop(frozen, server, p, tasks_C, ids_C, batches_host),
             lambda: (harness.fresh(private_C),),
-            repeats,
+            args.repeats,
         )
-        return {"compile_s": compile_s, "round_s_all": timings.wall, "xla_round_gflop": None}
+        return {
+            "compile_s": compile_s,
+            "round_s_all": timings.wall,
+            "round_cpu_s_all": timings.cpu,
+            "xla_round_gflop": None,
+        }
     fn = harness.one_federation_round(
         st.algorithm, st.server_tx, MeanAggregator(), chunk_size=None if strategy == "vmap" else 1
     )
     t0 = time.perf_counter()
     compiled = fn.lower(frozen, server, harness.fresh(private_C), tasks, ids, batches).compile()
     compile_s = time.perf_counter() - t0
-    timings = harness.time_calls(
-        compiled,
-        lambda: (frozen, server, harness.fresh(private_C), tasks, ids, batches),
-        repeats,
-    )
-    return {
+    make_args = lambda: (frozen, server, harness.fresh(private_C), tasks, ids, batches)
+    timings = harness.time_calls(compiled, make_args, args.repeats)
+    row = {
         "compile_s": compile_s,
         "round_s_all": timings.wall,
+        "round_cpu_s_all": timings.cpu,
         "xla_round_gflop": harness.flops_of(compiled) / 1e9,
     }
+    if args.trace:
+        once = lambda: jax.block_until_ready(compiled(*make_args()))
+        row["profile"] = op_profile.profile(compiled, once, statistics.median(timings.wall))
+    return row
 
 
 def print_row(row: dict) -> None:
@@ -124,6 +153,66 @@ def print_row(row: dict) -> None:
         f"{'-' if xla is None else f'{xla:.3f}':>10}",
         flush=True,
     )
+
+
+def print_profile(prof: dict) -> None:
+    total = prof["thread_seconds_per_round"]
+    print(f"  thread time per round {total:.3f} s (executor threads; wall {prof['round_s']:.3f} s)")
+    for cat, sec in prof["categories"].items():
+        print(f"  {1000 * sec:9.1f} ms {100 * sec / total:5.1f}%  {cat}")
+    print("  top ops")
+    for op in prof["top_ops"]:
+        print(f"  {op['ms']:9.2f} ms  {op['op']:24} {op['jax']}", flush=True)
+
+
+def forwarded(argv: list[str]) -> list[str]:
+    """The flags a compared process gets: ``argv`` without ``--compare``, ``--pairs``, ``--out``
+    (and their values) and ``--trace``."""
+    flags, skip_value = [], False
+    for a in argv:
+        name = a.split("=")[0]
+        if skip_value:
+            skip_value = False
+        elif name in ("--compare", "--pairs", "--out"):
+            skip_value = "=" not in a
+        elif name != "--trace":
+            flags.append(a)
+    return flags
+
+
+def compare(args, argv: list[str]) -> dict:
+    """This module with the same flags, alternately in ``--compare``'s checkout ("before") and
+    in this one ("after"); per (strategy, C) the medians over the pairs."""
+    flags = forwarded(argv)
+    runs: dict[str, list] = {"before": [], "after": []}
+    for i in range(args.pairs):
+        for label, code in (("before", os.path.abspath(args.compare)), ("after", str(harness.ROOT))):
+            with tempfile.TemporaryDirectory() as d:
+                out = Path(d) / "round.json"
+                cmd = [sys.executable, "-m", "benchmarks.round_speed", *flags, "--out", str(out)]
+                subprocess.run(cmd, cwd=code, capture_output=True, text=True, check=True)
+                rows = json.loads(out.read_text())["rows"]
+            load = os.getloadavg()[0]
+            runs[label].append({"load": load, "rows": rows})
+            for r in rows:
+                print(f"{i} {label:6} {r['strategy']} C={r['C']}: round {r['round_s']:.4f} s "
+                      f"(CPU {r['round_cpu_s']:.3f} s), load {load:.1f}", flush=True)  # fmt: skip
+    summary = {}
+    for label, pairs in runs.items():
+        for key in {(r["strategy"], r["C"]) for r in pairs[0]["rows"]}:
+            got = [r for p in pairs for r in p["rows"] if (r["strategy"], r["C"]) == key]
+            med = lambda k: statistics.median(r[k] for r in got)  # noqa: B023
+            summary[f"{label}: {key[0]} C={key[1]}"] = {
+                "round_s": med("round_s"),
+                "share": med("peak_fraction"),
+                "round_cpu_s": med("round_cpu_s"),
+                "cpu_share": med("cpu_peak_fraction"),
+                "load": statistics.median(p["load"] for p in pairs),
+            }
+    for key, v in sorted(summary.items(), key=lambda kv: kv[0].split(": ")[::-1]):
+        print(f"{key:24} round {v['round_s']:.4f} s ({100 * v['share']:.1f}% of peak), CPU "
+              f"{v['round_cpu_s']:.3f} s ({100 * v['cpu_share']:.1f}%)")  # fmt: skip
+    return {"compare": summary, "pairs": runs}
 
 
 def fastest(result: dict, cohorts: list[int]) -> None:
@@ -195,12 +284,15 @@ def run(args) -> dict:
             row = {"strategy": strategy, "C": c, "examples": examples}
             try:
                 row.update(time_strategy(strategy, st, frozen, server, c, batches, batches_host,
-                                         args.repeats, loop))  # fmt: skip
+                                         args, loop))  # fmt: skip
                 row["round_s"] = statistics.median(row["round_s_all"])
+                row["round_cpu_s"] = statistics.median(row["round_cpu_s_all"])
                 row["examples_per_s"] = examples / row["round_s"]
                 row["model_gflop"] = step_flops * c * st.steps / 1e9
                 row["gflop_per_s"] = row["model_gflop"] / row["round_s"]
                 row["peak_fraction"] = row["gflop_per_s"] * 1e9 / peak["flops_per_s"]
+                cpu_peak = 2 * n_peak**3 / peak["cpu_seconds"]
+                row["cpu_peak_fraction"] = row["model_gflop"] * 1e9 / row["round_cpu_s"] / cpu_peak
             except Exception as e:  # e.g. out of memory at a large cohort: record and go on
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             result["rows"].append(row)
@@ -208,6 +300,8 @@ def run(args) -> dict:
                 inputs["round_s_vmap"] = row.get("round_s")
             harness.write_json(out_path, result)
             print_row(row)
+            if "profile" in row:
+                print_profile(row["profile"])
         result["inputs"].append(inputs)
         harness.write_json(out_path, result)
 
@@ -227,5 +321,18 @@ def run(args) -> dict:
     return result
 
 
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if not args.compare:
+        run(args)
+        return
+    result = {"command": harness.command("round_speed"), "device": harness.device_info()}
+    result.update(args=vars(args), **compare(args, argv))
+    out = args.out or harness.default_out(f"compare_{result['device']['backend']}")
+    harness.write_json(out, result)
+    print(f"wrote {out}")
+
+
 if __name__ == "__main__":
-    run(parse_args())
+    main()

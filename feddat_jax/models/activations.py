@@ -4,7 +4,7 @@
 approximate=False)`` computes the same function through ``erfc``, which XLA expands into two
 branches and an exponential: on CPU about twice the element-wise work of ``erf``'s single
 polynomial, and GELU and its derivative were the largest non-matmul cost of the FedDAT round
-(benchmarks/RESULTS.md, "CPU profile of the mid-size round"). The two agree to ~1e-6.
+(benchmarks/RESULTS.md, "Where the round's CPU time goes"). The two agree to ~1e-6.
 """
 
 from __future__ import annotations
