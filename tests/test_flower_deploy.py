@@ -1,0 +1,188 @@
+"""A Flower deployment on loopback: a SuperLink and 2 SuperNodes as subprocesses, TLS and node
+authentication on, the run started with ``flwr run deploy/flower`` (issue 34).
+
+Credentials come from ``deploy/flower/make_credentials.py`` (a CA, the SuperLink's certificate,
+three node keys of which two are registered). The deployment's 3 rounds of the demo's smoke
+config equal the project's simulated run (metrics 1e-5, params ``test_flower.PARAM_TOL``), and a
+node whose key the SuperLink does not know is refused. Each ClientApp message runs in a fresh
+process (Flower's isolation), so the nodes share a persistent JAX compilation cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from test_flower import PARAM_TOL, TOL, _numbers, _state  # noqa: E402
+
+from feddat_jax.flower import runconfig  # noqa: E402
+from feddat_jax.train.runs import run_method  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC, ROUNDS = "configs/demo.py:smoke", 3
+OVERRIDES = {"rounds": ROUNDS, "eval_every": 2}  # evaluations after rounds 2 and 3
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deployment:
+    """The processes of one loopback federation, each with its own FLWR_HOME and log."""
+
+    def __init__(self, root: Path):
+        self.root, self.creds = root, root / "creds"
+        self.link_port = _port()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),  # the apps import feddat_jax from this checkout
+            "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        }
+        cli_home = root / "cli_home"
+        cli_home.mkdir()
+        (cli_home / "config.toml").write_text(
+            '[superlink]\ndefault = "loop"\n\n[superlink.loop]\n'
+            f'address = "127.0.0.1:{self.link_port}"\n'
+            f'root-certificates = "{self.creds / "ca.crt"}"\n'
+        )
+        self.cli_env = {**self.env, "FLWR_HOME": str(cli_home)}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        home = self.root / f"home_{name}"
+        home.mkdir(exist_ok=True)
+        log = open(self.root / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            args, env={**self.env, "FLWR_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def superlink(self) -> None:
+        c = self.creds
+        self.start(
+            "superlink",
+            [
+                "flower-superlink",
+                "--port", str(self.link_port),
+                "--ssl-ca-certfile", str(c / "ca.crt"),
+                "--ssl-certfile", str(c / "server.pem"),
+                "--ssl-keyfile", str(c / "server.key"),
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",
+            ],
+        )  # fmt: skip
+
+    def flwr(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["flwr", *args], env=self.cli_env, cwd=ROOT, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+
+    def supernode(self, i: int, partition: int, *extra: str) -> subprocess.Popen:
+        config = f"partition-id={partition} num-partitions=2 state-dir='{self.root / f'state_{i}'}'"
+        return self.start(
+            f"node_{i}",
+            [
+                "flower-supernode",
+                "--superlink", f"127.0.0.1:{self.link_port}",
+                "--root-certificates", str(self.creds / "ca.crt"),
+                "--auth-supernode-private-key", str(self.creds / f"node_{i}"),
+                "--port", str(_port()),
+                "--node-config", config,
+                *extra,
+            ],
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    subprocess.run(
+        [sys.executable, str(ROOT / "deploy/flower/make_credentials.py"), str(root / "creds"),
+         "--nodes", "3"],
+        check=True,
+    )  # fmt: skip
+    dep = Deployment(root)
+    try:
+        dep.superlink()
+        for i in range(2):  # node_2's key stays unknown
+            for _ in range(30):  # the SuperLink may still be starting
+                out = dep.flwr("supernode", "register", str(dep.creds / f"node_{i}.pub"), "loop",
+                               timeout=60)  # fmt: skip
+                if out.returncode == 0:
+                    break
+                time.sleep(1)
+            assert out.returncode == 0, out.stdout + out.stderr + dep.log("superlink")
+            dep.supernode(i, partition=i)
+        yield dep
+    finally:
+        dep.stop()
+
+
+@pytest.mark.slow
+def test_a_node_without_a_known_key_is_refused(deployment):
+    node = deployment.supernode(2, 0, "--max-retries", "1", "--max-wait-time", "20")
+    assert node.wait(timeout=120) != 0
+    assert "ApiError" in deployment.log("superlink")  # the SuperLink refused its activation
+
+
+def _flwr_run(deployment: Deployment, workdir: Path, rounds: int) -> None:
+    overrides = json.dumps({**OVERRIDES, "rounds": rounds})
+    run_config = f"overrides='{overrides}' workdir='{workdir}' node-wait=120.0 round-timeout=300.0"
+    out = deployment.flwr("run", "deploy/flower", "loop", "--run-config", run_config, "--stream",
+                          timeout=600)  # fmt: skip
+    logs = "\n".join(deployment.log(n)[-2000:] for n in deployment.procs)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:] + logs
+
+
+@pytest.mark.slow
+def test_deployment_reproduces_the_simulated_run(deployment, tmp_path):
+    """Two runs of the same workdir: the second one's ServerApp (a new process) resumes the
+    first one's checkpoint after round 2, the nodes their clients' state from their disks."""
+    workdir = tmp_path / "deployed"
+    _flwr_run(deployment, workdir, ROUNDS - 1)
+    _flwr_run(deployment, workdir, ROUNDS)
+    rows = [json.loads(line) for line in (workdir / "feddat" / "metrics.jsonl").open()]
+    assert len(rows) == ROUNDS
+
+    config = runconfig.load(SPEC, OVERRIDES)
+    simulated = run_method(config, tmp_path / "sim" / config.method).history
+    for a, b in zip(simulated, rows, strict=True):
+        a, b = _numbers(a), _numbers(b)
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], str):
+                assert a[key] == b[key], key
+            else:
+                np.testing.assert_allclose(b[key], a[key], atol=TOL, rtol=0, err_msg=key)
+    sim = _state(tmp_path / "sim" / config.method / "checkpoints")
+    deployed = _state(workdir / config.method / "checkpoints")
+    sim_shared = jax.tree.map(lambda x: np.asarray(x)[0], sim["server"]["shared"])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(b, a, atol=PARAM_TOL), sim_shared, deployed["shared"]
+    )
+    assert (workdir / "results.json").is_file() and (workdir / "scores.png").is_file()
