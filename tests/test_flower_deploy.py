@@ -147,7 +147,9 @@ def deployment(tmp_path_factory):
 def test_a_node_without_a_known_key_is_refused(deployment):
     node = deployment.supernode(2, 0, "--max-retries", "1", "--max-wait-time", "20")
     assert node.wait(timeout=120) != 0
-    assert "ApiError" in deployment.log("superlink")  # the SuperLink refused its activation
+    # Flower's exit code for a node the SuperLink refused to activate (its key is unknown)
+    assert "Exit Code: 305" in deployment.log("node_2")
+    assert "Attempted to register SuperNode with public key" in deployment.log("superlink")
 
 
 def _flwr_run(deployment: Deployment, workdir: Path, rounds: int) -> None:
