@@ -10,8 +10,10 @@ process (Flower's isolation), so the nodes share a persistent JAX compilation ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,9 +68,12 @@ class Deployment:
         home = self.root / f"home_{name}"
         home.mkdir(exist_ok=True)
         log = open(self.root / f"{name}.log", "wb")
+        # a session of its own: killing it kills the process and its app processes, as when
+        # the machine dies
         proc = subprocess.Popen(
-            args, env={**self.env, "FLWR_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT
-        )
+            args, env={**self.env, "FLWR_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         self.procs[name] = proc
         return proc
 
@@ -111,11 +116,16 @@ class Deployment:
             ],
         )  # fmt: skip
 
+    def kill(self, name: str) -> None:
+        """kill -9 of the process and the app processes it started."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
+        for name in self.procs:
+            self.kill(name)
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +198,60 @@ def test_deployment_reproduces_the_simulated_run(deployment, tmp_path):
         lambda a, b: np.testing.assert_allclose(b, a, atol=PARAM_TOL), sim_shared, deployed["shared"]
     )
     assert (workdir / "results.json").is_file() and (workdir / "scores.png").is_file()
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _restart(deployment: Deployment, i: int, timeout: float) -> None:
+    """Start node ``i`` again; the SuperLink refuses its key (exit 305) until it has marked
+    the killed session offline (two missed 30 s heartbeats), so retry until it stays up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        node = deployment.supernode(i, partition=i)
+        try:
+            node.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            return
+        deployment.kill(f"node_{i}")  # its SuperExec child
+        assert time.monotonic() < deadline, deployment.log(f"node_{i}")[-2000:]
+        time.sleep(3)
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_round_is_dropped_then_resumes_from_its_disk(deployment, tmp_path):
+    """kill -9 of SuperNode 1 in round 2: round 2 finishes with node 0's clients (no hang);
+    node 1 restarts (same key, so the same node id), round 3 waits for it (``rejoin-wait``),
+    and it trains its clients from their state after round 1, read from its disk."""
+    workdir = tmp_path / "faults"
+    overrides = json.dumps({"rounds": 3, "eval_every": 3, "seed": 1})  # a run of its own
+    run_config = (
+        f"overrides='{overrides}' workdir='{workdir}' node-wait=120.0 round-timeout=60.0 "
+        "rejoin-wait=150.0"
+    )
+    trains = lambda: deployment.log("node_1").count("Receiving: train message")  # noqa: E731
+    before = trains()
+    run = subprocess.Popen(
+        ["flwr", "run", "deploy/flower", "loop", "--run-config", run_config, "--stream"],
+        env=deployment.cli_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: trains() >= before + 2, 300, "node 1 to receive round 2")
+        deployment.kill("node_1")  # SIGKILL, mid-round
+        _restart(deployment, 1, timeout=150)
+        output, _ = run.communicate(timeout=480)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, output.decode(errors="replace")[-3000:]
+    rows = [json.loads(line) for line in (workdir / "feddat" / "metrics.jsonl").open()]
+    assert [row["flower/dropped"] for row in rows] == ["", "night_02,noisy_03", ""]
+    assert rows[2]["cohort"] == "clean_00,sketch_01,night_02,noisy_03"
+    assert any(k.startswith("score/") for k in rows[2])
+    for client in (2, 3):  # node 1's clients: rounds 1 and 3 on its disk, never round 2
+        saved = sorted(p.name for p in deployment.root.glob(f"state_1/*/node_1/client_{client}/*"))
+        assert saved == ["round_1.npz", "round_3.npz"], saved

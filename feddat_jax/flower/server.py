@@ -52,6 +52,7 @@ class ServerOptions:
     round_timeout: float = 600.0  # seconds a round waits for the nodes' replies
     node_wait: float = 120.0  # seconds to wait for every node to connect at the start
     retries: int = 2  # re-sends of a round that no node answered
+    rejoin_wait: float = 0.0  # seconds a round waits for its nodes to be online (a restart)
 
 
 @dataclasses.dataclass
@@ -124,6 +125,13 @@ class FlowerServer:
         return nodes
 
     # ------------------------------------------------------------------ one round
+    def _await_nodes(self, grid: Grid, node_ids: list[int]) -> None:
+        """Wait up to ``rejoin_wait`` seconds for these nodes to be online: a node restarting
+        after a crash keeps its id (its key) and rejoins the next round instead of missing it."""
+        deadline = time.monotonic() + self.options.rejoin_wait
+        while not set(node_ids) <= set(grid.get_node_ids()) and time.monotonic() < deadline:
+            time.sleep(1.0)
+
     def train_round(self, grid: Grid, server: ServerState, r: int, cohort: np.ndarray):
         """Send round ``r`` to the cohort's nodes; ``(clients that answered (cohort order),
         deltas, metrics, num_examples, upload bytes)``."""
@@ -131,6 +139,7 @@ class FlowerServer:
         asked: dict[int, list[int]] = {}
         for k in cohort.tolist():
             asked.setdefault(owner[k].node_id, []).append(k)
+        self._await_nodes(grid, list(asked))
         shared = jax.device_get(server.shared)
         contents = {i: protocol.train_request(r, ks, shared) for i, ks in asked.items()}
         for attempt in range(self.options.retries + 1):

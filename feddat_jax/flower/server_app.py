@@ -3,8 +3,9 @@
 Run config keys (``pyproject.toml``'s ``[tool.flwr.app.config]``, or ``flwr run --run-config``):
 ``config`` (``FILE[:ARG]``), ``overrides`` (JSON of ``--config.KEY=VALUE`` s), ``workdir`` (the
 run folder: ``<workdir>/<method>`` gets metrics.jsonl, checkpoints, and ``<workdir>`` the
-report), ``round-timeout`` and ``node-wait`` (seconds). The simulation binds a built federation
-instead (``BoundRun``): its ServerApp runs in the launching process.
+report), ``round-timeout``, ``node-wait`` and ``rejoin-wait`` (seconds, ``server.ServerOptions``).
+The simulation binds a built federation instead (``BoundRun``): its ServerApp runs in the
+launching process.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def options_of(run: dict) -> ServerOptions:
     return ServerOptions(
         round_timeout=float(run.get("round-timeout", ServerOptions.round_timeout)),
         node_wait=float(run.get("node-wait", ServerOptions.node_wait)),
+        rejoin_wait=float(run.get("rejoin-wait", ServerOptions.rejoin_wait)),
     )
 
 
