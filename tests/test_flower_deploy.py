@@ -235,6 +235,8 @@ def test_a_node_killed_mid_round_is_dropped_then_resumes_from_its_disk(deploymen
     )
     trains = lambda: deployment.log("node_1").count("Receiving: train message")  # noqa: E731
     before = trains()
+    state = deployment.root / "state_1"  # node 1's disk; this run gets a folder of its own
+    earlier_runs = set(state.iterdir()) if state.is_dir() else set()
     run = subprocess.Popen(
         ["flwr", "run", "deploy/flower", "loop", "--run-config", run_config, "--stream"],
         env=deployment.cli_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -252,6 +254,7 @@ def test_a_node_killed_mid_round_is_dropped_then_resumes_from_its_disk(deploymen
     assert [row["flower/dropped"] for row in rows] == ["", "night_02,noisy_03", ""]
     assert rows[2]["cohort"] == "clean_00,sketch_01,night_02,noisy_03"
     assert any(k.startswith("score/") for k in rows[2])
+    (run_dir,) = set(state.iterdir()) - earlier_runs
     for client in (2, 3):  # node 1's clients: rounds 1 and 3 on its disk, never round 2
-        saved = sorted(p.name for p in deployment.root.glob(f"state_1/*/node_1/client_{client}/*"))
+        saved = sorted(p.name for p in (run_dir / "node_1" / f"client_{client}").iterdir())
         assert saved == ["round_1.npz", "round_3.npz"], saved
