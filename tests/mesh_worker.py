@@ -205,9 +205,9 @@ def sharding_checks(out_path: str) -> None:
         "gather_spec": leaves_spec((g_private, g_tasks)),
         "padded_num_examples": np.asarray(g_tasks.num_examples)[0].tolist(),
         "server_diff": _max_diff(srv.shared, r6[0].shared),
-        "rows_diff": _max_diff(gather(first(reg.private), six), first(r6[1])),
+        "rows_diff": _max_diff(host_private(reg, six), first(r6[1])),
         "untouched_diff": _max_diff(
-            gather(first(reg.private), untouched), gather(first(private_C), untouched)
+            host_private(reg, untouched), gather(first(private_C), untouched)
         ),
     }
     with open(out_path, "w") as f:
@@ -290,7 +290,9 @@ def round_worker(
     host_server = mesh_lib.fetch_replicated(jax.tree.map(lambda x: x[0], server.shared))
     flat = {f"shared/{i}": x for i, x in enumerate(jax.tree.leaves(host_server))}
     flat.update({f"initial/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(shared))})
-    flat.update({f"private/{i}": x[0] for i, x in enumerate(jax.tree.leaves(reg.private))})
+    flat.update(
+        {f"private/{i}": x for i, x in enumerate(jax.tree.leaves(host_private(reg, owned)))}
+    )
     np.savez(
         out_path,
         ids=owned,
@@ -308,6 +310,22 @@ def round_worker(
     )
     if num_processes > 1:
         jax.distributed.shutdown()
+
+
+def host_private(reg, ids) -> dict:
+    """Replica 0's private state of these clients ``[C, ...]`` on the host: a trained client's
+    own rows (``ClientRegistry.trained``), the initial state (slot 0) for the others."""
+    import jax
+    import numpy as np
+
+    trained_ids, rows = reg.trained()
+    where = {int(k): t for t, k in enumerate(trained_ids[0]) if k >= 0}
+    slots = jax.device_get(reg.slots)
+    return jax.tree.map(
+        lambda x, v: np.stack([v[0, where[k]] if k in where else x[0, 0] for k in ids]),
+        slots,
+        rows,
+    )
 
 
 def main() -> None:

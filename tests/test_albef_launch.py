@@ -116,7 +116,9 @@ def test_eval_fn_scores_every_client_for_every_feddat_variant(experiment):
             exp.frozen,
             exp.server.shared,
             exp.server.shared,
-            exp.private_N,
+            jax.tree.map(  # every client at the initial private state
+                lambda x: np.repeat(x[:, None], len(exp.client_names), 1), exp.private_init
+            ),
             jax.tree.map(lambda x: x[None], exp.tasks),
             exp.eval_batches(np.arange(len(exp.client_names))),
         )
@@ -191,9 +193,9 @@ def test_checkpoint_and_tokenizer_load_through_build_experiment(experiment, cach
 
     want = {p: v for p, v in flatten(saved).items() if "/adapter_" not in p}
     frozen = flatten(exp.frozen)
-    head = flatten({"head": exp.private_N["params"]["head"]})
+    head = flatten({"head": exp.private_init["params"]["head"]})
     for path, value in want.items():
-        got = frozen[path] if path in frozen else head[path][0][0]  # replica 0, client 0
+        got = frozen[path] if path in frozen else head[path][0]  # replica 0
         np.testing.assert_array_equal(np.asarray(got), value, err_msg=path)
     assert not any(
         np.allclose(np.asarray(v), flatten(saved)[p]) for p, v in flatten(exp.server.shared).items()

@@ -77,12 +77,17 @@ def test_shared_and_private_params_equal_the_simulated_run(runs):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=PARAM_TOL), sim_shared, flw["shared"])
     fed = build_federation(config)
     run = fed.exp.run_fingerprint("/flower")[:16]
-    template = jax.tree.map(lambda x: x[0], fed.private0)
+    template = fed.private_init
+    # the simulated checkpoint holds the clients that trained: ids [R, T] and their rows
+    ids = np.asarray(sim["private"]["ids"])[0]
+    assert sorted(ids[ids >= 0]) == list(range(fed.num_clients))  # all 4 trained in 3 rounds
+    order = np.argsort(np.where(ids >= 0, ids, np.iinfo(ids.dtype).max))
+    trained_params = jax.tree.map(lambda x: np.asarray(x)[:, order], sim["private"]["state"]["params"])
     for k in range(fed.num_clients):  # node k holds client k; its state stayed on its disk
         store = NodeStore(root / "flower" / ".nodes" / run / f"node_{k}", template)
         saved_round, private = store.load(k, ROUNDS)
         assert saved_round == ROUNDS
-        sim_private = jax.tree.map(lambda x: np.asarray(x)[0, k], sim["private"]["params"])
+        sim_private = jax.tree.map(lambda x: np.asarray(x)[0, k], trained_params)
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(b, a, atol=PARAM_TOL), sim_private, private["params"]
         )

@@ -52,9 +52,18 @@ def numbers(history):
 
 def final_state(exp, workdir):
     from feddat_jax.train.checkpoints import RoundCheckpointer
+    from feddat_jax.train.loop import checkpoint_target
 
     ckpt = RoundCheckpointer(Path(workdir) / "checkpoints", exp.run_fingerprint())
-    return ckpt.restore_latest({"server": exp.server, "private": exp.private_N})
+    return ckpt.restore_latest(lambda meta: checkpoint_target(exp, meta["trained_slots"]))
+
+
+def trained_clients(state, replica: int = 0) -> dict[int, list[np.ndarray]]:
+    """A checkpoint's private state of each client that trained: id -> its leaves (one
+    replica's)."""
+    ids = np.asarray(state["private"]["ids"])[replica]
+    leaves = [np.asarray(x)[replica] for x in jax.tree.leaves(state["private"]["state"])]
+    return {int(k): [x[t] for x in leaves] for t, k in enumerate(ids) if k >= 0}
 
 
 def assert_bitwise_equal(a, b):

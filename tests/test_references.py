@@ -118,8 +118,7 @@ def test_a_centralized_step_is_adamw_on_the_pooled_loss_with_each_clients_head(e
     batch = jax.tree.map(lambda x: x[0], gather_rows(store, rows[None]))
     clients = np.repeat(np.arange(store.num_clients), store.num_examples())[rows]
     epoch_fn, tx = centralized.make_epoch_fn(exp, total_steps=10)
-    initial = (exp.server.shared, exp.private_N["params"])
-    trainable = jax.device_get(jax.tree.map(lambda x: x[0], initial))  # replica 0 (R = 1)
+    trainable = centralized.initial_trainable(exp)
     state = {"trainable": trainable, "opt": tx.init(trainable), "tick": jnp.zeros((), jnp.int32)}
     expected_opt = tx.init(trainable)
     new_state, _ = epoch_fn(state, batch, clients)

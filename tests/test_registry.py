@@ -1,7 +1,8 @@
-"""ClientRegistry: N stacked clients, the cohort gathered per round and scattered back.
+"""ClientRegistry: N clients, the cohort gathered per round and scattered back.
 
 The headline check: 10,000 registered clients, 100 sampled per round, 3 rounds of FedDAT on the
-toy model, with ONE compilation (no backend compile at all after the first round).
+toy model, with ONE compilation (no backend compile at all after the first round), holding private
+state only for the clients that trained.
 """
 
 import jax
@@ -38,6 +39,16 @@ class CompileCounter:
 
     def stop(self):
         jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def private_of(registry, ids):
+    """Host copies of these clients' private state ``[R, C, ...]`` (the initial state for a
+    client that never trained)."""
+    return jax.device_get(registry.gather(np.broadcast_to(ids, (registry.replicas, len(ids))))[0])
+
+
+def dense(registry, n):
+    return private_of(registry, np.arange(n))
 
 
 def client_sizes(n):
@@ -95,7 +106,7 @@ def test_10k_clients_100_per_round_three_rounds_one_compile():
     tasks = tasks_for(n)
     registry = ClientRegistry.create(algorithm, shared, private, tasks)
     assert registry.num_clients == n and registry.storage == "host"
-    initial = jax.tree.map(np.copy, registry.private)
+    initial = dense(registry, n)
     tx = make_server_optimizer("fedavg")
     server = with_replica_axis(init_server_state(shared, tx, jax.random.key(1)))
     run = make_replica_round_fn(algorithm, tx, MeanAggregator())
@@ -127,9 +138,15 @@ def test_10k_clients_100_per_round_three_rounds_one_compile():
     trained = np.unique(np.concatenate(seen))
     untouched = np.setdiff1d(np.arange(n), trained)
     head = lambda tree: tree["params"]["head"]["kernel"][0]
-    assert np.all(np.abs(head(registry.private)[trained] - head(initial)[trained]).max((1, 2)) > 0)
-    np.testing.assert_array_equal(head(registry.private)[untouched], head(initial)[untouched])
-    assert registry.nbytes < 100 * 2**20
+    now = dense(registry, n)
+    assert np.all(np.abs(head(now)[trained] - head(initial)[trained]).max((1, 2)) > 0)
+    np.testing.assert_array_equal(head(now)[untouched], head(initial)[untouched])
+    ids, _ = registry.trained()
+    np.testing.assert_array_equal(ids[0], trained)  # state only for the clients that trained
+    assert registry.used[0] == trained.size < 300
+    per_client = sum(x.nbytes for x in jax.tree.leaves(private_of(registry, [0])))
+    slot_bytes = registry.nbytes - sum(x.nbytes for x in jax.tree.leaves(registry.tasks))
+    assert slot_bytes < per_client * (trained.size + 2) + registry.slot_of.nbytes
 
 
 def test_registry_round_equals_direct_round_host_and_device():
@@ -142,7 +159,7 @@ def test_registry_round_equals_direct_round_host_and_device():
     run_R = make_replica_round_fn(algorithm, tx, MeanAggregator())
     host = ClientRegistry.create(algorithm, shared, private, tasks)
     device = ClientRegistry.create(algorithm, shared, private, tasks, storage="device")
-    reference = jax.tree.map(lambda x: np.copy(x[0]), host.private)
+    reference = jax.tree.map(lambda x: x[0], dense(host, n))
 
     s_ref = server0
     s_host = s_dev = with_replica_axis(server0)
@@ -167,9 +184,9 @@ def test_registry_round_equals_direct_round_host_and_device():
     assert counter.events == [], "device-storage gather/scatter recompiled in round 2"
     assert max_diff(s_host.shared, with_replica_axis(s_ref.shared)) <= 1e-6
     assert max_diff(s_dev.shared, with_replica_axis(s_ref.shared)) <= 1e-6
-    assert max_diff(host.private, with_replica_axis(reference)) <= 1e-6
-    assert max_diff(device.private, with_replica_axis(reference)) <= 1e-6
-    assert max_diff(device.states().private, host.states().private) <= 1e-6
+    assert max_diff(dense(host, n), with_replica_axis(reference)) <= 1e-6
+    assert max_diff(dense(device, n), with_replica_axis(reference)) <= 1e-6
+    assert max_diff(device.trained(), host.trained()) <= 1e-6
 
 
 def _set_rows(x, ids, v):
@@ -202,7 +219,8 @@ def test_padded_cohort_trains_the_same_as_unpadded():
         run, frozen, server, pids[None], with_replica_axis(padded), mask[None]
     )
     assert max_diff(sa.shared, sb.shared) <= 1e-6
-    assert max_diff(a.private, b.private) <= 1e-6  # padded slots (all client 2) dropped
+    assert max_diff(dense(a, n), dense(b, n)) <= 1e-6  # padded slots (all client 2) dropped
+    assert a.used[0] == b.used[0] == len(ids)
 
 
 def test_owned_subset_and_errors():
@@ -228,11 +246,51 @@ def test_owned_subset_and_errors():
     bad = tasks.replace(num_examples=np.zeros(10, np.int32))
     with pytest.raises(ValueError, match="zero training examples"):
         ClientRegistry.create(algorithm, shared, private, bad)
-    restored = ClientRegistry.from_states(reg.states(), client_ids=owned)
-    assert max_diff(restored.private, reg.private) == 0.0
 
 
 def test_chunk_size_for():
     assert chunk_size_for(64, None, None) is None
     assert chunk_size_for(64, None, 64) is None
     assert chunk_size_for(64, None, 16) == 16
+
+
+@pytest.mark.parametrize("storage", ["host", "device"])
+def test_state_only_for_trained_clients_round_trips_through_trained(storage):
+    """Two replicas, each its own cohorts; slots grow past the initial capacity; ``trained`` lists
+    exactly the clients that trained, in id order, and loads into registries that each hold
+    part of the clients (as processes would)."""
+    n = 10
+    algorithm, _, shared, private = setup()
+    one = algorithm.init_private(shared, private)
+    initial = jax.tree.map(lambda x: np.stack([x, x + 1]).astype(x.dtype), jax.device_get(one))
+    tasks = tasks_for(n)
+    reg = ClientRegistry(initial, tasks, capacity=2, storage=storage)
+    rng = np.random.default_rng(0)
+    written = {}
+    for ids, mask in (
+        (np.array([[1, 4, 7], [2, 4, 9]]), None),
+        (np.array([[4, 5, 6], [0, 1, 2]]), np.array([[1, 1, 0], [1, 0, 1]], bool)),
+    ):
+        values = jax.tree.map(
+            lambda x: rng.normal(size=(2, 3) + x.shape[1:]).astype(x.dtype), initial
+        )
+        reg.scatter(ids, values, mask)
+        keep = np.ones(ids.shape, bool) if mask is None else mask
+        for r, c in zip(*np.nonzero(keep)):
+            written[r, ids[r, c]] = jax.tree.map(lambda x: x[r, c], values)
+    assert reg.capacity > 3 and list(reg.used) == [4, 4]
+    ids, values = reg.trained()
+    np.testing.assert_array_equal(ids, [[1, 4, 5, 7], [0, 2, 4, 9]])
+    for r in range(2):
+        for t, k in enumerate(ids[r]):
+            assert max_diff(jax.tree.map(lambda x: x[r, t], values), written[r, k]) == 0.0
+    got = private_of(reg, [3])  # never trained: its replica's initial state
+    assert max_diff(got, jax.tree.map(lambda x: x[:, None], initial)) == 0.0
+
+    halves = [np.arange(5), np.arange(5, 10)]
+    for owned in halves:
+        part = ClientRegistry(initial, gather(tasks, owned), client_ids=owned, storage=storage)
+        part.restore_trained(ids, values)
+        want = jax.tree.map(lambda x: x[:, owned], dense(reg, n))
+        assert max_diff(private_of(part, owned), want) == 0.0
+        assert sum(part.used) == sum(np.isin(ids, owned).sum(1))

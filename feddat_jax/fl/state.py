@@ -1,8 +1,8 @@
 """The federated state as pytrees: what the server holds and what each client keeps.
 
-``ServerState`` is small and replicated. Client state is *stacked*: every leaf of a
-``ClientStates`` has a leading axis over all N registered clients; a round gathers the sampled
-cohort ``[C]`` from it and scatters the updated private state back.
+``ServerState`` is small and replicated. Client values are *stacked* on a leading client axis:
+``ClientTasks`` over the N registered clients ``[N]`` or a cohort ``[C]``; the private state of
+the clients that trained lives in ``fl.registry.ClientRegistry``.
 """
 
 from __future__ import annotations
@@ -40,18 +40,6 @@ class ClientTasks:
     num_examples: jax.Array  # int32 [..]: training examples the client holds
 
 
-@struct.dataclass
-class ClientStates:
-    """The private state of every registered client plus its task metadata, stacked [N]."""
-
-    private: PyTree
-    tasks: ClientTasks
-
-    @property
-    def num_clients(self) -> int:
-        return int(self.tasks.num_examples.shape[0])
-
-
 def init_server_state(
     shared: PyTree, server_tx: optax.GradientTransformation, rng: jax.Array
 ) -> ServerState:
@@ -68,11 +56,6 @@ def stack_clients(per_client: list[PyTree]) -> PyTree:
 def gather(tree_N: PyTree, idx_C: np.ndarray) -> PyTree:
     """The cohort's slice of a stacked value (works on host numpy and device arrays)."""
     return jax.tree.map(lambda x: x[idx_C], tree_N)
-
-
-def scatter(tree_N: PyTree, idx_C: np.ndarray, values_C: PyTree) -> PyTree:
-    """A new stacked value with the cohort's rows replaced (functional; device arrays)."""
-    return jax.tree.map(lambda x, v: jnp.asarray(x).at[idx_C].set(v), tree_N, values_C)
 
 
 def validate_tasks(tasks: ClientTasks) -> None:

@@ -35,7 +35,7 @@ class Federation:
     server_tx: optax.GradientTransformation
     aggregator: Aggregator
     server0: ServerState  # the initial server state (host)
-    private0: PyTree  # every client's initial private state, host numpy [N, ...]
+    private_init: PyTree  # the private state every client starts from, host numpy
     shared_shapes: wire.Shapes  # what a message of shared parameters must hold
     private_paths: frozenset[str]  # the private parameters' paths (named when refused)
 
@@ -51,12 +51,10 @@ class Federation:
         return self.exp.round_steps()
 
 
-def _one_replica(server: ServerState, private_N: PyTree) -> tuple[ServerState, PyTree]:
-    """Drop a replica axis of R = 1 (a scalar round counter means there is none)."""
-    if np.ndim(jax.device_get(server.round)) == 0:
-        return server, private_N
+def _one_replica(server: ServerState, private_init: PyTree) -> tuple[ServerState, PyTree]:
+    """The one replica's server state and initial private state (the replica axis dropped)."""
     take = lambda x: x[0]  # noqa: E731
-    return jax.tree.map(take, server), jax.tree.map(take, private_N)
+    return jax.tree.map(take, server), jax.tree.map(take, private_init)
 
 
 def build_federation(config: ml_collections.ConfigDict) -> Federation:
@@ -68,19 +66,19 @@ def build_federation(config: ml_collections.ConfigDict) -> Federation:
             "config.sweep",
             "run each setting as its own run (unset config.sweep)",
         )
-    server, private_N = _one_replica(jax.device_get(exp.server), exp.private_N)
+    server, private_init = _one_replica(jax.device_get(exp.server), exp.private_init)
     server_tx = make_server_optimizer(
         config.server.optimizer or exp.method.server_optimizer, **dict(config.server.hyper)
     )
     aggregator, _ = build_aggregation(config, len(exp.client_names))
     # the algorithms keep a client's private parameters under "params" (the rest: optimizer)
-    private_params = jax.tree.map(lambda x: x[0], private_N["params"])
+    private_params = private_init["params"]
     return Federation(
         exp=exp,
         server_tx=server_tx,
         aggregator=aggregator,
         server0=server,
-        private0=private_N,
+        private_init=private_init,
         shared_shapes=wire.shapes_of(server.shared),
         private_paths=frozenset(wire.flat(private_params)),
     )

@@ -63,7 +63,7 @@ class Node:
         self.clients = node_clients(fed.num_clients, num_partitions, partition)
         # one folder per run (config + data), so another run never reads this one's state
         run = fed.exp.run_fingerprint("/flower")[:16]
-        template = jax.tree.map(lambda x: x[0], fed.private0)
+        template = fed.private_init
         self.store = NodeStore(Path(state_dir) / run / f"node_{partition}", template)
         self._round = make_node_round(fed)
         self._eval = jax.jit(make_eval_fn(fed.exp.algorithm))

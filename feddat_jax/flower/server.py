@@ -190,7 +190,8 @@ class FlowerServer:
         ids = [k for n in self.nodes for k in n.clients]
         parts = [protocol.read_eval_reply(replies[n.node_id], n.clients) for n in self.nodes]
         scores = {v: np.concatenate([p[v] for p in parts]) for v in parts[0]}
-        return eval_record(self.fed.exp, scores, ids)
+        took_part = self.planner.took_part(rounds_done)[0, ids]  # the simulation's cohorts
+        return eval_record(self.fed.exp, scores, ids, took_part)
 
     # ------------------------------------------------------------------ the run
     def run(self, grid: Grid, stop: StopRequest | None = None) -> list[Record]:
@@ -217,7 +218,7 @@ class FlowerServer:
                 if stop is not None and stop.requested_here():
                     raise RunInterrupted(cfg.method, r)
                 t0 = time.perf_counter()
-                ids, mask = self.planner.plan(cfg.seed, r)
+                ids, mask = self.planner.plan(0, r)
                 cohort = np.asarray(ids)[np.asarray(mask)]
                 round_start = server.shared
                 done, delta_C, metrics_C, num_C, upload = self.train_round(grid, server, r, cohort)

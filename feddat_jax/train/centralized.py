@@ -97,6 +97,16 @@ def make_epoch_fn(exp: Experiment, total_steps: int):
     return jax.jit(epoch, donate_argnums=(0,)), tx
 
 
+def initial_trainable(exp: Experiment) -> tuple[PyTree, PyTree]:
+    """The one adapter and the N heads, from replica 0 of the experiment's initial state, as
+    host copies (the epoch function donates its state; the experiment's arrays stay intact)."""
+    shared = jax.device_get(jax.tree.map(lambda x: x[0], exp.server.shared))
+    heads = jax.tree.map(
+        lambda x: np.repeat(x[:1], exp.train_store.num_clients, 0), exp.private_init["params"]
+    )
+    return shared, heads
+
+
 def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
     """Train (or resume) the centralized reference in ``workdir``; the history has the same
     records as a method's (``score/...``, ``group/...``), so reports and plots treat it as one."""
@@ -112,10 +122,7 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
         cfg.rounds, store.num_examples(), cfg.batch_size, cfg.optim.max_local_steps
     )
     epoch_fn, tx = make_epoch_fn(exp, epochs * steps_per_epoch)
-    # host copies: the epoch function donates its state, and the experiment's arrays stay intact
-    # the one adapter and N heads start from replica 0 of the experiment's initial state
-    initial = (exp.server.shared, exp.private_N["params"])
-    trainable = jax.device_get(jax.tree.map(lambda x: x[0], initial))
+    trainable = initial_trainable(exp)
     state = {"trainable": trainable, "opt": tx.init(trainable), "tick": jnp.zeros((), jnp.int32)}
     # the schedule spans the whole run, so unlike a method's, the number of epochs changes the
     # numbers: it is part of the fingerprint
@@ -149,7 +156,7 @@ def train_centralized(exp: Experiment, workdir: str | Path) -> list[Record]:
                 exp.frozen, replica[0], replica[0], replica[1], replica[2], exp.eval_batches(all_ids)
             )
             scores = jax.tree.map(lambda x: x[0], scores_R)
-            record.update(eval_record(exp, scores, all_ids))
+            record.update(eval_record(exp, scores, all_ids, np.ones(len(all_ids), bool)))
         writer.write(record)
         if (e + 1) % cfg.checkpoint_every == 0 or e + 1 == epochs:
             ckpt.save(e + 1, jax.device_get(state), {"history": writer.history})

@@ -1,7 +1,8 @@
 """Round checkpoints with orbax: everything needed to resume a run exactly.
 
 A checkpoint holds the server state (round, global shared params, server optimizer state, rng),
-EVERY registered client's private state (A_c, heads, local optimizer states), and a JSON ``meta``
+the private state (A_c, heads, local optimizer states) of every client that has trained (the
+others still hold the initial state, which the config rebuilds), and a JSON ``meta``
 record: the fingerprints and the metrics so far. Data order and client sampling are functions of
 (seed, round), so nothing else is needed for a bit-exact resume.
 
@@ -30,7 +31,7 @@ import re
 import shutil
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,28 +215,36 @@ class RoundCheckpointer:
                     raise self._mismatch(step, "a different config or data")
 
     def restore_latest(
-        self, target: PyTree, older: tuple[PyTree, Callable[[PyTree], PyTree]] | None = None
+        self,
+        target: PyTree | Callable[[dict], PyTree],
+        older: Sequence[tuple[PyTree, Callable[[PyTree], PyTree]]] = (),
     ) -> tuple[int, PyTree, dict] | None:
         """``(round, state, meta)`` of the newest whole checkpoint, or None for a fresh workdir.
 
-        ``target`` is a state of the right structure (typed keys are converted back). ``older``
-        is an earlier layout of the same state that still loads: ``(its target, a function
-        turning it into target's layout)`` (the run's state before every run had a replica
-        axis). If any checkpoint belongs to another experiment, :class:`CheckpointMismatchError`
-        is raised before anything is touched; a damaged one is moved aside with one warning line.
+        ``target`` is a state of the right structure (typed keys are converted back; leaves may
+        be ``jax.ShapeDtypeStruct``), or a function of a checkpoint's meta record that gives it
+        (for shapes the checkpoint records, such as how many clients hold state of their own).
+        ``older`` are earlier layouts of the same state that still load: ``(their target, a
+        function turning it into target's layout)``. If any checkpoint belongs to another
+        experiment, :class:`CheckpointMismatchError` is raised before anything is touched; a
+        damaged one is moved aside with one warning line.
         """
-        layouts = {self.fingerprint(target): (target, lambda state: state)}
-        if older is not None:
-            layouts.setdefault(self.fingerprint(older[0]), older)
+
+        def layouts(meta: dict) -> dict[str, tuple[PyTree, Callable[[PyTree], PyTree]]]:
+            current = target(meta) if callable(target) else target
+            found = {self.fingerprint(layout): (layout, upgrade) for layout, upgrade in older}
+            found[self.fingerprint(current)] = (current, lambda state: state)
+            return found
+
         metas = self.read_metas()
         self.check_config(metas)
         for step, meta in metas.items():
-            if meta is not None and meta.get("fingerprint") not in layouts:
+            if meta is not None and meta.get("fingerprint") not in layouts(meta):
                 raise self._mismatch(step, "another state layout (parameter shapes or dtypes)")
         for step, meta in metas.items():
             restored, problem = None, "its meta record is unreadable"
-            layout, upgrade = layouts[meta["fingerprint"]] if meta else (target, None)
             if meta is not None:
+                layout, upgrade = layouts(meta)[meta["fingerprint"]]
                 abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_savable(layout))
                 try:
                     with quiet_logging():

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from feddat_jax.data.pipeline import cohort_batches
+from feddat_jax.errors import ConfigError
 from feddat_jax.fl import distributed
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.accounting import max_poisson_cohort, pad_cohort, poisson_sample
@@ -28,6 +29,8 @@ from feddat_jax.fl.registry import pad_batches
 from feddat_jax.train.experiment import Experiment, poisson_sample_rate, poisson_sampling
 
 PyTree = Any
+# the draw index of the evaluation sample (training rounds draw with their round index)
+EVAL_SAMPLE_DRAW = 2**31 - 1
 
 
 class CohortPlanner:
@@ -42,6 +45,16 @@ class CohortPlanner:
         self.exp, self.mesh = exp, mesh
         self.seeds = exp.sweep.seeds(cfg)
         self.num_clients = n = len(exp.client_names)
+        # each replica's cohort size (a sweep may vary it; all are padded to the largest)
+        self.cohort_sizes = [
+            exp.sweep.replica_config(cfg, r).clients_per_round for r in range(exp.sweep.size)
+        ]
+        if len(set(self.cohort_sizes)) > 1 and jax.process_count() > 1:
+            raise ConfigError(
+                "config.sweep.clients_per_round runs in one process only",
+                "config.sweep.clients_per_round",
+                "run each cohort size separately on several hosts",
+            )
         # DP with Poisson sampling: each round's cohort is poisson_sample(seed, r, N, q), padded
         # to ONE static size for the whole run (the largest cohort of every round and replica,
         # rounded up to the mesh's clients axis) so the round compiles once. An empty cohort
@@ -56,19 +69,50 @@ class CohortPlanner:
             largest = max(max_poisson_cohort(s, cfg.rounds, n, self.poisson_q) for s in self.seeds)
             self.poisson_size = -(-largest // devices) * devices
 
-    def plan(self, seed: int, r: int, clients_per_round=None) -> tuple[np.ndarray, np.ndarray]:
-        """(global padded ids, mask) of one replica's round-r cohort (default: the training
-        cohort; ``clients_per_round`` given: that fixed-size cohort)."""
-        n = self.num_clients
-        if clients_per_round is None and self.poisson_size is not None:
+    def plan(self, replica: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """(global padded ids, mask) of one replica's round-r cohort."""
+        n, seed = self.num_clients, self.seeds[replica]
+        if self.poisson_size is not None:
             return pad_cohort(poisson_sample(seed, r, n, self.poisson_q), self.poisson_size)
-        cpr = self.exp.config.clients_per_round if clients_per_round is None else clients_per_round
-        return distributed.plan_cohort(seed, r, n, cpr, self.mesh)
+        return distributed.plan_cohort(seed, r, n, self.cohort_sizes[replica], self.mesh)
 
-    def plans(self, r: int, clients_per_round=None):
-        pairs = [self.plan(seed, r, clients_per_round) for seed in self.seeds]
-        ids, masks = [p[0] for p in pairs], [p[1] for p in pairs]
-        return ids, masks, distributed.local_slots(self.mesh, len(ids[0]))
+    def evaluation_clients(self) -> tuple[np.ndarray, np.ndarray]:
+        """(global padded ids, mask) of the clients every evaluation scores:
+        ``config.eval_clients`` of them drawn once (seeded by the run's seed, the same at every
+        evaluation and in every replica, so scores over rounds compare), or every client (0)."""
+        n, sample = self.num_clients, int(self.exp.config.eval_clients)
+        if sample > n:
+            raise ConfigError(
+                f"config.eval_clients={sample} but the benchmark has {n} clients",
+                "config.eval_clients",
+                f"use 0 (every client) or at most {n}",
+            )
+        size = sample or n
+        return distributed.plan_cohort(self.seeds[0], EVAL_SAMPLE_DRAW, n, size, self.mesh)
+
+    def took_part(self, rounds_done: int) -> np.ndarray:
+        """bool ``[R, N]``: which clients each replica's cohorts of the first ``rounds_done``
+        rounds held (a function of the seeds, so a resumed run knows it without a record)."""
+        out = np.zeros((len(self.seeds), self.num_clients), bool)
+        for r in range(rounds_done):
+            ids, masks, _ = self.plans(r)
+            for i, (ids_i, mask_i) in enumerate(zip(ids, masks)):
+                out[i, ids_i[mask_i]] = True
+        return out
+
+    @property
+    def cohort_slots(self) -> int:
+        """Slots of every round's cohort (padding included): the most clients a round trains."""
+        return len(self.plans(0)[0][0])
+
+    def plans(self, r: int) -> tuple[list[np.ndarray], list[np.ndarray], slice]:
+        """Every replica's round-r ``(ids, masks)``, padded to one length (a padded slot repeats
+        the replica's first client, mask False), and this process's slots."""
+        pairs = [self.plan(i, r) for i in range(len(self.seeds))]
+        size = max(len(ids) for ids, _ in pairs)
+        ids = [np.concatenate([i, np.full(size - len(i), i[0])]) for i, _ in pairs]
+        masks = [np.concatenate([m, np.zeros(size - len(m), bool)]) for _, m in pairs]
+        return ids, masks, distributed.local_slots(self.mesh, size)
 
     def place(self, tree_local: PyTree, cohort_size: int) -> PyTree:
         """This process's cohort values ``[R, C_local, ...]`` on the mesh."""

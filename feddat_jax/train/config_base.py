@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 2
     c.eval_batch_size = 32
     c.eval_every = 5
+    c.eval_clients = 0  # clients each evaluation scores: a seeded sample (0 = every client)
     c.eval_clients_per_call = 0  # clients evaluated per call (0 = a training cohort's size)
     c.checkpoint_every = 1
     c.aggregation = "weighted"  # "uniform" reproduces the official code

@@ -70,7 +70,7 @@ class Experiment:
     algorithm: LocalAlgorithm
     frozen: PyTree  # placed on the mesh (replicated, or split over "model")
     server: ServerState  # the initial server state [R, ...], replicated on the mesh
-    private_N: PyTree  # every client's initial private state, host numpy [R, N, ...]
+    private_init: PyTree  # each replica's initial private state (every client's), host [R, ...]
     segmented_round: SegmentedRound  # the round: config.segment_steps steps per call (0 = all)
     eval_fn: Any  # make_replica_eval_fn
     param_share: communication.ParameterShare
@@ -217,7 +217,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
                 method, init_params(seed), config.peft.head
             )[1:]
     servers, privates = zip(
-        *(initial_state(algorithm, server_tx, *trainable[s], s, len(clients)) for s in seeds)
+        *(initial_state(algorithm, server_tx, *trainable[s], s) for s in seeds)
     )
     strategy = resolve_strategy(config, frozen)
     placement = mesh_lib.round_fn_kwargs(strategy, config.chunk_size or None)
@@ -240,7 +240,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         algorithm=algorithm,
         frozen=mesh_lib.put_frozen(frozen, mesh, config.mesh.shard_frozen),
         server=mesh_lib.put_replicated(stack_replicas(servers), mesh),
-        private_N=jax.tree.map(lambda *xs: np.stack(xs), *privates),
+        private_init=jax.tree.map(lambda *xs: np.stack(xs), *privates),
         segmented_round=segmented_round,
         eval_fn=make_replica_eval_fn(algorithm, mesh=mesh, **placement),
         param_share=param_share,
@@ -254,13 +254,12 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
 
 
 def initial_state(
-    algorithm: LocalAlgorithm, server_tx, shared: PyTree, private: PyTree, seed: int, n: int
+    algorithm: LocalAlgorithm, server_tx, shared: PyTree, private: PyTree, seed: int
 ) -> tuple[ServerState, PyTree]:
-    """A federation's initial server state (its key from ``seed``) and its n clients' private
-    states, host numpy ``[n, ...]`` (SPEC §1: every client starts from the same state)."""
+    """A federation's initial server state (its key from ``seed``) and the private state every
+    one of its clients starts from, host numpy (METHOD.md §1: all clients start identical)."""
     server = init_server_state(shared, server_tx, jax.random.key(seed + 1))
-    private_one = algorithm.init_private(shared, private)
-    return server, jax.tree.map(lambda x: np.repeat(np.asarray(x)[None], n, axis=0), private_one)
+    return server, jax.device_get(algorithm.init_private(shared, private))
 
 
 def replica_parts(

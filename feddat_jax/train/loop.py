@@ -6,8 +6,8 @@ axis, gather the cohort's private state from the :class:`~feddat_jax.fl.registry
 run the round (``fl.segments.SegmentedRound``: one jitted call, or ``segment_steps``-step segments
 whose batches are read, placed on the mesh and prefetched on a host thread one segment ahead; the
 progress bar moves per segment), scatter the private state back, check for NaN, log, evaluate
-every client every ``eval_every`` rounds and after the last (``eval_clients_per_call`` at a
-time), checkpoint every ``checkpoint_every`` rounds and after the last.
+``eval_clients`` sampled clients (0: every client) every ``eval_every`` rounds and after the
+last (``eval_clients_per_call`` at a time), checkpoint every ``checkpoint_every`` rounds and after the last.
 Restarting with the same workdir resumes from the newest whole checkpoint and reproduces the
 uninterrupted run exactly.
 
@@ -121,22 +121,27 @@ def client_scores(exp: Experiment, scores_CxSxB: dict, client_ids) -> dict[str, 
 
 
 def summary_record(
-    exp: Experiment, per_client: dict[str, list[np.ndarray]], client_ids, tags
+    exp: Experiment, per_client: dict[str, list[np.ndarray]], client_ids, tags, took_part
 ) -> Record:
     """Per-client, per-group and per-question-type means (``train.scores``) of these clients'
-    per-example scores; ``tags``: each client's test-row tags (``exp.eval_tags``)."""
+    per-example scores, and what they say of all N clients as a sample (``scores.sample_summary``);
+    ``tags``: each client's test-row tags (``exp.eval_tags``); ``took_part``: whether each client
+    has trained in some round so far."""
     names = [exp.client_names[k] for k in client_ids]
     record: Record = {}
     for variant, scores in per_client.items():
         record.update(scores_lib.summarize(variant, scores, names, tags))
+        means = [100.0 * np.mean(s) if len(s) else np.nan for s in scores]
+        population = len(exp.client_names)
+        record.update(scores_lib.sample_summary(variant, means, took_part, population))
     return record
 
 
-def eval_record(exp: Experiment, scores_NxSxB: dict, client_ids) -> Record:
+def eval_record(exp: Experiment, scores_NxSxB: dict, client_ids, took_part) -> Record:
     """:func:`summary_record` of one evaluation call over clients ``client_ids`` (rows of
     ``scores_NxSxB``, in that order)."""
     per_client = client_scores(exp, scores_NxSxB, client_ids)
-    return summary_record(exp, per_client, client_ids, exp.eval_tags(client_ids))
+    return summary_record(exp, per_client, client_ids, exp.eval_tags(client_ids), took_part)
 
 
 def client_storage(setting: str, nbytes: int, mesh) -> str:
@@ -171,37 +176,82 @@ def host_rows(tree: PyTree) -> PyTree:
     return jax.tree.map(leaf, tree)
 
 
-def all_clients(registry: ClientRegistry, num_clients: int) -> PyTree:
-    """Every registered client's private state as host numpy ``[R, N, ...]``, on every process (a multi-process run gathers the processes' blocks: fine for the
-    small N of one host's memory)."""
-    local = registry.states().private
+def all_trained(registry: ClientRegistry) -> tuple[np.ndarray, PyTree]:
+    """Every process's trained clients (``ClientRegistry.trained``) as one ``(ids_RxT,
+    private_RxT)`` on every process, in id order per replica: what a checkpoint holds."""
+    ids, private = registry.trained()
     if jax.process_count() == 1:
-        return local
-    axis = 1  # the clients axis of [R, N, ...]
-    blocks = distributed.client_blocks(num_clients)
-    sizes, most = np.diff(blocks), int(np.max(np.diff(blocks)))
+        return ids, private
+    most = int(np.max(multihost_utils.process_allgather(np.asarray(ids.shape[1]))))
 
-    def pad(x):
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, most - x.shape[axis])
-        return np.pad(x, widths)
+    def pad(x: np.ndarray, fill) -> np.ndarray:
+        extra = np.full((x.shape[0], most - x.shape[1]) + x.shape[2:], fill, x.dtype)
+        return np.concatenate([x, extra], 1)
 
-    stacked = multihost_utils.process_allgather(jax.tree.map(pad, local))  # [P, ..most..]
-    return jax.tree.map(
-        lambda x: np.concatenate(
-            [np.take(np.asarray(x)[p], np.arange(sizes[p]), axis) for p in range(len(sizes))],
-            axis,
-        ),
-        stacked,
+    ids_P = np.asarray(multihost_utils.process_allgather(pad(ids, -1)))  # [P, R, most]
+    private_P = multihost_utils.process_allgather(jax.tree.map(lambda x: pad(x, 0), private))
+    ids_all = np.concatenate(list(ids_P), 1)  # [R, P * most]
+    order = np.argsort(np.where(ids_all < 0, np.iinfo(np.int64).max, ids_all), axis=1)
+    order = order[:, : max(1, int((ids_all >= 0).sum(1).max()))]
+    replica = np.arange(ids_all.shape[0])[:, None]
+    return ids_all[replica, order], jax.tree.map(
+        lambda x: np.concatenate(list(np.asarray(x)), 1)[replica, order], private_P
     )
 
 
-def _without_replica_axis(state: PyTree) -> tuple[PyTree, Any] | None:
-    """The layout of a checkpoint written before every run had a replica axis (an unswept run's
-    state had none), and how to add the axis back; None for R > 1 (a sweep always had it)."""
-    if jax.tree.leaves(state)[0].shape[0] != 1:
-        return None
-    return jax.tree.map(lambda x: x[0], state), lambda old: jax.tree.map(lambda x: x[None], old)
+def checkpoint_target(exp: Experiment, trained: int) -> dict:
+    """The checkpointed state's layout: the server and, per replica, ``trained`` clients that
+    hold private state of their own (``all_trained``; ids -1 pad replicas with fewer)."""
+    replicas = exp.sweep.size
+    return {
+        "server": exp.server,
+        "private": {
+            "ids": jax.ShapeDtypeStruct((replicas, trained), np.int64),
+            "state": jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct((replicas, trained) + x.shape[1:], x.dtype),
+                exp.private_init,
+            ),
+        },
+    }
+
+
+def dense_layouts(exp: Experiment) -> list[tuple[dict, Any]]:
+    """Checkpoints written before clients held state only once trained: every client's private
+    state ``[R, N, ...]`` (and, from before every run had a replica axis, an unswept run's
+    ``[N, ...]``), and how each becomes today's layout (every client counted as trained)."""
+    n, replicas = len(exp.client_names), exp.sweep.size
+
+    def every_client(private_RxN: PyTree) -> dict:
+        ids = np.broadcast_to(np.arange(n, dtype=np.int64), (replicas, n))
+        return {"ids": ids, "state": private_RxN}
+
+    private_RxN = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((replicas, n) + x.shape[1:], x.dtype), exp.private_init
+    )
+    layouts = [
+        (
+            {"server": exp.server, "private": private_RxN},
+            lambda old: {"server": old["server"], "private": every_client(old["private"])},
+        )
+    ]
+    if replicas == 1:
+        no_axis = {
+            "server": jax.tree.map(lambda x: x[0], exp.server),
+            "private": jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), private_RxN
+            ),
+        }
+        add_axis = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
+        layouts.append(
+            (
+                no_axis,
+                lambda old: {
+                    "server": add_axis(old["server"]),
+                    "private": every_client(add_axis(old["private"])),
+                },
+            )
+        )
+    return layouts
 
 
 class _HistoryOnly:
@@ -238,13 +288,14 @@ def train(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = RoundCheckpointer(workdir / "checkpoints", exp.run_fingerprint())
-    server, private_N, history = exp.server, exp.private_N, []
-    state = {"server": server, "private": private_N}
-    restored = ckpt.restore_latest(state, older=_without_replica_axis(state))
+    server, history, trained = exp.server, [], None
+    restored = ckpt.restore_latest(
+        lambda meta: checkpoint_target(exp, meta.get("trained_slots", 1)), dense_layouts(exp)
+    )
     if restored is not None:
         start, state, meta = restored
         server = mesh_lib.put_replicated(state["server"], mesh)
-        private_N, history = state["private"], meta["history"]
+        trained, history = state["private"], meta["history"]
     writer = (
         MetricsWriter(workdir, history, tensorboard=cfg.tensorboard, runs=sweep.run_names())
         if primary
@@ -262,22 +313,24 @@ def train(
     n = len(exp.client_names)
     static_steps = exp.round_steps()  # capped rounds take the first steps of the epoch
 
-    # This process's clients (all of them in one process), in a fresh registry per call: the
-    # host copy is the registry's own (it writes the cohort's rows in place).
+    # This process's clients (all of them in one process). A client holds private state of its
+    # own only once it has trained, so the most that ever will (every round's cohort new) bounds
+    # the registry; on a device that is allocated up front (no regrowth, no recompilation).
+    planner = CohortPlanner(exp)
     owned = distributed.owned_clients(n)
-    own = (
-        jax.tree.map(lambda x: np.array(np.take(np.asarray(x), owned, 1)), private_N),
-        jax.tree.map(lambda x: np.array(np.asarray(x)[owned]), exp.tasks),
-    )
-    storage = client_storage(cfg.client_storage, sum(x.nbytes for x in jax.tree.leaves(own)), mesh)
+    capacity = min(len(owned), cfg.rounds * planner.cohort_slots)
+    per_client = sum(x.nbytes // x.shape[0] for x in jax.tree.leaves(exp.private_init))
+    storage = client_storage(cfg.client_storage, per_client * exp.sweep.size * capacity, mesh)
     registry = ClientRegistry(
-        own[0],
-        own[1],
+        exp.private_init,
+        jax.tree.map(lambda x: np.asarray(x)[owned], exp.tasks),
         client_ids=owned,
+        capacity=capacity if storage == "device" else min(capacity, planner.cohort_slots),
         storage=storage,
         mesh=mesh,
     )
-    planner = CohortPlanner(exp)
+    if trained is not None:
+        registry.restore_trained(trained["ids"], trained["state"])
 
     # The local epoch runs in segments of at most config.segment_steps steps (one window = one
     # call per round); each segment's rows (every replica's) are read, placed and prefetched on
@@ -291,15 +344,17 @@ def train(
             return r, k + 1
         return (r + 1, 0) if r + 1 < cfg.rounds else None
 
-    # Evaluation covers every client, config.eval_clients_per_call at a time (0: a training
-    # cohort's size), each chunk padded like a cohort to one static shape (one compilation); a
-    # chunk's test data is read when it is evaluated (once for every replica of a sweep), the
-    # next one prefetched meanwhile.
-    all_ids, all_mask = planner.plan(cfg.seed, 0, n)  # every client: the same in every replica
+    # Evaluation covers config.eval_clients sampled clients (0: every client), the same ones
+    # every time, config.eval_clients_per_call at a time (0: a training cohort's size), each
+    # chunk padded like a cohort to one static shape (one compilation); a chunk's test data is
+    # read when it is evaluated (once for every replica of a sweep), the next one prefetched
+    # meanwhile. A client that never trained is scored with the initial private state.
+    eval_ids, eval_mask = planner.evaluation_clients()
+    evaluated = eval_ids[eval_mask].tolist()
     chunk = cfg.eval_clients_per_call or sampling.cohort_size(n, cfg.clients_per_round)
     eval_chunks = [
         (ids, mask, distributed.local_slots(mesh, len(ids)))
-        for ids, mask in distributed.chunk_cohort(all_ids, all_mask, mesh, chunk)
+        for ids, mask in distributed.chunk_cohort(eval_ids, eval_mask, mesh, chunk)
     ]
 
     def build_eval(i: int) -> dict:
@@ -308,8 +363,9 @@ def train(
         batch = pad_batches(exp.eval_batches(real), len(ids[mine]))
         return mesh_lib.put_clients(batch, mesh, len(ids))
 
-    def evaluate(round_start_shared) -> list[Record]:
+    def evaluate(round_start_shared, rounds_done: int) -> list[Record]:
         """One record per replica: its per-client, per-group and per-question-type scores."""
+        took_part = planner.took_part(rounds_done)
         # replica -> variant -> client -> scores
         per_client: list[dict[str, dict[int, np.ndarray]]] = [{} for _ in range(sweep.size)]
         tags: dict[int, dict[str, np.ndarray]] = {}
@@ -332,15 +388,15 @@ def train(
                     for variant, values in chunk.items():
                         replica.setdefault(variant, {}).update(zip(real, values))
                 tags.update(zip(real, exp.eval_tags(real)))
-        everyone = list(range(n))
         return [
             summary_record(
                 exp,
-                {v: [by_client[k] for k in everyone] for v, by_client in replica.items()},
-                everyone,
-                [tags[k] for k in everyone],
+                {v: [by_client[k] for k in evaluated] for v, by_client in replica.items()},
+                evaluated,
+                [tags[k] for k in evaluated],
+                took_part[i, evaluated],
             )
-            for replica in per_client
+            for i, replica in enumerate(per_client)
         ]
 
     comm_totals = [0] * sweep.size
@@ -366,11 +422,12 @@ def train(
 
     def save(rounds_done: int) -> None:
         nonlocal saved
+        ids, private = all_trained(registry)
         ckpt.save(
             rounds_done,
             # host copies: the checkpoint does not depend on the mesh or process count
-            {"server": host_rows(server), "private": all_clients(registry, n)},
-            {"history": writer.history},
+            {"server": host_rows(server), "private": {"ids": ids, "state": private}},
+            {"history": writer.history, "trained_slots": int(ids.shape[1])},
         )
         saved = rounds_done
 
@@ -431,8 +488,10 @@ def train(
                 record["time/input_wait_s"] = prefetch.wait_seconds - waited
                 records.append(record)
             if (r + 1) % cfg.eval_every == 0 or r + 1 == cfg.rounds:
-                for record, scores in zip(records, evaluate(round_start_shared)):
+                t_eval = time.perf_counter()
+                for record, scores in zip(records, evaluate(round_start_shared, r + 1)):
                     record.update(scores)
+                    record["time/eval_s"] = time.perf_counter() - t_eval
             for record in records:
                 writer.write(record)
             if (r + 1) % cfg.checkpoint_every == 0 or r + 1 == cfg.rounds:

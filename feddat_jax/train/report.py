@@ -96,6 +96,12 @@ def setting_scores(histories: list[list[Record]], clients: list[str]) -> dict:
         "groups_std": {g: s["std"] for g, s in groups.items()},
         "question_types_std": {q: s["std"] for q, s in qtypes.items()},
         "all_variants_std": {v: s["std"] for v, s in all_variants.items()},
+        # an evaluation of a client sample (config.eval_clients): its interval and the clients
+        # that took part in training against those that never did (means over seeds)
+        "sample": {
+            key: _scores(histories, f"score_{key}/{variant}")["mean"]
+            for key in ("ci95", "took_part", "never")
+        },
     }
 
 
@@ -132,7 +138,10 @@ def format_table(
     )
     head += f"{'mean':>12}" if several else f"{'mean':>8}"
     head += f"{'95% CI':>8}{'seeds':>6}" if several else ""
-    head += "".join(f"{g:>{cell_w}}" for g in groups) + f"{'comm MB':>9}"
+    head += "".join(f"{g:>{cell_w}}" for g in groups)
+    sampled = any((s.get("sample") or {}).get("ci95") for s in scores.values())
+    head += f"{'±sample':>9}{'took part':>10}{'never':>8}" if sampled else ""
+    head += f"{'comm MB':>9}"
     lines = [head, "-" * len(head)]
     for name, s in scores.items():
         many = s.get("n", 1) > 1
@@ -146,9 +155,20 @@ def format_table(
         line += "".join(
             f"{_cell(s.get('groups', {}).get(g), std_g.get(g), many):>{cell_w}}" for g in groups
         )
+        if sampled:
+            sample = s.get("sample") or {}
+            line += "".join(
+                f"{_cell(sample.get(k), None, False):>{w}}"
+                for k, w in (("ci95", 9), ("took_part", 10), ("never", 8))
+            )
         lines.append(line + f"{s['comm_mb']:>9.2f}")
     if several:
         lines.append("mean±std over seeds; 95% CI: half-width of the t interval of the mean")
+    if sampled:
+        lines.append(
+            "±sample: 95% interval of the mean over all clients that the evaluated sample buys; "
+            "took part / never: the sampled clients that trained in some round / never did"
+        )
     return "\n".join(lines)
 
 

@@ -65,6 +65,32 @@ def summarize(
     return record
 
 
+def sample_summary(
+    variant: str, client_scores: np.ndarray, took_part: np.ndarray, population: int
+) -> Record:
+    """The evaluated clients as a sample of the ``population`` registered ones (in %).
+
+    ``score_ci95/<variant>``: the half-width of the 95% interval of the mean over clients that
+    the sample buys (normal approximation with the finite-population correction, so 0 when every
+    client is evaluated); ``score_took_part/<variant>`` and ``score_never/<variant>``: the mean
+    over the sampled clients that trained in some round so far and over those that never did
+    (pFL-Bench's participating / non-participating split; left out when a side is empty).
+    ``client_scores``: each evaluated client's mean score (NaN without test examples).
+    """
+    scores = np.asarray(client_scores, np.float64)
+    took_part = np.asarray(took_part, bool)
+    real = np.isfinite(scores)
+    n = int(real.sum())
+    record: Record = {"eval/clients": float(n), "eval/took_part": float((real & took_part).sum())}
+    spread = float(np.std(scores[real], ddof=1)) if n > 1 else 0.0
+    finite = np.sqrt(max(population - n, 0) / max(population - 1, 1))
+    record[f"score_ci95/{variant}"] = 1.96 * spread / np.sqrt(max(n, 1)) * finite
+    for name, side in (("took_part", took_part), ("never", ~took_part)):
+        if np.any(real & side):
+            record[f"score_{name}/{variant}"] = float(np.mean(scores[real & side]))
+    return record
+
+
 def _means_per_value(
     scores: Sequence[np.ndarray], values_per_client: Sequence[np.ndarray | None]
 ) -> dict[str, float]:
