@@ -24,6 +24,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
+from feddat_jax.data.partitioned import split_summary
 from feddat_jax.train import stats
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.interrupt import StopRequest
@@ -63,7 +64,8 @@ def run_method(
 ) -> MethodRun:
     """Build and train ``config.method`` (every replica of its sweep) in ``workdir``.
 
-    ``announce`` gets one line describing the run before it starts (``launch.py`` prints it);
+    ``announce`` gets the lines describing the run before it starts, the data split's summary
+    included (``launch.py`` prints them);
     ``stop`` ends it cleanly between rounds (``train.loop.train``).
     """
     experiment = build_experiment(config, mesh)
@@ -76,5 +78,7 @@ def run_method(
             + f" -> {workdir} (mesh {dict(mesh.shape)} over {jax.process_count()} "
             f"process(es), strategy {experiment.strategy})"
         )
+        for line in split_summary(experiment.benchmark):
+            announce(line)
     history = train(experiment, workdir, show_progress=show_progress, stop=stop)
     return MethodRun(config.method, experiment.sweep, experiment.client_names, history)
