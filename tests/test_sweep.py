@@ -17,11 +17,11 @@ import jax
 import numpy as np
 import pytest
 from smoke_launch import smoke_command
-from test_launch import ROOT, final_state, numbers, smoke_config
+from test_launch import ROOT, final_state, numbers, smoke_config, trained_clients
 
 from feddat_jax.methods import get_method
 from feddat_jax.train import loop, report, stats
-from feddat_jax.train.config_base import base_config, fingerprint_json
+from feddat_jax.train.config_base import TINY_VILT, base_config, fingerprint_json
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.sweep import SweepConfigError, sweep_from_config
 
@@ -44,6 +44,18 @@ def dp_sweep_config(tmp_path):
     c.sweep.dp.noise_multiplier = (0.3, 1.2)
     c.sweep.dp.clip_norm = (0.05, 2.0)
     return c
+
+
+def assert_same_state(swept, r: int, single) -> None:
+    """Replica r of a sweep's checkpointed state equals the single run's (R = 1) within TOL:
+    the same clients hold private state, with the same values, and the same shared params."""
+    mine, theirs = trained_clients(swept, r), trained_clients(single)
+    assert mine.keys() == theirs.keys()
+    for k in mine:
+        for a, b in zip(mine[k], theirs[k]):
+            np.testing.assert_allclose(a, b, atol=TOL)
+    for a, b in zip(leaves(swept["server"].shared), leaves(single["server"].shared)):
+        np.testing.assert_allclose(np.asarray(a)[r], b[0], atol=TOL)
 
 
 def leaves(tree):
@@ -72,11 +84,7 @@ def test_sweep_equals_separate_runs(tmp_path):
                 else:
                     assert got[key] == value, (r, key)
         state = final_state(single, tmp_path / f"single{r}")[1]
-        mine = jax.tree.map(lambda x, r=r: np.asarray(x)[r], {k: swept[k] for k in ("private",)})
-        for a, b in zip(leaves(mine["private"]), leaves(state["private"])):
-            np.testing.assert_allclose(a, b[0], atol=TOL)  # the single run: R = 1
-        for a, b in zip(leaves(swept["server"].shared), leaves(state["server"].shared)):
-            np.testing.assert_allclose(np.asarray(a)[r], b[0], atol=TOL)
+        assert_same_state(swept, r, state)
     # one TensorBoard run per replica, named by its values
     runs = sorted(p.name for p in (tmp_path / "sweep" / "tensorboard").iterdir())
     assert len(runs) == 2 and runs[1].startswith("1_optim.learning_rate=0.004,fedprox_mu=0.3,")
@@ -84,6 +92,72 @@ def test_sweep_equals_separate_runs(tmp_path):
     # the replicas differ: other cohorts (seeds), other privacy budgets (noise multipliers)
     assert [x["cohort"] for x in rows[0]] != [x["cohort"] for x in rows[1]]
     assert rows[0][-1]["dp/epsilon"] > rows[1][-1]["dp/epsilon"]
+
+
+def test_cohort_size_sweep_equals_separate_runs(tmp_path):
+    """``sweep.clients_per_round``: each replica draws cohorts of its own size, padded to the
+    largest with slots that weigh nothing; every replica equals its own run."""
+    config = smoke_config(tmp_path, method="feddat")
+    config.rounds, config.eval_every, config.tensorboard = 2, 2, False
+    config.sweep.clients_per_round = (2, 3)
+    exp = build_experiment(config)
+    rows = stats.split_replicas(loop.train(exp, tmp_path / "sweep", show_progress=False))
+    swept = final_state(exp, tmp_path / "sweep")[1]
+    for r, size in enumerate((2, 3)):
+        single = build_experiment(exp.sweep.replica_config(config, r))
+        assert single.config.clients_per_round == size and not single.sweep.swept
+        ref = loop.train(single, tmp_path / f"single{r}", show_progress=False)
+        for got, want in zip(numbers(rows[r]), numbers(ref)):
+            assert got["clients_per_round"] == size and len(got["cohort"].split(",")) == size
+            for key, value in want.items():
+                if isinstance(value, float):
+                    assert got[key] == pytest.approx(value, abs=TOL), (r, key)
+                else:
+                    assert got[key] == value, (r, key)
+        assert_same_state(swept, r, final_state(single, tmp_path / f"single{r}")[1])
+
+
+def test_client_count_sweep_equals_separate_runs(tmp_path):
+    """``sweep.data.num_clients``: the run registers the largest count and replica r samples
+    and evaluates its first N_r clients only; every replica equals its own run (its cohorts,
+    its evaluation sample, its clients' private state)."""
+    config = smoke_config(tmp_path, method="feddat", references=())
+    config.model.checkpoint = TINY_VILT  # a fixed tokenizer: a random model's grows with N
+    config.rounds, config.eval_every, config.tensorboard = 2, 2, False
+    config.clients_per_round, config.eval_clients = 2, 3
+    config.sweep.data.num_clients = (4, 7)
+    exp = build_experiment(config)
+    assert len(exp.client_names) == 7
+    rows = stats.split_replicas(loop.train(exp, tmp_path / "sweep", show_progress=False))
+    swept = final_state(exp, tmp_path / "sweep")[1]
+    for r, n in enumerate((4, 7)):
+        single = build_experiment(exp.sweep.replica_config(config, r))
+        assert len(single.client_names) == n and not single.sweep.swept
+        ref = loop.train(single, tmp_path / f"single{r}", show_progress=False)
+        for got, want in zip(numbers(rows[r]), numbers(ref)):
+            assert got["data.num_clients"] == n
+            assert {k for k in got if k.startswith("score/")} == {
+                k for k in want if k.startswith("score/")
+            }
+            for key, value in want.items():
+                if isinstance(value, float):
+                    assert got[key] == pytest.approx(value, abs=TOL), (r, key)
+                else:
+                    assert got[key] == value, (r, key)
+        assert_same_state(swept, r, final_state(single, tmp_path / f"single{r}")[1])
+
+
+def test_a_client_count_sweep_needs_clients_that_stay_the_same(tmp_path):
+    c = smoke_config(tmp_path, references=())
+    c.sweep.data.num_clients = (4, 8)
+    with pytest.raises(SweepConfigError, match="random-init model's word vocabulary"):
+        sweep_from_config(c, get_method(c.method))
+    c.model.checkpoint, c.data.partition = TINY_VILT, "iid"
+    with pytest.raises(SweepConfigError, match="only the embedded benchmark's own clients"):
+        sweep_from_config(c, get_method(c.method))
+    c.data.partition, c.references = "natural", ("blind",)
+    with pytest.raises(SweepConfigError, match="add --config.references='\\(\\)'"):
+        sweep_from_config(c, get_method(c.method))
 
 
 def test_segmented_sweep_with_chunked_evaluation_equals_the_one_call_sweep(tmp_path):
@@ -197,7 +271,7 @@ def test_sweep_killed_mid_run_resumes_exactly(tmp_path):
     [
         ("batch_size", (2, 4), r"config.sweep.batch_size: batch_size cannot be swept"),
         ("rounds", (2, 3), r"config.sweep.rounds: rounds cannot be swept"),
-        ("clients_per_round", (0.5, 1.0), r"config.sweep.clients_per_round: clients_per_round"),
+        ("data.num_clients", (10, 100), r"config.sweep.data.num_clients: only the embedded"),
         ("model.image_hw", ((32, 32), (64, 64)), r"config.sweep.model.image_hw: model.image_hw"),
         ("peft.adapter_reduction", (8, 16), r"config.sweep.peft.adapter_reduction: "),
         ("data.family", ("domain", "task"), r"config.sweep.data.family: data.family"),
@@ -219,6 +293,14 @@ def test_unsweepable_fields_are_refused_naming_them(field, value, match):
     with pytest.raises(SweepConfigError, match=match) as err:
         sweep_from_config(c, get_method(c.method))
     assert "\n" not in str(err.value)
+
+
+def test_a_cohort_size_sweep_with_poisson_cohorts_is_refused():
+    c = base_config()
+    c.dp.enabled, c.dp.sampling = True, "poisson"
+    c.sweep.clients_per_round = (5, 10)
+    with pytest.raises(SweepConfigError, match="Poisson cohorts have one static size"):
+        sweep_from_config(c, get_method(c.method))
 
 
 def test_a_bad_value_of_one_replica_is_named(tmp_path):

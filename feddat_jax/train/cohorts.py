@@ -4,9 +4,10 @@ A round's cohort is a function of (seed, round) alone (``fl.sampling``, ``fl.dis
 with ``dp.sampling="poisson"`` a Poisson draw), and so is its data order
 (``data.pipeline.cohort_batches``, read one segment of the epoch at a time): a resumed run
 rebuilds exactly what the uninterrupted one saw.
-Every replica (``train.sweep``; one unless a sweep asks for more) draws with its own seed; all
-replicas' cohorts are padded to ONE static size, so the replica round compiles once, and their
-batches are stacked ``[R, C, ...]``.
+Every replica (``train.sweep``; one unless a sweep asks for more) draws with its own seed, its
+own cohort size and from its own clients (a client-count sweep: replica r's are ids
+``0..N_r-1`` of the registered ones); all replicas' cohorts are padded to ONE static size, so the
+replica round compiles once, and their batches are stacked ``[R, C, ...]``.
 
 Padded slots repeat a real client's id and carry ``mask`` False: the registry gives them
 ``num_examples = 0`` and the batches an all-zero ``example_mask``, so they train nothing and
@@ -25,7 +26,7 @@ from feddat_jax.errors import ConfigError
 from feddat_jax.fl import distributed
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.accounting import max_poisson_cohort, pad_cohort, poisson_sample
-from feddat_jax.fl.registry import pad_batches
+from feddat_jax.fl.registry import pad_batches, pad_ids
 from feddat_jax.train.experiment import Experiment, poisson_sample_rate, poisson_sampling
 
 PyTree = Any
@@ -45,15 +46,25 @@ class CohortPlanner:
         self.exp, self.mesh = exp, mesh
         self.seeds = exp.sweep.seeds(cfg)
         self.num_clients = n = len(exp.client_names)
-        # each replica's cohort size (a sweep may vary it; all are padded to the largest)
+        # each replica's cohort size and clients (a sweep may vary them; all cohorts are padded
+        # to the largest)
         self.cohort_sizes = [
             exp.sweep.replica_config(cfg, r).clients_per_round for r in range(exp.sweep.size)
         ]
-        if len(set(self.cohort_sizes)) > 1 and jax.process_count() > 1:
+        self.populations = [exp.sweep.population(r, n) for r in range(exp.sweep.size)]
+        varied = [
+            field
+            for field, values in (
+                ("clients_per_round", self.cohort_sizes),
+                ("data.num_clients", self.populations),
+            )
+            if len(set(values)) > 1
+        ]
+        if varied and jax.process_count() > 1:
             raise ConfigError(
-                "config.sweep.clients_per_round runs in one process only",
-                "config.sweep.clients_per_round",
-                "run each cohort size separately on several hosts",
+                f"config.sweep.{varied[0]} runs in one process only",
+                f"config.sweep.{varied[0]}",
+                "run each value separately on several hosts",
             )
         # DP with Poisson sampling: each round's cohort is poisson_sample(seed, r, N, q), padded
         # to ONE static size for the whole run (the largest cohort of every round and replica,
@@ -71,24 +82,37 @@ class CohortPlanner:
 
     def plan(self, replica: int, r: int) -> tuple[np.ndarray, np.ndarray]:
         """(global padded ids, mask) of one replica's round-r cohort."""
-        n, seed = self.num_clients, self.seeds[replica]
+        n, seed = self.populations[replica], self.seeds[replica]
         if self.poisson_size is not None:
             return pad_cohort(poisson_sample(seed, r, n, self.poisson_q), self.poisson_size)
         return distributed.plan_cohort(seed, r, n, self.cohort_sizes[replica], self.mesh)
 
-    def evaluation_clients(self) -> tuple[np.ndarray, np.ndarray]:
-        """(global padded ids, mask) of the clients every evaluation scores:
-        ``config.eval_clients`` of them drawn once (seeded by the run's seed, the same at every
-        evaluation and in every replica, so scores over rounds compare), or every client (0)."""
-        n, sample = self.num_clients, int(self.exp.config.eval_clients)
-        if sample > n:
+    def evaluation_clients(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """``(ids, mask, per_replica)``: the padded clients every evaluation scores, and each
+        replica's own (sorted ids). A replica scores ``config.eval_clients`` of its clients drawn
+        once, seeded by the run's seed (the same at every evaluation and, where replicas have the
+        same clients, in every replica: scores over rounds and settings compare), or every one
+        of them (0). A client-count sweep (one process) evaluates the union of the replicas'."""
+        sample = int(self.exp.config.eval_clients)
+        if sample > min(self.populations):
+            n = min(self.populations)
             raise ConfigError(
                 f"config.eval_clients={sample} but the benchmark has {n} clients",
                 "config.eval_clients",
                 f"use 0 (every client) or at most {n}",
             )
-        size = sample or n
-        return distributed.plan_cohort(self.seeds[0], EVAL_SAMPLE_DRAW, n, size, self.mesh)
+        draw = lambda n, mesh: distributed.plan_cohort(  # noqa: E731
+            self.seeds[0], EVAL_SAMPLE_DRAW, n, sample or n, mesh
+        )
+        if len(set(self.populations)) == 1:
+            ids, mask = draw(self.num_clients, self.mesh)
+            return ids, mask, [np.sort(ids[mask])] * len(self.populations)
+        drawn = {n: draw(n, None) for n in set(self.populations)}
+        per_replica = [np.sort(ids[mask]) for ids, mask in (drawn[n] for n in self.populations)]
+        ids, mask = pad_ids(
+            np.unique(np.concatenate(per_replica)), mesh_lib.clients_size(self.mesh)
+        )
+        return ids, mask, per_replica
 
     def took_part(self, rounds_done: int) -> np.ndarray:
         """bool ``[R, N]``: which clients each replica's cohorts of the first ``rounds_done``

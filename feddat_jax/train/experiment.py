@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -176,7 +175,8 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     method = methods.get_method(config.method)
     sweep = sweep_from_config(config, method)
     replica_configs = [sweep.replica_config(config, r) for r in range(sweep.size)]
-    benchmark = load_benchmark(config.data, registry.patch_size(config), config.peft.head)
+    registered = sweep.registered_config(config).data  # a client-count sweep's largest count
+    benchmark = load_benchmark(registered, registry.patch_size(config), config.peft.head)
     encoder = registry.text_encoder(config, benchmark)
     clients = benchmark.clients
     num_answers = max(len(c.answers) for c in clients)
@@ -201,7 +201,10 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     frozen, shared, private = methods.split_params(method, params, config.peft.head)
 
     forward = methods.make_forward(model, inputs_fn)
-    parts = [replica_parts(c, method, forward, len(clients), sweep) for c in replica_configs]
+    parts = [
+        replica_parts(c, method, forward, sweep.population(r, len(clients)), sweep)
+        for r, c in enumerate(replica_configs)
+    ]
     algorithm, server_tx, aggregator, _ = parts[0]
     seeds = sweep.seeds(config)
     if len(set(seeds)) > 1 and not config.model.checkpoint:

@@ -121,18 +121,23 @@ def client_scores(exp: Experiment, scores_CxSxB: dict, client_ids) -> dict[str, 
 
 
 def summary_record(
-    exp: Experiment, per_client: dict[str, list[np.ndarray]], client_ids, tags, took_part
+    exp: Experiment,
+    per_client: dict[str, list[np.ndarray]],
+    client_ids,
+    tags,
+    took_part,
+    population: int | None = None,
 ) -> Record:
     """Per-client, per-group and per-question-type means (``train.scores``) of these clients'
-    per-example scores, and what they say of all N clients as a sample (``scores.sample_summary``);
-    ``tags``: each client's test-row tags (``exp.eval_tags``); ``took_part``: whether each client
-    has trained in some round so far."""
+    per-example scores, and what they say of the federation's ``population`` clients (default:
+    every registered one) as a sample (``scores.sample_summary``); ``tags``: each client's
+    test-row tags (``exp.eval_tags``); ``took_part``: whether each has trained so far."""
     names = [exp.client_names[k] for k in client_ids]
+    population = population or len(exp.client_names)
     record: Record = {}
     for variant, scores in per_client.items():
         record.update(scores_lib.summarize(variant, scores, names, tags))
         means = [100.0 * np.mean(s) if len(s) else np.nan for s in scores]
-        population = len(exp.client_names)
         record.update(scores_lib.sample_summary(variant, means, took_part, population))
     return record
 
@@ -349,8 +354,7 @@ def train(
     # chunk padded like a cohort to one static shape (one compilation); a chunk's test data is
     # read when it is evaluated (once for every replica of a sweep), the next one prefetched
     # meanwhile. A client that never trained is scored with the initial private state.
-    eval_ids, eval_mask = planner.evaluation_clients()
-    evaluated = eval_ids[eval_mask].tolist()
+    eval_ids, eval_mask, evaluated = planner.evaluation_clients()
     chunk = cfg.eval_clients_per_call or sampling.cohort_size(n, cfg.clients_per_round)
     eval_chunks = [
         (ids, mask, distributed.local_slots(mesh, len(ids)))
@@ -391,12 +395,13 @@ def train(
         return [
             summary_record(
                 exp,
-                {v: [by_client[k] for k in evaluated] for v, by_client in replica.items()},
-                evaluated,
-                [tags[k] for k in evaluated],
-                took_part[i, evaluated],
+                {v: [by_client[k] for k in mine] for v, by_client in replica.items()},
+                mine.tolist(),
+                [tags[k] for k in mine],
+                took_part[i, mine],
+                planner.populations[i],
             )
-            for i, replica in enumerate(per_client)
+            for i, (replica, mine) in enumerate(zip(per_client, evaluated))
         ]
 
     comm_totals = [0] * sweep.size

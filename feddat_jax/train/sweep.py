@@ -15,8 +15,10 @@ backbone is built once, from the first replica's seed, and shared; with a pretra
 (``model.checkpoint``) that is every run's backbone, with a random one every replica uses the
 first replica's.
 
-Only ``seed`` and the fields of ``fl.hparams.SWEEPABLE`` can be swept; anything that changes
-shapes or structure is refused in one line naming it (:class:`SweepConfigError`).
+Only ``seed``, ``clients_per_round`` (each replica draws cohorts of its own size, padded to the
+largest with slots that weigh nothing: ``train.cohorts``) and the fields of
+``fl.hparams.SWEEPABLE`` can be swept; anything that changes shapes or structure is refused in
+one line naming it (:class:`SweepConfigError`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ from feddat_jax.fl.hparams import SWEEPABLE
 
 PyTree = Any
 SEED = "seed"
+# swept on the host: who trains each round (each replica samples its own cohort size; the
+# cohorts are padded to the largest with slots that weigh nothing), not a traced scalar
+COHORT_SIZE = "clients_per_round"
+# swept on the host too: how many clients each replica's federation has. The run registers the
+# largest count; replica r samples and evaluates clients 0..N_r-1 only. Exact only where a
+# client's data do not depend on how many clients there are (the embedded benchmark's own
+# clients: ``data.embedded_families``), so other set-ups are refused
+NUM_CLIENTS = "data.num_clients"
+HOST_FIELDS = (SEED, COHORT_SIZE, NUM_CLIENTS)
 MODES = ("grid", "zip")
 
 
@@ -62,7 +73,7 @@ class Sweep:
 
     @property
     def hparam_fields(self) -> tuple[str, ...]:
-        return tuple(f for f in self.fields if f != SEED)
+        return tuple(f for f in self.fields if f not in HOST_FIELDS)
 
     def setting(self, r: int) -> dict[str, Any]:
         return dict(zip(self.fields, self.values[r]))
@@ -87,6 +98,20 @@ class Sweep:
                 node[leaf] = type(node[leaf])(value)
             if "sweep" in out:
                 del out["sweep"]
+        return out
+
+    def population(self, r: int, registered: int) -> int:
+        """Replica r's number of clients: its swept ``data.num_clients`` (its clients are ids
+        ``0..N_r-1``), else every registered client."""
+        return int(self.setting(r).get(NUM_CLIENTS, registered))
+
+    def registered_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        """``config`` with ``data.num_clients`` at the sweep's largest count (the clients the
+        run registers); ``config`` itself when the count is not swept."""
+        if NUM_CLIENTS not in self.fields:
+            return config
+        out = config.copy_and_resolve_references()
+        out.data.num_clients = max(self.population(r, 0) for r in range(self.size))
         return out
 
     def hparams(self) -> dict[str, np.ndarray]:
@@ -145,11 +170,22 @@ def _check_field(path: str, config: ml_collections.ConfigDict, method) -> None:
             f"config.sweep.{path}: a sweep varies the scalars of ONE method; compare methods "
             'with --config.compare_methods=\'("feddat","fedavg_adapter")\''
         )
-    if path != SEED and path not in SWEEPABLE:
+    if path not in HOST_FIELDS and path not in SWEEPABLE:
         raise SweepConfigError(
             f"config.sweep.{path}: {path} cannot be swept (it changes the program's shapes or "
-            f"structure, or is no scalar hyperparameter); sweepable: {SEED}, "
+            f"structure, or is no scalar hyperparameter); sweepable: {', '.join(HOST_FIELDS)}, "
             f"{', '.join(SWEEPABLE)}; run other values separately"
+        )
+    if path == NUM_CLIENTS:
+        _check_num_clients(config)
+    if (
+        path in (COHORT_SIZE, NUM_CLIENTS)
+        and config.dp.enabled
+        and config.dp.get("sampling") == "poisson"
+    ):
+        raise SweepConfigError(
+            f"config.sweep.{path}: Poisson cohorts have one static size for the whole run; sweep "
+            "the cohort size with dp.sampling='fixed' or run each rate separately"
         )
     if method is None:
         return
@@ -169,15 +205,40 @@ def _check_field(path: str, config: ml_collections.ConfigDict, method) -> None:
         )
 
 
+def _check_num_clients(config: ml_collections.ConfigDict) -> None:
+    """A client-count sweep nests the federations (replica r's clients are the first N_r of the
+    largest), which holds only where adding clients leaves the others' data alone."""
+    data = config.data
+    if data.source != "embedded" or data.partition != "natural":
+        raise SweepConfigError(
+            f"config.sweep.{NUM_CLIENTS}: only the embedded benchmark's own clients "
+            "(data.source='embedded', data.partition='natural') stay the same clients as their "
+            f"number grows; run each count of data.source={data.source!r}, "
+            f"data.partition={data.partition!r} separately"
+        )
+    if not config.model.checkpoint:
+        raise SweepConfigError(
+            f"config.sweep.{NUM_CLIENTS}: a random-init model's word vocabulary is built from "
+            "the registered clients' questions, so it changes with their number; set "
+            "model.checkpoint (the demo's is feddat_jax/assets/tiny_vilt)"
+        )
+    if tuple(config.get("references", ())):
+        raise SweepConfigError(
+            f"config.sweep.{NUM_CLIENTS}: the references pool or score one federation's clients; "
+            "add --config.references='()' (run them per client count separately)"
+        )
+
+
 def _check_values(path: str, values: tuple) -> tuple:
     if not isinstance(values, (tuple, list)) or not values:
         raise SweepConfigError(f"config.sweep.{path} must be a non-empty tuple, got {values!r}")
     for v in values:
         is_number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-        if not is_number or (path == SEED and float(v) != int(v)):
-            kind = "integer seeds" if path == SEED else "numbers"
+        whole = path in (SEED, NUM_CLIENTS)
+        if not is_number or (whole and float(v) != int(v)) or (path == NUM_CLIENTS and v < 1):
+            kind = {SEED: "integer seeds", NUM_CLIENTS: "client counts >= 1"}.get(path, "numbers")
             raise SweepConfigError(f"config.sweep.{path} must hold {kind}; got {v!r}")
-    return tuple(int(v) if path == SEED else float(v) for v in values)
+    return tuple(int(v) if path in (SEED, NUM_CLIENTS) else float(v) for v in values)
 
 
 def sweep_from_config(config: ml_collections.ConfigDict, method=None) -> Sweep:
@@ -199,7 +260,7 @@ def sweep_from_config(config: ml_collections.ConfigDict, method=None) -> Sweep:
     for path in swept:
         _check_field(path, config, method)
     swept = {path: _check_values(path, value) for path, value in swept.items()}
-    order = [p for p in SWEEPABLE if p in swept] + ([SEED] if SEED in swept else [])
+    order = [p for p in (NUM_CLIENTS, COHORT_SIZE, *SWEEPABLE, SEED) if p in swept]
     if mode == "grid":
         combos = list(itertools.product(*(swept[p] for p in order)))
     else:  # zip
