@@ -34,7 +34,12 @@ DOCS = (
     ("README.md", "install, the demo, outputs, scale-out"),
     ("docs/METHOD.md", "the method, its equations, and our deviations from the official code"),
     ("docs/ARCHITECTURE.md", "the contracts between the parts of the library"),
+    ("docs/USAGE.md", "every option, output, resume rule and sweep detail"),
+    ("docs/BENCHMARK.md", "the embedded benchmark's design and what it measures"),
+    ("docs/CROSS_DEVICE.md", "many clients: partitions, private state, evaluation samples"),
+    ("docs/FLOWER.md", "the same client on Flower: simulation and deployment"),
     ("docs/PRIVACY.md", "differential privacy of the shared channel"),
+    ("docs/ERRORS.md", "the one-line errors and what each asks you to do"),
     ("benchmarks/README.md", "speed: strategies, meshes, how to measure"),
 )
 
