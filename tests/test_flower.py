@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from feddat_jax.fl.communication import tree_bytes  # noqa: E402
-from feddat_jax.flower import runconfig, wire  # noqa: E402
+from feddat_jax.flower import runconfig  # noqa: E402
 from feddat_jax.flower.federation import build_federation  # noqa: E402
 from feddat_jax.flower.node_state import NodeStore  # noqa: E402
 from feddat_jax.flower.simulation import simulate  # noqa: E402
