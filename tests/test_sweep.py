@@ -94,27 +94,41 @@ def test_sweep_equals_separate_runs(tmp_path):
     assert rows[0][-1]["dp/epsilon"] > rows[1][-1]["dp/epsilon"]
 
 
-def test_cohort_size_sweep_equals_separate_runs(tmp_path):
-    """``sweep.clients_per_round``: each replica draws cohorts of its own size, padded to the
-    largest with slots that weigh nothing; every replica equals its own run."""
-    config = smoke_config(tmp_path, method="feddat")
-    config.rounds, config.eval_every, config.tensorboard = 2, 2, False
-    config.sweep.clients_per_round = (2, 3)
+def assert_replicas_equal_their_runs(config, tmp_path, check_row) -> None:
+    """Train ``config``'s sweep once and each replica's config as a run of its own: every
+    replica's rows (``check_row(r, row)`` first) and state equal its run's within TOL."""
     exp = build_experiment(config)
     rows = stats.split_replicas(loop.train(exp, tmp_path / "sweep", show_progress=False))
     swept = final_state(exp, tmp_path / "sweep")[1]
-    for r, size in enumerate((2, 3)):
+    for r in range(exp.sweep.size):
         single = build_experiment(exp.sweep.replica_config(config, r))
-        assert single.config.clients_per_round == size and not single.sweep.swept
+        assert not single.sweep.swept
         ref = loop.train(single, tmp_path / f"single{r}", show_progress=False)
-        for got, want in zip(numbers(rows[r]), numbers(ref)):
-            assert got["clients_per_round"] == size and len(got["cohort"].split(",")) == size
+        for got, want in zip(numbers(rows[r]), numbers(ref), strict=True):
+            check_row(r, got)
+            assert {k for k in got if k.startswith("score/")} == {
+                k for k in want if k.startswith("score/")
+            }
             for key, value in want.items():
                 if isinstance(value, float):
                     assert got[key] == pytest.approx(value, abs=TOL), (r, key)
                 else:
                     assert got[key] == value, (r, key)
         assert_same_state(swept, r, final_state(single, tmp_path / f"single{r}")[1])
+
+
+def test_cohort_size_sweep_equals_separate_runs(tmp_path):
+    """``sweep.clients_per_round``: each replica draws cohorts of its own size, padded to the
+    largest with slots that weigh nothing; every replica equals its own run."""
+    config = smoke_config(tmp_path, method="feddat")
+    config.rounds, config.eval_every, config.tensorboard = 2, 2, False
+    config.sweep.clients_per_round = (2, 3)
+
+    def check_row(r: int, row: dict) -> None:
+        size = (2, 3)[r]
+        assert row["clients_per_round"] == size and len(row["cohort"].split(",")) == size
+
+    assert_replicas_equal_their_runs(config, tmp_path, check_row)
 
 
 def test_client_count_sweep_equals_separate_runs(tmp_path):
@@ -126,25 +140,13 @@ def test_client_count_sweep_equals_separate_runs(tmp_path):
     config.rounds, config.eval_every, config.tensorboard = 2, 2, False
     config.clients_per_round, config.eval_clients = 2, 3
     config.sweep.data.num_clients = (4, 7)
-    exp = build_experiment(config)
-    assert len(exp.client_names) == 7
-    rows = stats.split_replicas(loop.train(exp, tmp_path / "sweep", show_progress=False))
-    swept = final_state(exp, tmp_path / "sweep")[1]
-    for r, n in enumerate((4, 7)):
-        single = build_experiment(exp.sweep.replica_config(config, r))
-        assert len(single.client_names) == n and not single.sweep.swept
-        ref = loop.train(single, tmp_path / f"single{r}", show_progress=False)
-        for got, want in zip(numbers(rows[r]), numbers(ref)):
-            assert got["data.num_clients"] == n
-            assert {k for k in got if k.startswith("score/")} == {
-                k for k in want if k.startswith("score/")
-            }
-            for key, value in want.items():
-                if isinstance(value, float):
-                    assert got[key] == pytest.approx(value, abs=TOL), (r, key)
-                else:
-                    assert got[key] == value, (r, key)
-        assert_same_state(swept, r, final_state(single, tmp_path / f"single{r}")[1])
+
+    def check_row(r: int, row: dict) -> None:
+        n = (4, 7)[r]
+        assert row["data.num_clients"] == n
+        assert all(int(name.rsplit("_", 1)[1]) < n for name in row["cohort"].split(","))
+
+    assert_replicas_equal_their_runs(config, tmp_path, check_row)
 
 
 def test_a_client_count_sweep_needs_clients_that_stay_the_same(tmp_path):
