@@ -255,6 +255,34 @@ def sweep(d: dict) -> list[str]:
     return out
 
 
+def scaling(d: dict) -> list[str]:
+    ok = [r for r in d["rows"] if "error" not in r]
+    out = []
+    if ok:
+        r0 = ok[0]
+        out.append(
+            f"The same cohort of {r0['clients_per_round']} clients ({r0['train_per_client']} "
+            "training questions each) against the number of clients registered, each N in a "
+            "fresh process; round times are of the rounds after the first (which compiles)."
+        )
+    fastest = lambda r: r.get("round_min_s", r["round_s"])  # noqa: E731
+    rows = [
+        [f"{r['num_clients']:,}", num(r["startup_s"], ".1f"), num(r["round_s"], ".2f"),
+         num(fastest(r), ".2f"), f"{fastest(r) / fastest(ok[0]):.2f}×", num(r["eval_s"], ".1f"),
+         f"{r['peak_rss_mb']:,}", f"{r['checkpoint_bytes'] / 1e6:.1f}", f"{r['trained']}"]
+        for r in ok
+    ]  # fmt: skip
+    out.append(
+        table(
+            ["N", "start-up s", "round s (median)", "round s (fastest)", "fastest / first N's",
+             "eval s", "peak RSS MB", "checkpoint MB", "clients trained"],
+            rows,
+        )  # fmt: skip
+    )
+    out += [f"N = {r['num_clients']:,} failed: {r['error']}" for r in d["rows"] if "error" in r]
+    return out
+
+
 def accuracy(d: dict) -> list[str]:
     return [readme_table.table(d), "Per group and per type: `benchmarks/ACCURACY.md`."]
 
@@ -290,6 +318,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("sweep_", "Sweeps: R replicas in one program vs R separate runs", sweep),
     ("gpu_check", "The GPU check's round and memory tables", gpu_check),
     ("host_memory", "Host memory and start-up against registered clients", host_memory),
+    ("scaling", "Many clients: start-up, round, memory and checkpoints against N", scaling),
     ("paper_round", "The paper config at paper scale, host memory", paper_round),
     ("probe", "What the frozen backbone's pooled token carries", probe),
 ]
