@@ -226,7 +226,7 @@ def test_every_family_asks_about_the_field_shapes_the_pretraining_corpus_never_h
     """The shared knowledge: every family's images show the three field shapes (some question is
     answered by each); the pretraining corpus never names one, and its scenes cannot hold one (its
     region labels index the pretrained shapes alone)."""
-    from feddat_jax.train.pretrain_corpus import build_corpus
+    from feddat_jax.pretrain.corpus import build_corpus
 
     field = set(field_vocabulary())
     assert field == set(FIELD_SHAPES) | {s + "s" for s in FIELD_SHAPES}

@@ -5,8 +5,8 @@ import pytest
 
 from configs.pretrain_tiny_vilt import get_config
 from feddat_jax.models.vilt_checkpoint import CheckpointError
-from feddat_jax.train.pretrain import BatchMaker, build_tokenizer, pretrain
-from feddat_jax.train.pretrain_corpus import build_corpus, corpus_texts
+from feddat_jax.pretrain.train import BatchMaker, build_tokenizer, pretrain
+from feddat_jax.pretrain.corpus import build_corpus, corpus_texts
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def launch(config: ml_collections.ConfigDict, workdir: str | Path, stop: StopReq
     distributed.initialize_distributed(config.get("distributed"))
     path = workdir_lib.prepare_workdir(workdir)
     if config.get("kind") == "pretrain":
-        from feddat_jax.train.pretrain import pretrain
+        from feddat_jax.pretrain.train import pretrain
 
         with workdir_lib.WorkdirLock(path):
             print(json.dumps(pretrain(config, path)["final"]))

@@ -2,7 +2,7 @@
 
 FedDAT finetunes a *foundation* model; a backbone that does not see the images would make every
 comparison meaningless. So the project pretrains its own tiny ViLT on a pooled corpus of the
-embedded world (``pretrain_corpus``: its own scenes, every image style, the standard naming
+embedded world (``pretrain.corpus``: its own scenes, every image style, the standard naming
 convention) with ViLT's two objectives, on two kinds of text:
 
 * captions (``embedded_captions``): masked language modelling of the caption's content words
@@ -42,7 +42,7 @@ from feddat_jax.data.embedded_lexicon import field_vocabulary
 from feddat_jax.models.inputs import to_model_inputs
 from feddat_jax.models.vilt import ViltConfig, ViltModel, VqaHead
 from feddat_jax.models.vilt_checkpoint import load_vilt_params, save_vilt_checkpoint
-from feddat_jax.train.pretrain_corpus import Corpus, build_corpus, corpus_texts
+from feddat_jax.pretrain.corpus import Corpus, build_corpus, corpus_texts
 from feddat_jax.train.validate import check_pretrain_stage
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
