@@ -90,6 +90,15 @@ def client_steps(
     ctx = _context(frozen, server, tasks, batch_size)
     train_key, _ = round_keys(server)
     client_key = jax.random.fold_in(train_key, client_id)
+    return scan_steps(algorithm, ctx, local, batches_K, client_key, first_step)
+
+
+def scan_steps(
+    algorithm: LocalAlgorithm, ctx: ClientContext, local, batches_K, client_key, first_step
+):
+    """:func:`client_steps` given the client's context and key: the one loop of local steps, which
+    a training round and an evaluation's finetune (``fl.evaluation``) both run. Step ``i`` draws
+    ``fold_in(client_key, i)``."""
     num_steps = batches_K["example_mask"].shape[0]
 
     def step(local, xs):
