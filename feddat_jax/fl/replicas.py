@@ -151,8 +151,21 @@ def make_replica_eval_fn(
     chunk_size: int | None = None,
     jit: bool = True,
 ) -> Callable[..., dict[str, jax.Array]]:
-    """``eval_fn(frozen, round_start_shared_R, shared_R, private_RxN, tasks_RxN, batches_NxS)``
-    -> ``{variant: score_RxN}``: every replica's clients on the same test data (passed once)."""
-    one = make_eval_fn(algorithm, mesh=mesh, chunk_size=chunk_size)
-    run = map_replicas(one, in_axes=(None, 0, 0, 0, 0, None))
+    """``eval_fn(frozen, round_start_shared_R, shared_R, private_RxN, tasks_RxN, batches_NxS,
+    train_RxNxK=None, hparams_R=None)`` -> ``{variant: score_RxN}``: every replica's clients on
+    the same test data (passed once). ``train_RxNxK``, each replica's own finetune batches (its
+    seed's data order), makes every client finetune before it is scored (``fl.evaluation``), with
+    its replica's swept ``hparams_R``."""
+    mapped = map_replicas(
+        make_eval_fn(algorithm, mesh=mesh, chunk_size=chunk_size),
+        in_axes=(None, 0, 0, 0, 0, None, 0, 0),
+    )
+
+    def run(
+        frozen, start_R, shared_R, private_RxN, tasks_RxN, batches_NxS, train=None, hparams=None
+    ):
+        return mapped(
+            frozen, start_R, shared_R, private_RxN, tasks_RxN, batches_NxS, train, hparams or {}
+        )
+
     return jax.jit(run) if jit else run
