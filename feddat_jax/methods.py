@@ -1,7 +1,7 @@
 """Every method of the paper's tables as a recipe on ONE machinery.
 
 A method is (local algorithm, partition preset, PEFT modules, adapter mode, server optimizer,
-algorithm options). Baselines and ablations are entries here, not forks of the training code, so a
+algorithm options, and whether each client finetunes before it is scored). Baselines and ablations are entries here, not forks of the training code, so a
 config switches between them with one override (``--config.method=fedavg_lora``).
 """
 
@@ -34,6 +34,8 @@ class Method:
     adapter_mode: str = "none"  # forward mode of single-model methods
     server_optimizer: str = "fedavg"
     options: dict = dataclasses.field(default_factory=dict)  # FedAvgConfig / FedDATConfig fields
+    # evaluate each client after a short finetune of its own (train.finetune); training unchanged
+    finetune: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -60,6 +62,9 @@ METHODS: dict[str, Method] = {
     "fedavgm_adapter": Method("fedavg", "adapter", _ONE, "shared", server_optimizer="fedavgm"),
     "fedadam_adapter": Method("fedavg", "adapter", _ONE, "shared", server_optimizer="fedadam"),
     "fedyogi_adapter": Method("fedavg", "adapter", _ONE, "shared", server_optimizer="fedyogi"),
+    # FedAvg + adapter, scored after each client finetunes the global model on its own data
+    # (config.finetune_steps local steps): the personalization baseline of pFL-Bench
+    "fedavg_ft": Method("fedavg", "adapter", _ONE, "shared", finetune=True),
 }
 
 

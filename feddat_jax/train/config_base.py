@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 5
     c.eval_clients = 0  # clients each evaluation scores: a seeded sample (0 = every client)
     c.eval_clients_per_call = 0  # clients evaluated per call (0 = a training cohort's size)
+    # fedavg_ft: at most this many local steps of each evaluated client's finetune on its own
+    # train data before it is scored (0 = as many as a training round: one local epoch, capped
+    # at optim.max_local_steps); other methods ignore it
+    c.finetune_steps = 0
     c.checkpoint_every = 1
     c.aggregation = "weighted"  # "uniform" reproduces the official code
     c.reset_optimizer_each_round = True

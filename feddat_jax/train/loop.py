@@ -45,6 +45,7 @@ from feddat_jax.fl import distributed, sampling
 from feddat_jax.fl import mesh as mesh_lib
 from feddat_jax.fl.communication import CommunicationBudget, round_traffic
 from feddat_jax.fl.registry import ClientRegistry, pad_batches
+from feddat_jax.train import finetune
 from feddat_jax.train import scores as scores_lib
 from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.cohorts import CohortPlanner
@@ -361,11 +362,17 @@ def train(
         for ids, mask in distributed.chunk_cohort(eval_ids, eval_mask, mesh, chunk)
     ]
 
-    def build_eval(i: int) -> dict:
+    def build_eval(i: int, rounds_done: int) -> tuple[dict, dict | None]:
+        """Chunk i's test batches, and for a method that finetunes before it scores, every
+        replica's finetune batches of the evaluation after ``rounds_done`` rounds (else None)."""
         ids, mask, mine = eval_chunks[i]
         real = ids[mine][mask[mine]]
         batch = pad_batches(exp.eval_batches(real), len(ids[mine]))
-        return mesh_lib.put_clients(batch, mesh, len(ids))
+        test = mesh_lib.put_clients(batch, mesh, len(ids))
+        if not exp.method.finetune:
+            return test, None
+        train = finetune.replica_batches(exp, real, len(ids[mine]), rounds_done)
+        return test, mesh_lib.put_cohort(train, mesh, len(ids))
 
     def evaluate(round_start_shared, rounds_done: int) -> list[Record]:
         """One record per replica: its per-client, per-group and per-question-type scores."""
@@ -373,18 +380,22 @@ def train(
         # replica -> variant -> client -> scores
         per_client: list[dict[str, dict[int, np.ndarray]]] = [{} for _ in range(sweep.size)]
         tags: dict[int, dict[str, np.ndarray]] = {}
-        with Prefetcher(build_eval, last_round=len(eval_chunks) - 1) as prefetch:
+        build = functools.partial(build_eval, rounds_done=rounds_done)
+        with Prefetcher(build, last_round=len(eval_chunks) - 1) as prefetch:
             for i, (ids, mask, mine) in enumerate(eval_chunks):
                 private_E, tasks_E = registry.gather(
                     sweep.stack([ids[mine]] * sweep.size), sweep.stack([mask[mine]] * sweep.size)
                 )
+                test, train = prefetch.get(i)
                 out = exp.eval_fn(
                     exp.frozen,
                     round_start_shared,
                     server.shared,
                     private_E,
                     tasks_E,
-                    prefetch.get(i),
+                    test,
+                    train,
+                    exp.hparams,
                 )
                 real = ids[mask].tolist()
                 for replica, scores in zip(per_client, sweep.unstack(host_rows(out))):

@@ -35,6 +35,7 @@ COLOURS = {
     "feddat_no_global_teacher": "#843c39",
     "feddat_gate": "#ff7f0e",
     "fedavg_adapter": "#1f77b4",
+    "fedavg_ft": "#aec7e8",
     "fedprox_adapter": "#9467bd",
     "fedavgm_adapter": "#17becf",
     "fedadam_adapter": "#393b79",
@@ -122,8 +123,8 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
 def scores_figure(
     groups: Groups, clients: list[str], variant_of: dict[str, str], title: str = ""
 ) -> Figure:
-    """The headline score of every setting (``variant_of[name]``: "dat" for FedDAT, "global"
-    else) on the mean, each question group the data tag ("shared", "shifted") and each client
+    """The headline score of every setting (``variant_of[name]``: "dat" for FedDAT, "finetuned"
+    for fedavg_ft, "global" else) on the mean, each question group the data tag ("shared", "shifted") and each client
     (up to :data:`MAX_CLIENT_PANELS`): bars when every setting was evaluated once, else a panel
     of lines per score."""
     shown = list(clients) if len(clients) <= MAX_CLIENT_PANELS else []

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feddat_jax.fl.evaluation import FINETUNED
 from feddat_jax.train import plots, stats
 from feddat_jax.train.metrics import Record
 from feddat_jax.train.scores import GROUPS
@@ -23,9 +24,10 @@ MAX_CLIENT_COLUMNS = 6
 
 
 def headline_variant(history: list[Record]) -> str:
-    """The variant a method is judged by: the DAT for FedDAT, the global model otherwise."""
+    """The variant a method is judged by: the DAT for FedDAT, each client's finetuned model for
+    a method that finetunes before it scores (``fedavg_ft``), the global model otherwise."""
     last = _last_eval(history)
-    return "dat" if "score/mean/dat" in last else "global"
+    return next((v for v in ("dat", FINETUNED) if f"score/mean/{v}" in last), "global")
 
 
 def _last_eval(history: list[Record]) -> Record:

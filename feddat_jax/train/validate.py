@@ -179,6 +179,7 @@ def _schedule(c: ml_collections.ConfigDict) -> None:
     _at_least(c, "segment_steps", 0, 100)  # 0: the whole epoch in one call
     _at_least(c, "eval_clients_per_call", 0, 0)  # 0: a training cohort's size
     _at_least(c, "eval_clients", 0, 0)  # 0: every client
+    _at_least(c, "finetune_steps", 0, 5)  # 0: a training round's steps
     _at_least(c, "fedprox_mu", 0, 0.01)
     _choice(c, "aggregation", AGGREGATION_WEIGHTS)
 
