@@ -218,3 +218,24 @@ def test_a_swept_replica_finetunes_like_its_own_run(tmp_path):
     replica = next(r for r in history if r.get("replica") == 1)
     assert evaluation(replica) == evaluation(own[0])
     assert replica["score/mean/finetuned"] != replica["score/mean/global"]
+
+
+@pytest.mark.slow
+def test_the_flower_engine_finetunes_like_the_simulation(tmp_path):
+    pytest.importorskip("flwr")
+    from feddat_jax.flower import runconfig
+    from feddat_jax.flower.simulation import simulate
+
+    spec = "configs/demo.py:smoke"
+    overrides = {
+        "rounds": 1,
+        "method": "fedavg_ft",
+        "model.checkpoint": TINY_VILT,
+        "data.test_per_client": 100,
+    }
+    simulated = loop.train(
+        build_experiment(runconfig.load(spec, overrides)), tmp_path / "sim", show_progress=False
+    )
+    flower = simulate(spec, overrides, tmp_path / "flower", nodes=4)
+    assert evaluation(flower[0]) == evaluation(simulated[0])
+    assert "score/mean/finetuned" in flower[0]

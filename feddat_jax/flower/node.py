@@ -27,6 +27,7 @@ from feddat_jax.fl.round import end_client, make_round_parts
 from feddat_jax.fl.state import ServerState
 from feddat_jax.flower.federation import Federation, node_clients
 from feddat_jax.flower.node_state import NodeStore
+from feddat_jax.train import finetune
 
 PyTree = Any
 
@@ -129,14 +130,21 @@ class Node:
 
     def evaluate(self, rounds_done: int, round_start_shared: PyTree, shared: PyTree, client_ids):
         """Every test example's score per variant, ``{variant: [C, S_e, B_e]}``, of these
-        clients with their private state after round ``rounds_done``."""
+        clients with their private state after round ``rounds_done``; a method that finetunes
+        before it scores (``fedavg_ft``) finetunes each on the node's own copy of its train data
+        (``train.finetune``: the simulation's batches), and keeps nothing of it."""
+        exp = self.fed.exp
         ids = self.check_clients(client_ids, "evaluate request")
+        train = None
+        if exp.method.finetune:
+            train = finetune.client_batches(exp, ids, self.fed.config.seed, rounds_done)
         scores = self._eval(
-            self.fed.exp.frozen,
+            exp.frozen,
             round_start_shared,
             shared,
             self._private(ids, rounds_done),
             self._tasks(ids),
-            self.fed.exp.eval_batches(ids),
+            exp.eval_batches(ids),
+            train,
         )
         return {k: np.asarray(v) for k, v in jax.device_get(scores).items()}
