@@ -26,7 +26,7 @@ from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.cohorts import EVAL_SAMPLE_DRAW
 from feddat_jax.train.config_base import TINY_VILT, config_from_file
 from feddat_jax.train.experiment import build_experiment
-from feddat_jax.train.report import headline_variant
+from feddat_jax.train.report import format_table, headline_variant
 from feddat_jax.train.validate import validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,6 +186,17 @@ def test_a_negative_finetune_steps_is_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert lines[0].startswith("error: finetune_steps must be >= 0, got -1 (config.finetune_steps)")
+
+
+def test_the_table_row_keeps_its_columns_under_the_longer_variant_name():
+    row = {"clients": {}, "groups": {}, "comm_mb": 1.0}
+    scores = {
+        "fedavg_adapter": {**row, "variant": "global", "mean": 60.1},
+        "fedavg_ft": {**row, "variant": "finetuned", "mean": 60.4},
+    }
+    head, _, plain, tuned = format_table(scores, []).splitlines()
+    assert len(head) == len(plain) == len(tuned)
+    assert tuned.index("60.4") == plain.index("60.1") == head.index("mean") + len("mean") - 4
 
 
 def test_a_resumed_run_equals_the_uninterrupted_one(runs, tmp_path):

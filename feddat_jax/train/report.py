@@ -135,7 +135,8 @@ def format_table(
     name_w = max(22, *(len(n) + 2 for n in scores))
     width = max(11 if several else 10, *(len(c) for c in shown)) if shown else 10
     cell_w = 12 if several else 9
-    head = f"{'method':<{name_w}}{'variant':<8}" + "".join(
+    variant_w = max(8, *(len(s["variant"]) + 1 for s in scores.values()))
+    head = f"{'method':<{name_w}}{'variant':<{variant_w}}" + "".join(
         f"{c[:width]:>{width + 1}}" for c in shown
     )
     head += f"{'mean':>12}" if several else f"{'mean':>8}"
@@ -150,7 +151,7 @@ def format_table(
         std_c, std_g = s.get("clients_std", {}), s.get("groups_std", {})
         cells = "".join(f"{_cell(s['clients'][c], std_c.get(c), many):>{width + 1}}" for c in shown)
         mean = _cell(s["mean"], s.get("std"), many)
-        line = f"{name:<{name_w}}{s['variant']:<8}{cells}{mean:>{12 if several else 8}}"
+        line = f"{name:<{name_w}}{s['variant']:<{variant_w}}{cells}{mean:>{12 if several else 8}}"
         if several:
             ci = "-" if s.get("ci95") is None else f"±{s['ci95']:.1f}"
             line += f"{ci:>8}{s.get('n', 1):>6}"
