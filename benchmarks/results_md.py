@@ -300,6 +300,14 @@ def probe(d: dict) -> list[str]:
     ]
 
 
+def client_count(d: dict) -> list[str]:
+    if "settings" not in d:  # not client_count.py's JSON
+        return generic(d)
+    from benchmarks.client_count_report import summary  # the tables of CLIENT_COUNT.md
+
+    return summary(d)
+
+
 def generic(d: dict) -> list[str]:
     rows = [r for r in d.get("rows", []) if isinstance(r, dict)]
     if not rows:
@@ -321,6 +329,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("scaling", "Many clients: start-up, round, memory and checkpoints against N", scaling),
     ("paper_round", "The paper config at paper scale, host memory", paper_round),
     ("probe", "What the frozen backbone's pooled token carries", probe),
+    ("client_count", "Client count: methods against N and the cohort size", client_count),
 ]
 
 
