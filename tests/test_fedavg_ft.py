@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from smoke_launch import ROOT, smoke_command
 
 from feddat_jax.data.pipeline import cohort_batches
 from feddat_jax.errors import ConfigError
@@ -29,7 +29,6 @@ from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.report import format_table, headline_variant
 from feddat_jax.train.validate import validate_config
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 2
 SCORES = ("score/", "score_", "group/", "qtype/", "eval/")  # the keys an evaluation writes
 
@@ -167,16 +166,7 @@ def test_a_negative_finetune_steps_is_one_line(tmp_path):
         validate_config(c)
     assert "\n" not in str(err.value)
     out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "launch.py"),
-            "--config",
-            "configs/demo.py:smoke",
-            "--workdir",
-            str(tmp_path),
-            "--config.method=fedavg_ft",
-            "--config.finetune_steps=-1",
-        ],
+        smoke_command(tmp_path, "--config.method=fedavg_ft", "--config.finetune_steps=-1"),
         cwd=ROOT,
         capture_output=True,
         text=True,
