@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from smoke_launch import ROOT, smoke_command
+from test_launch import final_state, numbers
 
 from feddat_jax.data.pipeline import cohort_batches
 from feddat_jax.errors import ConfigError
 from feddat_jax.fl.evaluation import make_eval_fn
 from feddat_jax.fl.round import client_context
 from feddat_jax.train import finetune, loop
-from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.cohorts import EVAL_SAMPLE_DRAW
 from feddat_jax.train.config_base import TINY_VILT, config_from_file
 from feddat_jax.train.experiment import build_experiment
@@ -45,15 +44,6 @@ def with_rounds(exp, rounds: int):
     cfg = exp.config.copy_and_resolve_references()
     cfg.rounds = rounds
     return dataclasses.replace(exp, config=cfg)
-
-
-def numbers(history) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
-
-
-def saved(exp, workdir: Path):
-    ckpt = RoundCheckpointer(workdir / "checkpoints", exp.run_fingerprint())
-    return ckpt.restore_latest(lambda meta: loop.checkpoint_target(exp, meta["trained_slots"]))
 
 
 def host_leaves(tree) -> list[np.ndarray]:
@@ -87,7 +77,10 @@ def test_training_is_fedavg_adapters_bit_for_bit_and_the_finetune_is_stored_nowh
         assert "score/mean/finetuned" in a and "score/mean/finetuned" not in b
     assert headline_variant(tuned) == "finetuned" and headline_variant(plain) == "global"
     # the finetuned parameters reach neither the server nor any client's saved state
-    (step_a, state_a, _), (step_b, state_b, _) = saved(ft, root / "ft"), saved(avg, root / "avg")
+    (step_a, state_a, _), (step_b, state_b, _) = (
+        final_state(ft, root / "ft"),
+        final_state(avg, root / "avg"),
+    )
     assert step_a == step_b == ROUNDS
     for x, y in zip(host_leaves(state_a), host_leaves(state_b), strict=True):
         np.testing.assert_array_equal(x, y)
@@ -125,7 +118,7 @@ def by_hand(exp, state, k: int, local_step, plain) -> float:
 
 def test_finetuned_score_is_the_clients_own_local_update_then_the_plain_evaluation(runs):
     root, exp, _, tuned, _ = runs
-    _, state, _ = saved(exp, root / "ft")  # the state the last evaluation scored
+    _, state, _ = final_state(exp, root / "ft")  # the state the last evaluation scored
     last, local_step, plain = (
         tuned[-1],
         jax.jit(exp.algorithm.local_step),
@@ -194,7 +187,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one(runs, tmp_path):
     loop.train(with_rounds(exp, ROUNDS - 1), tmp_path, show_progress=False)
     resumed = loop.train(exp, tmp_path, show_progress=False)
     assert numbers(resumed) == numbers(tuned)
-    (_, a, _), (_, b, _) = saved(exp, tmp_path), saved(exp, root / "ft")
+    (_, a, _), (_, b, _) = final_state(exp, tmp_path), final_state(exp, root / "ft")
     for x, y in zip(host_leaves(a), host_leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 

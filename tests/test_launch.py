@@ -51,8 +51,8 @@ def numbers(history):
 
 
 def final_state(exp, workdir):
+    from feddat_jax.train.checkpoint_layout import checkpoint_target
     from feddat_jax.train.checkpoints import RoundCheckpointer
-    from feddat_jax.train.loop import checkpoint_target
 
     ckpt = RoundCheckpointer(Path(workdir) / "checkpoints", exp.run_fingerprint())
     return ckpt.restore_latest(lambda meta: checkpoint_target(exp, meta["trained_slots"]))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from test_launch import final_state, numbers
 
 from feddat_jax.errors import ConfigError
 from feddat_jax.train import loop
-from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.cohorts import CohortPlanner
 from feddat_jax.train.config_base import config_from_file
 from feddat_jax.train.experiment import build_experiment
@@ -22,15 +22,6 @@ def config(num_clients: int, rounds: int = 3, eval_clients: int = 10, eval_every
     c.clients_per_round, c.rounds, c.eval_clients = 3, rounds, eval_clients
     c.eval_every = eval_every or rounds
     return c
-
-
-def numbers(history):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
-
-
-def saved(exp, workdir):
-    ckpt = RoundCheckpointer(workdir / "checkpoints", exp.run_fingerprint())
-    return ckpt.restore_latest(lambda meta: loop.checkpoint_target(exp, meta["trained_slots"]))
 
 
 def host(x) -> np.ndarray:
@@ -54,7 +45,7 @@ def test_partial_participation_resumes_bit_for_bit_and_saves_only_trained_client
     resumed = loop.train(exp, part, show_progress=False)
     assert numbers(resumed) == numbers(full)
 
-    (step, a, meta), (_, b, _) = saved(exp, tmp_path / "full"), saved(exp, part)
+    (step, a, meta), (_, b, _) = final_state(exp, tmp_path / "full"), final_state(exp, part)
     assert step == 3
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(host(x), host(y))

@@ -11,10 +11,11 @@ import jax
 import numpy as np
 import pytest
 
+from feddat_jax.train.checkpoint_layout import checkpoint_target
 from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.config_base import config_from_file
 from feddat_jax.train.experiment import build_experiment
-from feddat_jax.train.loop import checkpoint_target, train
+from feddat_jax.train.loop import train
 from feddat_jax.train.runs import run_method
 
 GOLDEN = Path(__file__).parent / "data" / "unswept_golden.json"
