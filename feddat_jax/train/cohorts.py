@@ -52,6 +52,9 @@ class CohortPlanner:
             exp.sweep.replica_config(cfg, r).clients_per_round for r in range(exp.sweep.size)
         ]
         self.populations = [exp.sweep.population(r, n) for r in range(exp.sweep.size)]
+        # took_part's running record: clients drawn in the first _rounds_counted rounds
+        self._took_part = np.zeros((exp.sweep.size, n), bool)
+        self._rounds_counted = 0
         varied = [
             field
             for field, values in (
@@ -116,13 +119,16 @@ class CohortPlanner:
 
     def took_part(self, rounds_done: int) -> np.ndarray:
         """bool ``[R, N]``: which clients each replica's cohorts of the first ``rounds_done``
-        rounds held (a function of the seeds, so a resumed run knows it without a record)."""
-        out = np.zeros((len(self.seeds), self.num_clients), bool)
-        for r in range(rounds_done):
+        rounds held (a function of the seeds, so a resumed run knows it without a record).
+        Each call draws only the rounds since the previous call's, not every round again."""
+        if rounds_done < self._rounds_counted:  # asked about an earlier point: count afresh
+            self._took_part[:], self._rounds_counted = False, 0
+        for r in range(self._rounds_counted, rounds_done):
             ids, masks, _ = self.plans(r)
             for i, (ids_i, mask_i) in enumerate(zip(ids, masks)):
-                out[i, ids_i[mask_i]] = True
-        return out
+                self._took_part[i, ids_i[mask_i]] = True
+        self._rounds_counted = rounds_done
+        return self._took_part.copy()
 
     @property
     def cohort_slots(self) -> int:
