@@ -138,13 +138,15 @@ def test_client_count_sweep_equals_separate_runs(tmp_path):
     config = smoke_config(tmp_path, method="feddat", references=())
     config.model.checkpoint = TINY_VILT  # a fixed tokenizer: a random model's grows with N
     config.rounds, config.eval_every, config.tensorboard = 2, 2, False
-    config.clients_per_round, config.eval_clients = 2, 3
+    config.clients_per_round, config.eval_clients = 2, 5  # more than the smaller N: all 4
     config.sweep.data.num_clients = (4, 7)
 
     def check_row(r: int, row: dict) -> None:
         n = (4, 7)[r]
         assert row["data.num_clients"] == n
         assert all(int(name.rsplit("_", 1)[1]) < n for name in row["cohort"].split(","))
+        if "eval/clients" in row:
+            assert row["eval/clients"] == min(5, n)
 
     assert_replicas_equal_their_runs(config, tmp_path, check_row)
 

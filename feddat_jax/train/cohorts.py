@@ -95,17 +95,18 @@ class CohortPlanner:
         replica's own (sorted ids). A replica scores ``config.eval_clients`` of its clients drawn
         once, seeded by the run's seed (the same at every evaluation and, where replicas have the
         same clients, in every replica: scores over rounds and settings compare), or every one
-        of them (0). A client-count sweep (one process) evaluates the union of the replicas'."""
+        of them (0); a client-count sweep's replica with fewer clients scores all of its own. A
+        client-count sweep (one process) evaluates the union of the replicas'."""
         sample = int(self.exp.config.eval_clients)
-        if sample > min(self.populations):
-            n = min(self.populations)
+        if sample > max(self.populations):
+            n = max(self.populations)
             raise ConfigError(
                 f"config.eval_clients={sample} but the benchmark has {n} clients",
                 "config.eval_clients",
                 f"use 0 (every client) or at most {n}",
             )
         draw = lambda n, mesh: distributed.plan_cohort(  # noqa: E731
-            self.seeds[0], EVAL_SAMPLE_DRAW, n, sample or n, mesh
+            self.seeds[0], EVAL_SAMPLE_DRAW, n, min(sample or n, n), mesh
         )
         if len(set(self.populations)) == 1:
             ids, mask = draw(self.num_clients, self.mesh)

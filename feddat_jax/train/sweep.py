@@ -98,6 +98,8 @@ class Sweep:
                 node[leaf] = type(node[leaf])(value)
             if "sweep" in out:
                 del out["sweep"]
+            if NUM_CLIENTS in self.fields:  # a sample of at most the replica's own clients
+                out.eval_clients = min(int(out.eval_clients), int(out.data.num_clients))
         return out
 
     def population(self, r: int, registered: int) -> int:
