@@ -18,7 +18,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from feddat_jax.train import cli
+from feddat_jax.cli import main as cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file, FILE[:ARG]", lock_config=True
@@ -39,8 +39,8 @@ def main(argv) -> None:
     with cli.error_boundary(debug=_DEBUG.value):
         cli.require(_CONFIG.value, "config")
         cli.require(_WORKDIR.value, "workdir")
+        from feddat_jax.cli.invocation import launch
         from feddat_jax.train.interrupt import StopRequest  # JAX is imported from here on
-        from feddat_jax.train.run import launch
 
         with StopRequest() as stop:
             launch(_CONFIG.value, _WORKDIR.value, stop)

@@ -68,8 +68,8 @@ def run_family(
 ) -> None:
     """``methods`` and the reference rows of one family, all seeds in one launch on the replica
     axis (resumes what is finished)."""
+    from feddat_jax.cli.invocation import launch  # what launch.py runs: methods, references, report
     from feddat_jax.train.interrupt import StopRequest
-    from feddat_jax.train.run import launch  # what launch.py runs: methods, references, report
 
     config = config_from_file(f"configs/embedded.py:{family}")
     config.sweep.seed = tuple(seeds)

@@ -1,5 +1,5 @@
 """The client-count benchmark's launches (``benchmarks/client_count.py`` holds its settings):
-one launch in-process through ``train.runs.run_method``, the reference rows, and the separate
+one launch in-process through ``train.method_run.run_method``, the reference rows, and the separate
 launches that ``sweep_speedup`` is timed against."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from benchmarks import client_count_report as report
 
 def head_for(config, method: str) -> str:
     """``shared`` where the library accepts a shared head for ``method``, else ``private``."""
+    from feddat_jax.cli.validate import validate_config, with_method
     from feddat_jax.errors import ConfigError
-    from feddat_jax.train.validate import validate_config, with_method
 
     trial = with_method(config, method)
     trial.peft.head = "shared"
@@ -29,8 +29,8 @@ def head_for(config, method: str) -> str:
 def launch(config, workdir: Path) -> tuple[list[dict], float, float, bool]:
     """Train (or resume) one launch in ``workdir``: (its metrics rows, wall s, process CPU s,
     resumed?). CPU seconds (all threads) say what a launch costs on a host shared with others."""
-    from feddat_jax.train.runs import run_method
-    from feddat_jax.train.validate import validate_config
+    from feddat_jax.cli.validate import validate_config
+    from feddat_jax.train.method_run import run_method
 
     validate_config(config)
     resumed = (workdir / "metrics.jsonl").exists()
@@ -42,13 +42,13 @@ def launch(config, workdir: Path) -> tuple[list[dict], float, float, bool]:
 def blind_scorer(config, largest: int):
     """``score(client names) -> %``: the blind row on those clients (the benchmark is lazy: only
     the named clients' questions are drawn)."""
-    from feddat_jax.models import registry
+    from feddat_jax.models import backbones
     from feddat_jax.train.blind import blind_scores
     from feddat_jax.train.experiment import load_benchmark
 
     data = config.data.copy_and_resolve_references()
     data.num_clients = largest
-    bench = load_benchmark(data, registry.patch_size(config), config.peft.head)
+    bench = load_benchmark(data, backbones.patch_size(config), config.peft.head)
     clients, cache = {c.name: c for c in bench.clients}, {}
 
     def score(names: list[str]) -> float:

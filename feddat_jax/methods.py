@@ -16,7 +16,7 @@ from feddat_jax.errors import ConfigError
 from feddat_jax.fl import local_optim
 from feddat_jax.fl.algorithms import FedAvg, FedAvgConfig, FedDAT, FedDATConfig, LocalAlgorithm
 from feddat_jax.fl.algorithms.base import Forward
-from feddat_jax.peft import partition
+from feddat_jax.peft import roles
 from feddat_jax.peft.config import PeftConfig
 
 PyTree = Any
@@ -29,7 +29,7 @@ class Method:
     """How to train one entry of the paper's tables."""
 
     algorithm: str  # "feddat" | "fedavg" (FedProx = fedavg with prox_mu > 0)
-    partition: str  # a preset of feddat_jax.peft.partition.RULES
+    partition: str  # a preset of feddat_jax.peft.roles.RULES
     peft: dict = dataclasses.field(default_factory=dict)  # PeftConfig fields
     adapter_mode: str = "none"  # forward mode of single-model methods
     server_optimizer: str = "fedavg"
@@ -98,7 +98,7 @@ def split_params(
 ) -> tuple[PyTree, PyTree, PyTree]:
     """``(frozen, shared, private)`` of a full parameter tree under the method's partition, the
     answer head ``head`` ("private", or "shared": ``config.peft.head``)."""
-    return partition.split(params, partition.rules_for(method.partition, head))
+    return roles.split(params, roles.rules_for(method.partition, head))
 
 
 def make_forward(model, inputs_fn: Callable[[dict], dict]) -> Forward:

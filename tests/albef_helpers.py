@@ -12,7 +12,7 @@ from albef_reference import CFG, albef_vqa_surgery
 
 from feddat_jax.models.albef import example_inputs
 from feddat_jax.peft.config import PeftConfig
-from feddat_jax.peft.partition import flatten, unflatten
+from feddat_jax.peft.roles import flatten, unflatten
 
 DAT = PeftConfig(adapters=("shared", "client"))
 B, L, A, LA = 2, 6, 4, 5

@@ -32,7 +32,7 @@ from feddat_jax.models.albef_checkpoint import (
     read_state_dict,
     save_albef_checkpoint,
 )
-from feddat_jax.peft.partition import flatten
+from feddat_jax.peft.roles import flatten
 
 
 def test_released_checkpoint_loads_and_matches_torch_albef(albef_released):

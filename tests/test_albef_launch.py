@@ -13,9 +13,9 @@ import pytest
 
 from feddat_jax import methods
 from feddat_jax.data.tokenize import HFTokenizerEncoder, words
-from feddat_jax.models import registry
+from feddat_jax.models import backbones
 from feddat_jax.models.albef_checkpoint import save_albef_checkpoint
-from feddat_jax.peft.partition import flatten
+from feddat_jax.peft.roles import flatten
 from feddat_jax.train import loop
 from feddat_jax.train.config_base import config_from_file
 from feddat_jax.train.experiment import build_experiment
@@ -77,7 +77,7 @@ def test_every_batch_carries_its_clients_answer_lists(experiment):
     assert ids.shape[:2] == (n, a) and ids.dtype == np.int32 and mask.shape == ids.shape
     # row j is the client's answer j ("[CLS] answer [SEP] [SEP]"); padding rows are all zero
     np.testing.assert_array_equal(mask[:, :, 1] > 0, np.asarray(exp.tasks.answer_mask) > 0)
-    encoder = registry.text_encoder(exp.config, exp.benchmark)
+    encoder = backbones.text_encoder(exp.config, exp.benchmark)
     client = exp.benchmark.clients[2]
     for j, answer in enumerate(client.answers):
         body = [encoder.index[w] for w in words(answer)]
@@ -86,7 +86,7 @@ def test_every_batch_carries_its_clients_answer_lists(experiment):
     # eval data: every client's list repeated over its steps
     eval_data = exp.eval_batches(np.arange(n))
     steps = eval_data["example_mask"].shape[1]
-    for key in registry.ANSWER_KEYS:
+    for key in backbones.ANSWER_KEYS:
         assert eval_data[key].shape == (n, steps) + ids.shape[1:]
         np.testing.assert_array_equal(
             eval_data[key], np.broadcast_to(answers[key][:, None], eval_data[key].shape)
@@ -180,7 +180,7 @@ def test_checkpoint_and_tokenizer_load_through_build_experiment(experiment, cach
         tmp_path / "bert", experiment.benchmark, 99
     )  # AlbefConfig.tiny() vocab
     config = albef_smoke(cache, **{"model.tokenizer": str(tokenizer)})
-    saved = registry.build_backbone(
+    saved = backbones.build_backbone(
         config.copy_and_resolve_references(),
         methods.peft_config(methods.get_method("feddat")),
         19,

@@ -35,7 +35,7 @@ from feddat_jax.models.albef import (
     to_albef_inputs,
 )
 from feddat_jax.peft.config import PeftConfig
-from feddat_jax.peft.partition import count_params, flatten, rules_for, split, unflatten
+from feddat_jax.peft.roles import count_params, flatten, rules_for, split, unflatten
 
 
 def test_rank_k_reproduces_albef_rank_answer(albef_released):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from albef_helpers import DAT, A, B, L, make_inputs
 from albef_reference import CFG
-
 from one_federation import make_round_fn
+
 from feddat_jax.fl import local_optim
 from feddat_jax.fl.aggregation import MeanAggregator
 from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
@@ -18,7 +18,7 @@ from feddat_jax.fl.round import client_context, round_keys
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, init_server_state, stack_clients
 from feddat_jax.models.albef import AlbefVQA, to_albef_inputs
-from feddat_jax.peft.partition import merge, rules_for, split
+from feddat_jax.peft.roles import merge, rules_for, split
 
 # Full batches only (one compile of the reference step); clients 0 and 2 end with padding-only steps,
 # which the round must skip. Partial batches (example masks) are covered model-agnostically by

@@ -23,7 +23,7 @@ from feddat_jax.models.vilt_checkpoint import (
     save_vilt_checkpoint,
 )
 from feddat_jax.peft.config import PeftConfig
-from feddat_jax.peft.partition import PEFT_PATTERN, flatten
+from feddat_jax.peft.roles import PEFT_PATTERN, flatten
 
 CONFIG = ViltConfig.tiny()
 

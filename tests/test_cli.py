@@ -12,6 +12,8 @@ import time
 import pytest
 from test_launch import ROOT, smoke_config
 
+from feddat_jax.cli import main as cli
+from feddat_jax.cli.validate import validate_config
 from feddat_jax.errors import (
     CheckpointError,
     ConfigError,
@@ -22,8 +24,6 @@ from feddat_jax.errors import (
     WorkdirError,
 )
 from feddat_jax.methods import METHODS
-from feddat_jax.train import cli
-from feddat_jax.train.validate import validate_config
 
 SMOKE = ["--config", "configs/demo.py:smoke"]
 
@@ -154,11 +154,11 @@ def test_library_errors_for_user_input_are_project_errors():
     from feddat_jax.data.tfds_store import StoreError
     from feddat_jax.fl import sampling
     from feddat_jax.fl.server_optimizers import make_server_optimizer
-    from feddat_jax.models import registry
+    from feddat_jax.models import backbones
 
     for call in (
         lambda: methods.get_method("fedsgd"),
-        lambda: registry.choice("x", ("a",), "model.name"),
+        lambda: backbones.choice("x", ("a",), "model.name"),
         lambda: embedded.family_clients("medical"),
         lambda: sampling.cohort_size(5, 7),
         lambda: make_server_optimizer("sgd"),

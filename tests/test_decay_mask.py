@@ -24,7 +24,7 @@ from feddat_jax.models.albef_checkpoint import albef_name
 from feddat_jax.models.vilt import ViltConfig, ViltVQA
 from feddat_jax.models.vilt_checkpoint import hf_name
 from feddat_jax.peft.config import PeftConfig
-from feddat_jax.peft.partition import PEFT_PATTERN, flatten
+from feddat_jax.peft.roles import PEFT_PATTERN, flatten
 
 NO_DECAY = ["bias", "LayerNorm.weight"]  # the official code's list, verbatim
 

@@ -17,6 +17,7 @@ import pytest
 from smoke_launch import ROOT, smoke_command
 from test_launch import final_state, numbers
 
+from feddat_jax.cli.validate import validate_config
 from feddat_jax.data.pipeline import cohort_batches
 from feddat_jax.errors import ConfigError
 from feddat_jax.fl.evaluation import make_eval_fn
@@ -26,7 +27,6 @@ from feddat_jax.train.cohorts import EVAL_SAMPLE_DRAW
 from feddat_jax.train.config_base import TINY_VILT, config_from_file
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.report import format_table, headline_variant
-from feddat_jax.train.validate import validate_config
 
 ROUNDS = 2
 SCORES = ("score/", "score_", "group/", "qtype/", "eval/")  # the keys an evaluation writes

@@ -5,16 +5,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import toy_model as toy
 from one_federation import make_round_fn
+
 from feddat_jax.fl import local_optim, losses
 from feddat_jax.fl.aggregation import MeanAggregator
 from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
 from feddat_jax.fl.round import client_context
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import init_server_state, stack_clients
-from feddat_jax.peft.partition import merge
+from feddat_jax.peft.roles import merge
 
 OPTIM = local_optim.LocalOptimConfig(learning_rate=1e-2, schedule_epochs=2.0)
 B1, B2, EPS, WD = OPTIM.b1, OPTIM.b2, OPTIM.eps, OPTIM.weight_decay

@@ -1,6 +1,6 @@
 """The Flower engine reproduces the simulated run: metrics, shared and private params (issue 34).
 
-One simulated run (``train.runs.run_method``) and one run of the same config on Flower's
+One simulated run (``train.method_run.run_method``) and one run of the same config on Flower's
 simulation engine (4 nodes, one client each) of the demo's smoke config for 3 rounds; every
 assert reads those two runs (Ray's start-up is the slow part).
 """
@@ -22,7 +22,7 @@ from feddat_jax.flower import runconfig  # noqa: E402
 from feddat_jax.flower.federation import build_federation  # noqa: E402
 from feddat_jax.flower.node_state import NodeStore  # noqa: E402
 from feddat_jax.flower.simulation import simulate  # noqa: E402
-from feddat_jax.train.runs import run_method  # noqa: E402
+from feddat_jax.train.method_run import run_method  # noqa: E402
 
 SPEC, OVERRIDES, ROUNDS, NODES = "configs/demo.py:smoke", {"rounds": 3}, 3, 4
 TOL = 1e-5

@@ -30,7 +30,7 @@ pytest.importorskip("flwr")
 from test_flower import TOL, _numbers, _state  # noqa: E402
 
 from feddat_jax.flower import runconfig  # noqa: E402
-from feddat_jax.train.runs import run_method  # noqa: E402
+from feddat_jax.train.method_run import run_method  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC, ROUNDS = "configs/demo.py:smoke", 3

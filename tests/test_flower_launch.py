@@ -1,7 +1,7 @@
 """``launch.py --config.engine=flower``: a config on Flower's simulation engine, through the CLI.
 
 The same command as a simulated run with one more flag gives the same workdir (metrics.jsonl,
-checkpoints, results.json, plots) and the same numbers as ``train.runs.run_method`` (issue 34).
+checkpoints, results.json, plots) and the same numbers as ``train.method_run.run_method`` (issue 34).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from test_cli import SMOKE, launch, one_error_line
 
 from feddat_jax.flower import runconfig
-from feddat_jax.train.runs import run_method
+from feddat_jax.train.method_run import run_method
 
 ROUNDS = 2
 

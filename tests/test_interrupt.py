@@ -114,7 +114,7 @@ def test_a_stop_after_the_methods_skips_the_reference_rows_and_the_rerun_adds_th
 ):
     from test_launch import smoke_config
 
-    from feddat_jax.train import run as run_mod
+    from feddat_jax.cli import invocation as run_mod
 
     config = smoke_config(tmp_path)
     config.rounds, config.tensorboard = 1, False

@@ -4,14 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import toy_model as toy
+
 from feddat_jax import methods
 from feddat_jax.fl import local_optim
 from feddat_jax.fl.round import client_context
 from feddat_jax.models.inputs import to_model_inputs
 from feddat_jax.models.vilt import ViltConfig, ViltVQA
-from feddat_jax.peft.partition import count_params, flatten
+from feddat_jax.peft.roles import count_params, flatten
 
 OPTIM = local_optim.LocalOptimConfig(learning_rate=1e-2)
 

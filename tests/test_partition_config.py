@@ -4,14 +4,14 @@ examples over ``data.num_clients`` clients, on the embedded benchmark and on a b
 import numpy as np
 import pytest
 
+from feddat_jax.cli import main as cli
+from feddat_jax.cli.validate import validate_config
 from feddat_jax.data import embedded, loading, partition, partitioned, tfds_store
 from feddat_jax.data.client_store import KEYS, ClientDataStore
 from feddat_jax.data.source import RecordStore
 from feddat_jax.data.tokenize import WordVocabEncoder
 from feddat_jax.errors import ConfigError
-from feddat_jax.train import cli
 from feddat_jax.train.config_base import base_config
-from feddat_jax.train.validate import validate_config
 
 SIZES = dict(image_size=32, train_per_client=10, test_per_client=30, seed=0)
 

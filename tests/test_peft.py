@@ -12,10 +12,10 @@ import pytest
 
 from feddat_jax.fl.local_optim import decay_mask
 from feddat_jax.models.vilt import ViltConfig, ViltVQA
-from feddat_jax.peft import partition
+from feddat_jax.peft import roles
 from feddat_jax.peft.adapters import AdapterSite
 from feddat_jax.peft.config import PeftConfig
-from feddat_jax.peft.partition import (
+from feddat_jax.peft.roles import (
     count_params,
     flatten,
     merge,
@@ -195,10 +195,10 @@ def full_params() -> dict:
 
 
 def test_split_merge_round_trip(full_params):
-    for preset in partition.RULES:
+    for preset in roles.RULES:
         parts = split(full_params, rules_for(preset))
         assert sum(count_params(p) for p in parts) == count_params(full_params)
-        for role, part in zip(partition.ROLES, parts):
+        for role, part in zip(roles.ROLES, parts):
             assert all(role_of(p, rules_for(preset)) == role for p in flatten(part))
         merged = merge(*parts)
         assert jax.tree_util.tree_structure(merged) == jax.tree_util.tree_structure(full_params)
@@ -242,17 +242,17 @@ EXPECTED_ROLES = {  # path -> role per preset (presets not listed for a path: fr
 }
 
 
-@pytest.mark.parametrize("preset", sorted(partition.RULES))
+@pytest.mark.parametrize("preset", sorted(roles.RULES))
 def test_preset_roles(preset, full_params):
     rules = rules_for(preset)
     paths = flatten(full_params)
-    for path, roles in EXPECTED_ROLES.items():
+    for path, expected in EXPECTED_ROLES.items():
         assert path in paths
-        assert role_of(path, rules) == roles.get(preset, "frozen"), (preset, path)
+        assert role_of(path, rules) == expected.get(preset, "frozen"), (preset, path)
     for path in paths:
         if path.startswith("head/"):
             assert role_of(path, rules) == "private"
-    shared_mask = flatten(partition.mask(full_params, rules, "shared"))
+    shared_mask = flatten(roles.mask(full_params, rules, "shared"))
     assert {p for p, m in shared_mask.items() if m} == set(flatten(split(full_params, rules)[1]))
 
 

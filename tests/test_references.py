@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from feddat_jax.data.pipeline import gather_rows
 from feddat_jax.data.records import ClientSplit, Example
 from feddat_jax.fl import local_optim, losses
-from feddat_jax.peft.partition import merge
-from feddat_jax.data.pipeline import gather_rows
+from feddat_jax.peft.roles import merge
 from feddat_jax.train import blind, centralized, scores
 from feddat_jax.train.checkpoints import CheckpointMismatchError
 from feddat_jax.train.experiment import build_experiment

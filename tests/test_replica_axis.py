@@ -16,7 +16,7 @@ from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.config_base import config_from_file
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.loop import train
-from feddat_jax.train.runs import run_method
+from feddat_jax.train.method_run import run_method
 
 GOLDEN = Path(__file__).parent / "data" / "unswept_golden.json"
 

@@ -2,23 +2,23 @@
 
 import pytest
 
+from feddat_jax.cli.validate import validate_config
 from feddat_jax.data import loading
 from feddat_jax.errors import ConfigError
-from feddat_jax.peft import partition
+from feddat_jax.peft import roles
 from feddat_jax.train.config_base import base_config
-from feddat_jax.train.validate import validate_config
 
 
 def test_the_head_is_a_shared_group_only_when_asked():
     for preset in ("adapter", "lora", "full"):
-        assert partition.role_of("head/dense/kernel", partition.rules_for(preset)) == "private"
-        shared = partition.rules_for(preset, "shared")
-        assert partition.role_of("head/dense/kernel", shared) == "shared"
-        assert partition.role_of("vilt/encoder/layer_0/attention/query/kernel", shared) == (
+        assert roles.role_of("head/dense/kernel", roles.rules_for(preset)) == "private"
+        shared = roles.rules_for(preset, "shared")
+        assert roles.role_of("head/dense/kernel", shared) == "shared"
+        assert roles.role_of("vilt/encoder/layer_0/attention/query/kernel", shared) == (
             "shared" if preset == "full" else "frozen"
         )
     with pytest.raises(ValueError, match="head='both'"):
-        partition.rules_for("adapter", "both")
+        roles.rules_for("adapter", "both")
 
 
 def test_every_client_answers_over_the_family_space():

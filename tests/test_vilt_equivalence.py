@@ -14,7 +14,7 @@ import transformers
 from feddat_jax.models.vilt import ViltConfig, ViltModel, ViltVQA
 from feddat_jax.models.vilt_checkpoint import load_vilt_params, read_vilt_config
 from feddat_jax.peft.config import PeftConfig
-from feddat_jax.peft.partition import count_params, flatten, mask, merge, rules_for, split
+from feddat_jax.peft.roles import count_params, flatten, mask, merge, rules_for, split
 
 NUM_ANSWERS = 5
 TEXT_LEN, HEIGHT, WIDTH = 8, 64, 96  # 4 x 6 patches of 16 px, a non-square grid

@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from test_launch import ROOT, smoke_config
 
+from feddat_jax.cli import workdir as workdir_lib
+from feddat_jax.cli.invocation import launch
+from feddat_jax.cli.workdir import WorkdirLock
 from feddat_jax.errors import CheckpointMismatchError, WorkdirError
-from feddat_jax.train import loop, workdir as workdir_lib
+from feddat_jax.train import loop
 from feddat_jax.train.checkpoints import RoundCheckpointer, tree_fingerprint
 from feddat_jax.train.experiment import build_experiment
 from feddat_jax.train.interrupt import StopRequest
-from feddat_jax.train.run import launch
-from feddat_jax.train.workdir import WorkdirLock
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -176,7 +177,7 @@ def test_a_config_without_outputs_claims_nothing(tmp_path):
 # ------------------------------------------------------------------------------ item 4
 _HOLDER = """
 import sys, time
-from feddat_jax.train.workdir import WorkdirLock
+from feddat_jax.cli.workdir import WorkdirLock
 lock = WorkdirLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); time.sleep(600)
 """
 

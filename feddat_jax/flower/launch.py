@@ -1,8 +1,8 @@
 """``launch.py --config.engine=flower``: each method of the run on Flower's simulation engine.
 
-The twin of ``train.runs.run_method``: the same config, ``<workdir>/<method>`` gets the same
+The twin of ``train.method_run.run_method``: the same config, ``<workdir>/<method>`` gets the same
 metrics.jsonl and checkpoints (the server's; each client's private state stays with its node,
-under ``<workdir>/.nodes``), and ``train.run`` writes the same report and plots. One virtual
+under ``<workdir>/.nodes``), and ``cli.invocation`` writes the same report and plots. One virtual
 SuperNode per client, as in a cross-silo federation where each silo is a node.
 """
 
@@ -17,7 +17,7 @@ from feddat_jax.flower.federation import build_federation
 from feddat_jax.flower.server_app import BoundRun
 from feddat_jax.flower.simulation import simulate_method
 from feddat_jax.train.interrupt import StopRequest
-from feddat_jax.train.runs import MethodRun
+from feddat_jax.train.method_run import MethodRun
 
 
 def run_method(

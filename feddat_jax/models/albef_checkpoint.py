@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from feddat_jax.models.albef import AlbefConfig
-from feddat_jax.models.vilt_checkpoint import CheckpointError
-from feddat_jax.peft.partition import PEFT_PATTERN, flatten, unflatten
 from feddat_jax.models.torch_layout import from_torch, to_torch
+from feddat_jax.models.vilt_checkpoint import CheckpointError
+from feddat_jax.peft.roles import PEFT_PATTERN, flatten, unflatten
 
 __all__ = [
     "CheckpointError",

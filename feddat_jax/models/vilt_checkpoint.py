@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from feddat_jax.errors import CheckpointError  # a missing or mismatched checkpoint
-from feddat_jax.models.vilt import ViltConfig
-from feddat_jax.peft.partition import PEFT_PATTERN, flatten, unflatten
 from feddat_jax.models.torch_layout import from_torch, to_torch
+from feddat_jax.models.vilt import ViltConfig
+from feddat_jax.peft.roles import PEFT_PATTERN, flatten, unflatten
 
 IGNORED_PREFIXES = ("mlm_score.", "itm_score.")
 _HEAD_MODULES = {

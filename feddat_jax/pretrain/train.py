@@ -37,13 +37,13 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from feddat_jax.cli.validate import check_pretrain_stage
 from feddat_jax.data.embedded_captions import MAYBE, TARGET, caption
 from feddat_jax.data.embedded_lexicon import field_vocabulary
 from feddat_jax.models.inputs import to_model_inputs
 from feddat_jax.models.vilt import ViltConfig, ViltModel, VqaHead
 from feddat_jax.models.vilt_checkpoint import load_vilt_params, save_vilt_checkpoint
 from feddat_jax.pretrain.corpus import Corpus, build_corpus, corpus_texts
-from feddat_jax.train.validate import check_pretrain_stage
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _PUNCTUATION = {".", ",", ":", "?", ")", "("}

@@ -29,7 +29,7 @@ import numpy as np
 
 from feddat_jax.data.pipeline import gather_rows
 from feddat_jax.fl import local_optim, losses
-from feddat_jax.peft.partition import merge
+from feddat_jax.peft.roles import merge
 from feddat_jax.train.checkpoints import RoundCheckpointer
 from feddat_jax.train.experiment import Experiment
 from feddat_jax.train.metrics import MetricsWriter, Record

@@ -147,7 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.peft.head = "private"
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "vilt"  # "vilt" | "albef" (feddat_jax.models.registry.MODEL_NAMES)
+    c.model.name = "vilt"  # "vilt" | "albef" (feddat_jax.models.backbones.MODEL_NAMES)
     c.model.checkpoint = ""  # local HF folder; "" = random init at model.size
     c.model.size = "base"  # "tiny" | "base" (only without a checkpoint)
     c.model.dtype = "float32"  # compute dtype ("bfloat16" on GPU/TPU); params, optimizer stay f32

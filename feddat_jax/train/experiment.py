@@ -41,7 +41,7 @@ from feddat_jax.fl.replicas import make_replica_eval_fn, stack_replicas
 from feddat_jax.fl.segments import SegmentedRound
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import ClientTasks, ServerState, init_server_state, validate_tasks
-from feddat_jax.models import registry
+from feddat_jax.models import backbones
 from feddat_jax.train import scores
 from feddat_jax.train.checkpoints import config_fingerprint
 from feddat_jax.train.config_base import CLIENT_STORAGES, STRATEGIES, fingerprint_json
@@ -74,7 +74,7 @@ class Experiment:
     eval_fn: Any  # make_replica_eval_fn
     param_share: communication.ParameterShare
     accountants: list[PrivacyAccountant | None]  # per replica (None: no DP)
-    # ALBEF: every client's answer list [N, A, La] (registry.answer_lists); {} for ViLT
+    # ALBEF: every client's answer list [N, A, La] (backbones.answer_lists); {} for ViLT
     answers_N: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     mesh: Mesh | None = None  # the ("clients", "model") mesh the run is placed on
     strategy: str = "vmap"  # the resolved config.strategy
@@ -131,7 +131,7 @@ class Experiment:
     def with_answer_lists(self, batch: dict[str, np.ndarray], client_ids) -> dict[str, np.ndarray]:
         """A pipeline batch [C, S, B, ...] of these clients plus what the backbone needs per client
         (ALBEF: the answer lists [C, S, A, La])."""
-        return registry.with_answer_lists(batch, self.answers_N, client_ids)
+        return backbones.with_answer_lists(batch, self.answers_N, client_ids)
 
 
 def load_benchmark(
@@ -163,7 +163,7 @@ def row_store(
 def resolve_strategy(config: ml_collections.ConfigDict, frozen: PyTree) -> str:
     """``config.strategy``, with "auto" resolved by ``fl.mesh.default_strategy`` from the backend
     and the backbone's size ("base" from :data:`BASE_SIZE_PARAMS` frozen parameters)."""
-    strategy = registry.choice(config.strategy, STRATEGIES, "strategy")
+    strategy = backbones.choice(config.strategy, STRATEGIES, "strategy")
     if strategy != "auto":
         return strategy
     size = "base" if communication.tree_num_params(frozen) >= BASE_SIZE_PARAMS else "tiny"
@@ -174,13 +174,13 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     """Everything one run needs; ``mesh`` defaults to ``fl.mesh.mesh_from_config(config.mesh)``
     (in a multi-process run, call ``fl.distributed.initialize_distributed`` first)."""
     mesh = mesh if mesh is not None else mesh_lib.mesh_from_config(config.mesh)
-    registry.choice(config.client_storage, CLIENT_STORAGES, "client_storage")
+    backbones.choice(config.client_storage, CLIENT_STORAGES, "client_storage")
     method = methods.get_method(config.method)
     sweep = sweep_from_config(config, method)
     replica_configs = [sweep.replica_config(config, r) for r in range(sweep.size)]
     registered = sweep.registered_config(config).data  # a client-count sweep's largest count
-    benchmark = load_benchmark(registered, registry.patch_size(config), config.peft.head)
-    encoder = registry.text_encoder(config, benchmark)
+    benchmark = load_benchmark(registered, backbones.patch_size(config), config.peft.head)
+    encoder = backbones.text_encoder(config, benchmark)
     clients = benchmark.clients
     num_answers = max(len(c.answers) for c in clients)
     train_store, test_store = (
@@ -190,7 +190,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         **{k: jnp.asarray(v) for k, v in task_metadata(clients, num_answers).items()}
     )
     validate_tasks(tasks)
-    answers_N = registry.answer_lists(config, clients, encoder, num_answers)  # {} for ViLT
+    answers_N = backbones.answer_lists(config, clients, encoder, num_answers)  # {} for ViLT
 
     peft = methods.peft_config(
         method,
@@ -198,7 +198,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         **({"lora_rank": config.peft.lora_rank} if method.peft.get("lora_rank") else {}),
     )
     answer_len = answers_N["answer_input_ids"].shape[-1] if answers_N else 0
-    model, params, inputs_fn, _, init_params = registry.build_backbone(
+    model, params, inputs_fn, _, init_params = backbones.build_backbone(
         replica_configs[0], peft, num_answers, encoder, answer_len=answer_len
     )
     frozen, shared, private = methods.split_params(method, params, config.peft.head)
@@ -306,7 +306,7 @@ def build_aggregation(
     config: ml_collections.ConfigDict, num_clients: int
 ) -> tuple[Aggregator, PrivacyAccountant | None]:
     """The plain mean, or (``dp.enabled``) the DP-FedAvg aggregator and its privacy accountant."""
-    sampling = registry.choice(config.dp.get("sampling", "fixed"), DP_SAMPLINGS, "dp.sampling")
+    sampling = backbones.choice(config.dp.get("sampling", "fixed"), DP_SAMPLINGS, "dp.sampling")
     if not config.dp.enabled:
         return MeanAggregator(config.aggregation), None
     dp = config.dp

@@ -21,7 +21,7 @@ import ml_collections
 
 from feddat_jax.errors import ConfigError
 from feddat_jax.fl import mesh as mesh_lib
-from feddat_jax.models import registry
+from feddat_jax.models import backbones
 from feddat_jax.train.blind import blind_history
 from feddat_jax.train.experiment import build_experiment, load_benchmark
 from feddat_jax.train.metrics import MetricsWriter, Record
@@ -43,7 +43,7 @@ def check_references(names) -> tuple[str, ...]:
 def run_reference(name: str, config: ml_collections.ConfigDict, workdir: Path) -> list[Record]:
     """Compute (or resume) reference ``name`` in ``workdir``; returns its metrics history."""
     if name == "blind":
-        benchmark = load_benchmark(config.data, registry.patch_size(config))
+        benchmark = load_benchmark(config.data, backbones.patch_size(config))
         history = blind_history(benchmark, config.rounds)
         workdir.mkdir(parents=True, exist_ok=True)
         writer = MetricsWriter(workdir, history, tensorboard=False)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from feddat_jax.fl import local_optim, losses
 from feddat_jax.fl.algorithms.base import Batch, ClientContext, Forward, LocalAlgorithm, PyTree
-from feddat_jax.peft.partition import merge
+from feddat_jax.peft.roles import merge
 
 ADAPTER_MODES = ("none", "shared", "client", "dat")
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from feddat_jax.fl import local_optim, losses
 from feddat_jax.fl.algorithms.base import Forward, LocalAlgorithm, PyTree
-from feddat_jax.peft.partition import merge
+from feddat_jax.peft.roles import merge
 
 TEACHER_MODES = ("dat", "client")
 EVAL_TEACHERS = ("round_start", "latest_global")

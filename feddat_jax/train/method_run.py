@@ -1,6 +1,6 @@
 """Train a config from Python: what ``launch.py`` does for one method, for scripts and notebooks.
 
-    from feddat_jax.train.runs import run_method
+    from feddat_jax.train.method_run import run_method
 
     config = demo.get_config()                 # any config of configs/
     config.sweep.seed = (0, 1, 2)              # three seeds as ONE program (train.sweep)

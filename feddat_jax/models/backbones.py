@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from feddat_jax.errors import CheckpointError, ConfigError
 from feddat_jax.data.records import ClientSplit, FederatedBenchmark
 from feddat_jax.data.tokenize import (
     CLS,
@@ -35,6 +34,7 @@ from feddat_jax.data.tokenize import (
     WordVocabEncoder,
     words,
 )
+from feddat_jax.errors import CheckpointError, ConfigError
 from feddat_jax.models.albef import AlbefConfig, AlbefVQA, example_inputs, to_albef_inputs
 from feddat_jax.models.albef_checkpoint import load_albef_params
 from feddat_jax.models.answer_ranking import tokenize_answers

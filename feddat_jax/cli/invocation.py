@@ -18,15 +18,15 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from feddat_jax.cli import workdir as workdir_lib
+from feddat_jax.cli.validate import run_methods, run_references, validate_config, with_method
 from feddat_jax.errors import ConfigError, FeddatError, RunInterrupted, WorkdirError
 from feddat_jax.fl import distributed
 from feddat_jax.fl import mesh as mesh_lib
-from feddat_jax.train import workdir as workdir_lib
 from feddat_jax.train.interrupt import StopRequest
+from feddat_jax.train.method_run import run_method
 from feddat_jax.train.references import run_reference
 from feddat_jax.train.report import plot_title, write_report
-from feddat_jax.train.runs import run_method
-from feddat_jax.train.validate import run_methods, run_references, validate_config, with_method
 
 
 def launch(config: ml_collections.ConfigDict, workdir: str | Path, stop: StopRequest) -> None:
@@ -77,7 +77,7 @@ def claim_workdir(
 
 
 def method_runner(config: ml_collections.ConfigDict):
-    """``train.runs.run_method``, or its twin on Flower's simulation engine (``config.engine``)."""
+    """``train.method_run.run_method``, or its twin on Flower's simulation engine (``config.engine``)."""
     if config.get("engine", "simulation") == "flower":
         from feddat_jax.flower.launch import run_method as run_on_flower  # flwr is optional
 

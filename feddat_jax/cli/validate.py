@@ -19,21 +19,21 @@ import ml_collections
 
 from feddat_jax import methods as methods_lib
 from feddat_jax.data import tfds_store
-from feddat_jax.data.loading import HEADS
-from feddat_jax.data.partition import PARTITIONS
 from feddat_jax.data.embedded_families import (
     CONVENTION_MODES,
     DEFAULT_CLIENTS,
     MAX_CLIENTS,
     family_clients,
 )
+from feddat_jax.data.loading import HEADS
+from feddat_jax.data.partition import PARTITIONS
 from feddat_jax.errors import CheckpointError, ConfigError, DataError, FeddatError
 from feddat_jax.fl import privacy, sampling
 from feddat_jax.fl.aggregation import AGGREGATION_WEIGHTS
 from feddat_jax.fl.algorithms.feddat import FedDATConfig
 from feddat_jax.fl.local_optim import SCHEDULES, LocalOptimConfig
 from feddat_jax.fl.server_optimizers import SERVER_OPTIMIZERS
-from feddat_jax.models import registry
+from feddat_jax.models import backbones
 from feddat_jax.peft.config import PeftConfig
 from feddat_jax.train.config_base import CLIENT_STORAGES, ENGINES, STRATEGIES
 from feddat_jax.train.experiment import DATA_SOURCES
@@ -209,9 +209,9 @@ def _optimizers(c: ml_collections.ConfigDict) -> None:
 
 
 def _peft_and_model(c: ml_collections.ConfigDict, names: list[str]) -> None:
-    name = _choice(c, "model.name", registry.MODEL_NAMES)
-    _choice(c, "model.size", registry.MODEL_SIZES)
-    _choice(c, "model.dtype", tuple(registry.DTYPES))
+    name = _choice(c, "model.name", backbones.MODEL_NAMES)
+    _choice(c, "model.size", backbones.MODEL_SIZES)
+    _choice(c, "model.dtype", tuple(backbones.DTYPES))
     hw = tuple(c.model.image_hw)
     ok_hw = len(hw) == 2 and all(isinstance(v, int) and v >= 8 for v in hw)
     _need(
@@ -252,10 +252,10 @@ def _peft_and_model(c: ml_collections.ConfigDict, names: list[str]) -> None:
     if name == "vilt":
         if checkpoint:
             with _guard("model.checkpoint", checkpoint, "give a local Hugging Face ViLT folder"):
-                registry.vilt_config(c, vocab_size=1)
+                backbones.vilt_config(c, vocab_size=1)
         return
     with _guard("model.image_hw", hw):
-        registry.albef_config(c, vocab_size=1)
+        backbones.albef_config(c, vocab_size=1)
     if checkpoint and not Path(checkpoint).exists():
         raise CheckpointError(
             "the ALBEF checkpoint does not exist",
