@@ -60,7 +60,7 @@ SEEDS = (0, 1, 2)
 ROUNDS = 10  # sized so that the full run fits 60 min on 2 CPU cores (ESTIMATE)
 LOCAL_STEPS = 2  # K local steps of B = 8: the median client's 16 questions once per round
 LEARNING_RATE = 1e-3  # configs/embedded.py's (fair schedule), as every embedded benchmark
-EVAL_CLIENTS = 10  # the same seeded sample for every method and seed (at most the smallest N)
+EVAL_CLIENTS = 20  # the same seeded sample for every method and seed (all N where N < 20)
 CENTRALIZED_MAX_N = 100  # pooled epochs over N x 16 questions: cost grows with N
 # answer head: "shared" (one federated head: the cross-device setting) wherever the library allows
 # it, else the method's own private head (feddat, local_adapter: refused with a shared head)

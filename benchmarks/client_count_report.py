@@ -188,8 +188,8 @@ def markdown(result: dict) -> str:
             f"{st['test_per_client']} test questions per client (sizes spread ±60%), data seed "
             f"{result['data_seed']}, {st['rounds']} rounds of K = {st['local_steps']} local steps of "
             f"B = {st['batch_size']}, learning rate {st['learning_rate']:g}, seeds {st['seeds']}; "
-            f"each evaluation scores the same seeded sample of {st['eval_clients']} clients for every "
-            "method and seed. Scores: VQA soft score in %, mean ± sample std over seeds."
+            f"each evaluation scores the same seeded sample of {st['eval_clients']} clients (every "
+            "client where N is smaller) for every method and seed. Scores: VQA soft score in %, mean ± sample std over seeds."
         ),
         "",
         "Answer head per method: "
