@@ -1,8 +1,27 @@
-"""Fixtures that several test files share."""
+"""Fixtures that several test files share, and one compilation cache for the whole session."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# Most tests compile the same smoke-sized round and evaluation programs (the demo's smoke config,
+# tiny ViLT). JAX's persistent compilation cache lets the first test compile each program and
+# every later one load it: the xdist workers and the launch.py subprocesses inherit this
+# process's environment, so the controller's folder serves them all. The key is the program's
+# HLO, so a code change never hits a stale entry. The folder is removed at the session's end.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="feddat_jax_tests_xla_")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_sessionfinish(session) -> None:
+    if _OWN_CACHE and not hasattr(session.config, "workerinput"):  # the controller, last
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
