@@ -117,34 +117,24 @@ def assert_replicas_equal_their_runs(config, tmp_path, check_row) -> None:
         assert_same_state(swept, r, final_state(single, tmp_path / f"single{r}")[1])
 
 
-def test_cohort_size_sweep_equals_separate_runs(tmp_path):
-    """``sweep.clients_per_round``: each replica draws cohorts of its own size, padded to the
-    largest with slots that weigh nothing; every replica equals its own run."""
-    config = smoke_config(tmp_path, method="feddat")
-    config.rounds, config.eval_every, config.tensorboard = 2, 2, False
-    config.sweep.clients_per_round = (2, 3)
-
-    def check_row(r: int, row: dict) -> None:
-        size = (2, 3)[r]
-        assert row["clients_per_round"] == size and len(row["cohort"].split(",")) == size
-
-    assert_replicas_equal_their_runs(config, tmp_path, check_row)
-
-
-def test_client_count_sweep_equals_separate_runs(tmp_path):
-    """``sweep.data.num_clients``: the run registers the largest count and replica r samples
-    and evaluates its first N_r clients only; every replica equals its own run (its cohorts,
-    its evaluation sample, its clients' private state)."""
+def test_cohort_size_and_client_count_sweep_equals_separate_runs(tmp_path):
+    """``sweep.clients_per_round`` zipped with ``sweep.data.num_clients``: the run registers
+    the largest count; replica r draws cohorts of its own size from its first N_r clients only,
+    padded to the largest cohort with slots that weigh nothing, and evaluates its own sample;
+    every replica equals its own run (its cohorts, its evaluation, its clients' private state)."""
     config = smoke_config(tmp_path, method="feddat", references=())
     config.model.checkpoint = TINY_VILT  # a fixed tokenizer: a random model's grows with N
     config.rounds, config.eval_every, config.tensorboard = 2, 2, False
-    config.clients_per_round, config.eval_clients = 2, 5  # more than the smaller N: all 4
+    config.eval_clients = 5  # more than the smaller N: that replica scores all 4 of its own
+    config.sweep.mode = "zip"
+    config.sweep.clients_per_round = (2, 3)
     config.sweep.data.num_clients = (4, 7)
 
     def check_row(r: int, row: dict) -> None:
-        n = (4, 7)[r]
-        assert row["data.num_clients"] == n
-        assert all(int(name.rsplit("_", 1)[1]) < n for name in row["cohort"].split(","))
+        size, n = (2, 3)[r], (4, 7)[r]
+        assert row["clients_per_round"] == size and row["data.num_clients"] == n
+        cohort = row["cohort"].split(",")
+        assert len(cohort) == size and all(int(name.rsplit("_", 1)[1]) < n for name in cohort)
         if "eval/clients" in row:
             assert row["eval/clients"] == min(5, n)
 
