@@ -2,7 +2,8 @@
 
     python -m benchmarks.client_count                  # the full run (35-50 min, 2 quiet cores)
     python -m benchmarks.client_count --quick          # a smoke-sized run (7 min, 2 quiet cores)
-    python -m benchmarks.client_count --data-seed 1 --out /tmp/cc1   # other clients' data
+    python -m benchmarks.client_count --data-seed 1 --out benchmarks/client_count_data1 \
+        --methods local_adapter,fedavg_adapter --sweeps client_count --no-speedup  # other data
     python -m benchmarks.client_count --report-only    # re-render the MD and PNG from the JSON
 
 The cross-device regime on the embedded ``domain`` family: N = 10 to 10,000 clients of 16
@@ -115,7 +116,12 @@ def sweeps(config, plan: Plan) -> dict[str, tuple[object, str]]:
 
 
 def run(
-    plan: Plan, data_seed: int, workdir: Path, methods: tuple[str, ...], time_speedup: bool
+    plan: Plan,
+    data_seed: int,
+    workdir: Path,
+    methods: tuple[str, ...],
+    time_speedup: bool,
+    sweep_names: tuple[str, ...] = ("client_count", "cohort"),
 ) -> dict:
     """Every launch, the references and the speedup; returns the JSON's content."""
     from feddat_jax.methods import METHODS as LIBRARY_METHODS
@@ -131,11 +137,12 @@ def run(
     heads = {m: head_for(config, m) for m in trained}
     settings: dict[tuple[str, int], dict] = {}  # (sweep, N or C) -> the JSON's setting
     launches, fedavg_one_launch = [], None
-    total = 2 * len(trained)
+    total = len(sweep_names) * len(trained)
     for i, method in enumerate(trained):
         method_config = config.copy_and_resolve_references()
         method_config.method, method_config.peft.head = method, heads[method]
-        for j, (sweep, (c, field)) in enumerate(sweeps(method_config, plan).items()):
+        chosen = {k: v for k, v in sweeps(method_config, plan).items() if k in sweep_names}
+        for j, (sweep, (c, field)) in enumerate(chosen.items()):
             history, wall, cpu, resumed = launch(c, workdir / sweep / method)
             replicas = report.replica_scores(history, field)
             launches.append(
@@ -151,7 +158,7 @@ def run(
             if method == "fedavg_adapter" and sweep == "client_count" and not resumed:
                 fedavg_one_launch = wall
             print(
-                f"[{2 * i + j + 1}/{total}] {method} {sweep}: {len(replicas)} replicas, "
+                f"[{len(chosen) * i + j + 1}/{total}] {method} {sweep}: {len(replicas)} replicas, "
                 f"{wall:.0f} s{' (resumed)' if resumed else ''}",
                 flush=True,
             )
@@ -275,6 +282,11 @@ def main() -> None:
         help="skip the separate launches that time sweep_speedup",
     )
     parser.add_argument(
+        "--sweeps",
+        default="client_count,cohort",
+        help="which launches per method: client_count (seeds x N), cohort (seeds x cohort size)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="train nothing: re-render the MD and PNG from --out's JSON",
@@ -287,7 +299,8 @@ def main() -> None:
     plan = Plan(quick=True, **QUICK) if args.quick else Plan()
     workdir = Path(args.workdir) / f"{'quick' if plan.quick else 'full'}_data{args.data_seed}"
     methods = tuple(m for m in args.methods.split(",") if m)
-    result = run(plan, args.data_seed, workdir, methods, not args.no_speedup)
+    sweep_names = tuple(k for k in args.sweeps.split(",") if k)
+    result = run(plan, args.data_seed, workdir, methods, not args.no_speedup, sweep_names)
     write_outputs(result, out)
     print(report.markdown(result))
 
