@@ -139,6 +139,14 @@ def settings_of(result: dict, sweep: str) -> list[dict]:
     return [s for s in result["settings"] if s["sweep"] == sweep]
 
 
+def section(result: dict, title: str, column: str) -> list[str]:
+    """A sweep's heading and tables; nothing when the run did not launch that sweep."""
+    sweep = "client_count" if column == "N" else "cohort"
+    if not settings_of(result, sweep):
+        return []
+    return [f"## {title}", "", *score_table(result, sweep, column), ""]
+
+
 def score_table(result: dict, sweep: str, column: str) -> list[str]:
     """``mean ± std`` per method (columns) and setting (rows), then took part / never."""
     rows = settings_of(result, sweep)
@@ -198,14 +206,8 @@ def markdown(result: dict) -> str:
         "that never took part are scored with the untrained initial head, so compare them on "
         "the clients that took part.",
         "",
-        f"## Against the number of clients (cohort of {st['cohort']})",
-        "",
-        *score_table(result, "client_count", "N"),
-        "",
-        f"## Against the cohort size (N = {st['cohort_sweep_clients']:,})",
-        "",
-        *score_table(result, "cohort", "C"),
-        "",
+        *section(result, f"Against the number of clients (cohort of {st['cohort']})", "N"),
+        *section(result, f"Against the cohort size (N = {st['cohort_sweep_clients']:,})", "C"),
         "## Launches",
         "",
         "| method | sweep | replicas | wall s | CPU s | resumed |",
@@ -314,6 +316,8 @@ def plot(result: dict, out_png: Path) -> None:
     )
     ax = axes[1, 0]
     curve(ax, "cohort", "clients_per_round")
+    if not settings_of(result, "cohort"):
+        ax.text(0.5, 0.5, "not launched in this run (--sweeps)", ha="center", transform=ax.transAxes)
     ax.set(
         xscale="log",
         xlabel="cohort size C",
