@@ -14,7 +14,7 @@ from feddat_jax.fl.algorithms import FedDAT, FedDATConfig
 from feddat_jax.fl.round import client_context
 from feddat_jax.fl.server_optimizers import make_server_optimizer
 from feddat_jax.fl.state import init_server_state, stack_clients
-from feddat_jax.peft.roles import merge
+from feddat_jax.peft.roles import flatten, merge, unflatten
 
 OPTIM = local_optim.LocalOptimConfig(learning_rate=1e-2, schedule_epochs=2.0)
 B1, B2, EPS, WD = OPTIM.b1, OPTIM.b2, OPTIM.eps, OPTIM.weight_decay
@@ -39,22 +39,9 @@ def hand_adamw(params, grads, state, lr):
     return new_p, new_s
 
 
-def flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        out.update(flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def unflat(d):
-    tree = {}
-    for path, v in d.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
+def flat(tree, prefix: str) -> dict:
+    """``tree``'s leaves by "/"-joined path, each path after ``prefix``."""
+    return {prefix + path: v for path, v in flatten(tree).items()}
 
 
 def hand_lr(tick, total):
@@ -87,8 +74,8 @@ def reference_round(forward, frozen, hat, a_c, head, batches, mask, kind, num_ba
             state,
             lr,
         )
-        a_s = unflat({k[2:]: v for k, v in both.items() if k.startswith("S/")})
-        head = unflat({k[2:]: v for k, v in both.items() if k.startswith("H/")})
+        a_s = unflatten({k[2:]: v for k, v in both.items() if k.startswith("S/")})
+        head = unflatten({k[2:]: v for k, v in both.items() if k.startswith("H/")})
         tick += 1
 
         def l_dat(c, h):
@@ -105,8 +92,8 @@ def reference_round(forward, frozen, hat, a_c, head, batches, mask, kind, num_ba
             state,
             lr,
         )
-        a_c = unflat({k[2:]: v for k, v in both.items() if k.startswith("C/")})
-        head = unflat({k[2:]: v for k, v in both.items() if k.startswith("H/")})
+        a_c = unflatten({k[2:]: v for k, v in both.items() if k.startswith("C/")})
+        head = unflatten({k[2:]: v for k, v in both.items() if k.startswith("H/")})
         tick += 1
     return a_s, a_c, head
 
