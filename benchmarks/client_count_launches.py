@@ -100,6 +100,7 @@ def speedup(config, swept, plan, one_launch_s: float | None) -> dict:
             for n in plan.counts:
                 c = config.copy_and_resolve_references()
                 c.seed, c.data.num_clients = seed, n
+                c.eval_clients = min(c.eval_clients, n)  # as the sweep's replica r does
                 wall = launch(c, Path(tmp) / f"s{seed}_n{n}")[1]
                 separate += wall
                 print(f"  separate launch seed {seed}, N {n}: {wall:.0f} s", flush=True)

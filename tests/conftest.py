@@ -13,6 +13,8 @@ import pytest
 # every later one load it: the xdist workers and the launch.py subprocesses inherit this
 # process's environment, so the controller's folder serves them all. The key is the program's
 # HLO, so a code change never hits a stale entry. The folder is removed at the session's end.
+# A program loaded from this cache may leave jit's in-memory dispatch cache empty, so tests
+# that count compilations assert ``_cache_size() <= 1`` (a second program still fails them).
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="feddat_jax_tests_xla_")
