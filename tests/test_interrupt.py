@@ -74,11 +74,12 @@ def test_the_first_signal_asks_the_second_aborts():
 @pytest.mark.slow
 def test_ctrl_c_in_a_launch_exits_130_and_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "run"
+    rounds = 40  # enough that the signal lands mid-run even when every program is compiled
     command = smoke_command(
         workdir,
         "--config.compare_methods=('fedavg_adapter',)",
-        "--config.rounds=4",
-        "--config.checkpoint_every=4",
+        f"--config.rounds={rounds}",
+        f"--config.checkpoint_every={rounds}",
         f"--config.data.cache_dir={tmp_path / 'cache'}",
     )
     proc = subprocess.Popen(
@@ -98,15 +99,15 @@ def test_ctrl_c_in_a_launch_exits_130_and_the_same_command_resumes(tmp_path):
     assert last == (
         f"interrupted after round {done} (fedavg_adapter); rerun the same command to resume"
     )
-    assert 1 <= done < 4
-    assert steps(workdir / "fedavg_adapter") == [done]  # saved although checkpoint_every=4
+    assert 1 <= done < rounds
+    assert steps(workdir / "fedavg_adapter") == [done]  # saved although checkpoint_every=rounds
     assert not (workdir / "feddat.lock").exists()
 
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"resumed fedavg_adapter at round {done + 1} of 4" in out.stdout
-    assert [r["round"] for r in read_jsonl(metrics)] == [1, 2, 3, 4]
-    assert json.loads((workdir / "results.json").read_text())["fedavg_adapter"]["round"] == 4
+    assert f"resumed fedavg_adapter at round {done + 1} of {rounds}" in out.stdout
+    assert [r["round"] for r in read_jsonl(metrics)] == list(range(1, rounds + 1))
+    assert json.loads((workdir / "results.json").read_text())["fedavg_adapter"]["round"] == rounds
 
 
 def test_a_stop_after_the_methods_skips_the_reference_rows_and_the_rerun_adds_them(
