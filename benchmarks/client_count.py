@@ -241,7 +241,7 @@ def run(
         fedavg = config.copy_and_resolve_references()
         fedavg.method, fedavg.peft.head = "fedavg_adapter", heads["fedavg_adapter"]
         swept, _ = sweeps(fedavg, plan)["client_count"]
-        detail = speedup(fedavg, swept, plan, fedavg_one_launch)
+        detail = speedup(swept, plan, fedavg_one_launch)
         result["sweep_speedup"] = round(detail["separate_s"] / detail["one_launch_s"], 2)
         result["sweep_speedup_detail"] = detail
         print(f"sweep speedup: {result['sweep_speedup']:.2f}x", flush=True)

@@ -88,30 +88,32 @@ def centralized(
     return report.cell(per_seed), time.perf_counter() - t0, time.process_time() - c0
 
 
-def speedup(config, swept, plan, one_launch_s: float | None) -> dict:
-    """``swept`` (one launch of R = seeds x counts replicas of ``config``) against one launch per
-    (seed, N), fresh workdirs, this process; the one launch is re-timed when ``one_launch_s`` is
-    None (the benchmark's own launch was resumed, so its time says nothing)."""
+def speedup(swept, plan, one_launch_s: float | None) -> dict:
+    """``swept`` (one launch of R = seeds x counts replicas) against each replica's own run
+    (``Sweep.replica_config``: the run a replica equals), fresh workdirs, this process; the one
+    launch is re-timed when ``one_launch_s`` is None (the benchmark's own launch was resumed, so
+    its time says nothing)."""
+    from feddat_jax.train.sweep import sweep_from_config
+
+    sweep = sweep_from_config(swept)
     with tempfile.TemporaryDirectory() as tmp:
         if one_launch_s is None:
             one_launch_s = launch(swept, Path(tmp) / "one")[1]  # wall s
         separate = 0.0
-        for seed in plan.seeds:
-            for n in plan.counts:
-                c = config.copy_and_resolve_references()
-                c.seed, c.data.num_clients = seed, n
-                c.eval_clients = min(c.eval_clients, n)  # as the sweep's replica r does
-                wall = launch(c, Path(tmp) / f"s{seed}_n{n}")[1]
-                separate += wall
-                print(f"  separate launch seed {seed}, N {n}: {wall:.0f} s", flush=True)
+        for r in range(sweep.size):
+            setting = sweep.setting(r)
+            seed, n = setting["seed"], setting["data.num_clients"]
+            wall = launch(sweep.replica_config(swept, r), Path(tmp) / f"s{seed}_n{n}")[1]
+            separate += wall
+            print(f"  separate launch seed {seed}, N {n}: {wall:.0f} s", flush=True)
     return {
-        "method": config.method,
+        "method": swept.method,
         "num_clients": list(plan.counts),
         "seeds": list(plan.seeds),
         "rounds": plan.rounds,
         "one_launch_s": round(one_launch_s, 1),
         "separate_s": round(separate, 1),
-        "separate_launches": len(plan.seeds) * len(plan.counts),
+        "separate_launches": sweep.size,
         "where": "in one Python process, each launch in a fresh workdir (Python and JAX start-up "
         "not included; XLA compiles each launch anew)",
         "quick_settings": plan.quick,
