@@ -139,9 +139,8 @@ def settings_of(result: dict, sweep: str) -> list[dict]:
     return [s for s in result["settings"] if s["sweep"] == sweep]
 
 
-def section(result: dict, title: str, column: str) -> list[str]:
+def section(result: dict, title: str, sweep: str, column: str) -> list[str]:
     """A sweep's heading and tables; nothing when the run did not launch that sweep."""
-    sweep = "client_count" if column == "N" else "cohort"
     if not settings_of(result, sweep):
         return []
     return [f"## {title}", "", *score_table(result, sweep, column), ""]
@@ -197,7 +196,8 @@ def markdown(result: dict) -> str:
             f"{result['data_seed']}, {st['rounds']} rounds of K = {st['local_steps']} local steps of "
             f"B = {st['batch_size']}, learning rate {st['learning_rate']:g}, seeds {st['seeds']}; "
             f"each evaluation scores the same seeded sample of {st['eval_clients']} clients (every "
-            "client where N is smaller) for every method and seed. Scores: VQA soft score in %, mean ± sample std over seeds."
+            "client where N is smaller) for every method and seed. Scores: VQA soft score in %, "
+            "mean ± sample std over seeds."
         ),
         "",
         "Answer head per method: "
@@ -206,8 +206,12 @@ def markdown(result: dict) -> str:
         "that never took part are scored with the untrained initial head, so compare them on "
         "the clients that took part.",
         "",
-        *section(result, f"Against the number of clients (cohort of {st['cohort']})", "N"),
-        *section(result, f"Against the cohort size (N = {st['cohort_sweep_clients']:,})", "C"),
+        *section(
+            result, f"Against the number of clients (cohort of {st['cohort']})", "client_count", "N"
+        ),
+        *section(
+            result, f"Against the cohort size (N = {st['cohort_sweep_clients']:,})", "cohort", "C"
+        ),
         "## Launches",
         "",
         "| method | sweep | replicas | wall s | CPU s | resumed |",
@@ -317,7 +321,7 @@ def plot(result: dict, out_png: Path) -> None:
     ax = axes[1, 0]
     curve(ax, "cohort", "clients_per_round")
     if not settings_of(result, "cohort"):
-        ax.text(0.5, 0.5, "not launched in this run (--sweeps)", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "not launched (--sweeps)", ha="center", transform=ax.transAxes)
     ax.set(
         xscale="log",
         xlabel="cohort size C",

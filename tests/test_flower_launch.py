@@ -1,7 +1,8 @@
 """``launch.py --config.engine=flower``: a config on Flower's simulation engine, through the CLI.
 
 The same command as a simulated run with one more flag gives the same workdir (metrics.jsonl,
-checkpoints, results.json, plots) and the same numbers as ``train.method_run.run_method`` (issue 34).
+checkpoints, results.json, plots) and the same numbers as ``train.method_run.run_method``
+(issue 34).
 """
 
 from __future__ import annotations

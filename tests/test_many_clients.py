@@ -73,7 +73,7 @@ def test_checkpoint_bytes_follow_the_clients_that_trained_not_those_registered(t
         trained = np.asarray(state["private"]["ids"]).size
         per_client = sum(x.nbytes for x in jax.tree.leaves(state["private"]["state"])) // trained
     # 570 more registered clients, the same cohorts' size: a dense layout would add 570 private
-    # states; the lazy one adds the tasks' few bytes per client (about 100 bytes against a 50 KB private state)
+    # states; the lazy one adds the tasks' few bytes per client (~100 bytes; a state is ~50 KB)
     growth = sizes[600] - sizes[30]
     assert growth < 0.05 * 570 * per_client, (sizes, per_client)
 

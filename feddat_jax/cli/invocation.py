@@ -77,7 +77,8 @@ def claim_workdir(
 
 
 def method_runner(config: ml_collections.ConfigDict):
-    """``train.method_run.run_method``, or its twin on Flower's simulation engine (``config.engine``)."""
+    """``train.method_run.run_method``, or its twin on Flower's simulation engine
+    (``config.engine``)."""
     if config.get("engine", "simulation") == "flower":
         from feddat_jax.flower.launch import run_method as run_on_flower  # flwr is optional
 
