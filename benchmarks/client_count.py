@@ -62,6 +62,7 @@ ROUNDS = 10  # sized so that the full run fits 60 min on 2 CPU cores (ESTIMATE)
 LOCAL_STEPS = 2  # K local steps of B = 8: the median client's 16 questions once per round
 LEARNING_RATE = 1e-3  # configs/embedded.py's (fair schedule), as every embedded benchmark
 EVAL_CLIENTS = 20  # the same seeded sample for every method and seed (all N where N < 20)
+SWEEP_NAMES = ("client_count", "cohort")  # a method's launches: seeds x N, seeds x cohort size
 CENTRALIZED_MAX_N = 100  # pooled epochs over N x 16 questions: cost grows with N
 # answer head: "shared" (one federated head: the cross-device setting) wherever the library allows
 # it, else the method's own private head (feddat, local_adapter: refused with a shared head)
@@ -121,7 +122,7 @@ def run(
     workdir: Path,
     methods: tuple[str, ...],
     time_speedup: bool,
-    sweep_names: tuple[str, ...] = ("client_count", "cohort"),
+    sweep_names: tuple[str, ...] = SWEEP_NAMES,
 ) -> dict:
     """Every launch, the references and the speedup; returns the JSON's content."""
     from feddat_jax.methods import METHODS as LIBRARY_METHODS
@@ -283,7 +284,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--sweeps",
-        default="client_count,cohort",
+        default=",".join(SWEEP_NAMES),
         help="which launches per method: client_count (seeds x N), cohort (seeds x cohort size)",
     )
     parser.add_argument(
@@ -300,6 +301,9 @@ def main() -> None:
     workdir = Path(args.workdir) / f"{'quick' if plan.quick else 'full'}_data{args.data_seed}"
     methods = tuple(m for m in args.methods.split(",") if m)
     sweep_names = tuple(k for k in args.sweeps.split(",") if k)
+    unknown = sorted(set(sweep_names) - set(SWEEP_NAMES))
+    if unknown:  # a typo would otherwise launch nothing for that sweep, silently
+        parser.error(f"--sweeps: unknown {','.join(unknown)}; choose from {','.join(SWEEP_NAMES)}")
     result = run(plan, args.data_seed, workdir, methods, not args.no_speedup, sweep_names)
     write_outputs(result, out)
     print(report.markdown(result))
